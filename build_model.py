@@ -19,7 +19,8 @@ import random
 import re
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -61,6 +62,14 @@ class Multiclass(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.hidden(x))  # (batch, 8)
         return self.logsoftmax(self.output(x))  # (batch, 3) log-probabilities
+
+    def constructor_args(self) -> dict[str, int]:
+        """The arguments that rebuild this architecture; store them next to the weights."""
+        return {
+            "n_features": self.hidden.in_features,
+            "n_hidden": self.hidden.out_features,
+            "n_classes": self.output.out_features,
+        }
 
 
 # %%
@@ -166,14 +175,18 @@ def train_command(out_dir: Path) -> str:
 
 def read_weights_file(path: Path, made_by: str) -> Any:
     """`torch.load(path, weights_only=True)` on the CPU, every failure one ModelFileError."""
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"{path} not found; create it with: {made_by}")
     try:
-        with warnings.catch_warnings():  # the one-line reason below says all that matters
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a file from anywhere can fail in any way; all are refusals
-        raise ModelFileError(f"{path} refused: {describe_load_error(err)}") from None
+        file = path.open("rb")
+    except OSError as err:
+        raise ModelFileError(f"{path} cannot be read: {err.strerror}") from None
+    with file, warnings.catch_warnings():  # the one-line reason below says all that matters
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as err:  # a file from anywhere can fail in any way; all are refusals
+            raise ModelFileError(f"{path} refused: {describe_load_error(err)}") from None
 
 
 def describe_load_error(err: Exception) -> str:
@@ -183,10 +196,8 @@ def describe_load_error(err: Exception) -> str:
         return f"it refers to {found.group(1)}, not just tensors; weights_only loading ran none of it"
     if isinstance(err, EOFError):
         return "the file is empty or cut short"
-    if "central directory" in text or "zip archive" in text:
+    if isinstance(err, OSError) or "central directory" in text or "zip archive" in text:
         return "the file is truncated or corrupted (its zip archive is incomplete)"
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
     if "Weights only load failed" in text:
         return "not a PyTorch weights file (unreadable pickle data)"
     first_line = text.strip().splitlines()[0][:120] if text.strip() else ""
@@ -221,12 +232,19 @@ def load_model(path: Path, made_by: str | None = None) -> Multiclass:
     """A Multiclass in eval mode with the weights from `path`, or ModelFileError."""
     state = read_weights_file(path, made_by or train_command(path.parent))
     model = Multiclass()
-    try:
+    with refusing(path):
         check_state_dict_fits(state, model)
-    except ModelFileError as err:
-        raise ModelFileError(f"{path} refused: {err}") from None
     model.load_state_dict(state)
     return model.eval()
+
+
+@contextmanager
+def refusing(path: Path) -> Iterator[None]:
+    """Re-raise a ModelFileError from the block as one that names `path`."""
+    try:
+        yield
+    except ModelFileError as err:
+        raise ModelFileError(f"{path} refused: {err}") from None
 
 
 # %%
@@ -237,6 +255,18 @@ def fail(message: object) -> NoReturn:
     """Report bad input in one line on stderr and exit with status 2, without a traceback."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_BAD_INPUT)
+
+
+def load_model_or_exit(path: Path) -> Multiclass:
+    """`load_model` for a script's main(): a bad file ends the script in one line."""
+    try:
+        return load_model(path)
+    except ModelFileError as err:
+        fail(err)
+
+
+def heading(title: str) -> None:
+    print(f"\n## {title}")
 
 
 def positive_int(text: str) -> int:

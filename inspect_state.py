@@ -25,12 +25,11 @@ from build_model import (
     MODEL_FILE,
     SEED,
     IrisSplit,
-    ModelFileError,
     Multiclass,
     add_out_dir_argument,
-    fail,
+    heading,
     load_iris_split,
-    load_model,
+    load_model_or_exit,
     make_optimizer,
     predict,
     same_outputs,
@@ -190,16 +189,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def heading(title: str) -> None:
-    print(f"\n## {title}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        trained = load_model(args.out_dir / MODEL_FILE)
-    except ModelFileError as err:
-        fail(err)
+    trained = load_model_or_exit(args.out_dir / MODEL_FILE)
     seed_everything(args.seed)
     torch.set_printoptions(precision=4, sci_mode=False)
     split = load_iris_split()

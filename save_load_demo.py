@@ -33,12 +33,11 @@ from torch import Tensor, nn
 from build_model import (
     MODEL_FILE,
     SPECIES,
-    ModelFileError,
     Multiclass,
     add_out_dir_argument,
-    fail,
+    heading,
     load_iris_split,
-    load_model,
+    load_model_or_exit,
     prepare_out_dir,
     same_outputs,
     same_state,
@@ -218,10 +217,6 @@ def report_round_trip(label: str, original: nn.Module, restored: nn.Module, X: T
     print(f"{label}: same tensors {tensors}, same predictions {same_outputs(original, restored, X)}")
 
 
-def heading(title: str) -> None:
-    print(f"\n## {title}")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_out_dir_argument(parser)
@@ -231,10 +226,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model_path = args.out_dir / MODEL_FILE
-    try:
-        trained = load_model(model_path)
-    except ModelFileError as err:
-        fail(err)
+    trained = load_model_or_exit(model_path)
     out_dir = prepare_out_dir(args.out_dir)
     X_test = load_iris_split().X_test
 

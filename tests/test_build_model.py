@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import random
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import build_model
 from build_model import (
     EXIT_BAD_INPUT,
     SPECIES,
@@ -105,14 +107,18 @@ def test_predict_switches_to_eval_mode_and_accuracy_counts_matches():
     assert accuracy(model, X, predicted) == 1.0
 
 
-def test_main_shows_the_model_as_a_reader_runs_it(tmp_path):
-    result = run_script("build_model.py", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "(hidden): Linear(in_features=4, out_features=8, bias=True)" in result.stdout
-    assert "Trainable parameters: 67" in result.stdout
-    assert "Input shape:  (5, 4)" in result.stdout
-    assert "Output shape: (5, 3)" in result.stdout
-    assert list(tmp_path.iterdir()) == []  # chapter 1 writes nothing
+def test_main_shows_the_model_as_a_reader_runs_it(walkthrough):
+    stdout = walkthrough.stdout("build_model.py")
+    assert "(hidden): Linear(in_features=4, out_features=8, bias=True)" in stdout
+    assert "Trainable parameters: 67" in stdout
+    assert "Input shape:  (5, 4)" in stdout
+    assert "Output shape: (5, 3)" in stdout
+
+
+def test_chapter_1_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert build_model.main([]) == 0
+    assert list(tmp_path.iterdir()) == []
 
 
 # %%
@@ -185,7 +191,7 @@ BAD_FILES = {
     "extra key": "unexpected ['extra.weight']",
     "nan weights": "hidden.bias contains NaN",
     "integer weights": "torch.int64",
-    "a directory": "not found",
+    "a directory": "cannot be read: Is a directory",
 }
 
 
@@ -196,7 +202,7 @@ def test_load_model_refuses_bad_files_in_one_line(kind, tmp_path, trained_model_
     with pytest.raises(ModelFileError) as refused:
         load_model(path)
     message = str(refused.value)
-    assert message.startswith(str(path))
+    assert message.startswith(f"{path} refused: ") or message.startswith(f"{path} cannot be read: ")
     assert BAD_FILES[kind] in message
     assert "\n" not in message
     assert not (tmp_path / MARKER).exists()
@@ -221,16 +227,30 @@ def test_load_model_accepts_the_trained_file(trained_model_path):
     assert same_state(model.state_dict(), torch.load(trained_model_path, weights_only=True))
 
 
-@pytest.mark.parametrize("script", ["inspect_state.py", "save_load_demo.py"])
-def test_scripts_refuse_a_bad_model_file_without_a_traceback(script, tmp_path, trained_model_path):
+@pytest.mark.parametrize("chapter", ["inspect_state", "save_load_demo", "load_tips"])
+def test_chapters_refuse_a_bad_model_file_in_one_line(chapter, tmp_path, trained_model_path, capsys):
     out_dir = tmp_path / "artifacts"
     out_dir.mkdir()
     write_bad_file("hostile torch.save", out_dir / "iris-model.pth", trained_model_path)
-    result = run_script(script, "--out-dir", str(out_dir), cwd=tmp_path)
-    assert result.returncode == EXIT_BAD_INPUT
-    assert result.stdout == ""
-    assert result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"error: {out_dir / 'iris-model.pth'} refused:")
-    assert "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(chapter).main(["--out-dir", str(out_dir)])
+    assert stopped.value.code == EXIT_BAD_INPUT
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"error: {out_dir / 'iris-model.pth'} refused: it refers to exec")
+    assert captured.err.count("\n") == 1
     assert not (out_dir / MARKER).exists()
     assert [path.name for path in out_dir.iterdir()] == ["iris-model.pth"]
+
+
+def test_real_command_refuses_a_bad_model_file_without_a_traceback(tmp_path, trained_model_path):
+    out_dir = tmp_path / "artifacts"
+    out_dir.mkdir()
+    write_bad_file("truncated", out_dir / "iris-model.pth", trained_model_path)
+    result = run_script("save_load_demo.py", cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: artifacts/iris-model.pth refused: the file is truncated or corrupted "
+        "(its zip archive is incomplete)\n"
+    )

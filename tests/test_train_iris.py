@@ -18,7 +18,6 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
-from tests.conftest import run_script
 
 
 def printed_accuracy(stdout: str) -> float:
@@ -73,9 +72,10 @@ def test_bad_flags_exit_2(flag, tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_unusable_out_dir_is_one_line_and_exit_2(tmp_path):
+def test_unusable_out_dir_is_one_line_and_exit_2(tmp_path, capsys):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    result = run_script("train_iris.py", "--epochs", "1", "--out-dir", str(not_a_folder), cwd=tmp_path)
-    assert result.returncode == EXIT_BAD_INPUT
-    assert result.stderr == f"error: cannot use {not_a_folder} as the output folder: File exists\n"
+    with pytest.raises(SystemExit) as stopped:
+        train_iris.main(["--epochs", "1", "--out-dir", str(not_a_folder)])
+    assert stopped.value.code == EXIT_BAD_INPUT
+    assert capsys.readouterr().err == f"error: cannot use {not_a_folder} as the output folder: File exists\n"
