@@ -12,7 +12,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # README order. Each runs with its default flags, so it writes to ./artifacts of its cwd.
-CHAPTERS = ["build_model.py", "train_iris.py", "inspect_state.py", "save_load_demo.py"]
+CHAPTERS = [
+    "build_model.py",
+    "train_iris.py",
+    "inspect_state.py",
+    "save_load_demo.py",
+    "checkpoint_resume.py",
+    "load_tips.py",
+]
 
 
 def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,10 +1,11 @@
-"""Every chapter is `main(argv)` with `--help`, as the README promises."""
+"""Every chapter is `main(argv)` with `--help`, and writes only where the README says."""
 
 from __future__ import annotations
 
 import importlib
 
 import pytest
+import torch
 
 from tests.conftest import CHAPTERS
 
@@ -20,3 +21,20 @@ def test_every_chapter_has_help(script, capsys):
     assert chapter.__doc__.splitlines()[0] in " ".join(help_text.split())
     if script != "build_model.py":  # chapter 1 reads and writes no files
         assert "--out-dir OUT_DIR" in help_text
+
+
+def test_walkthrough_writes_only_into_artifacts(walkthrough):
+    assert [path.name for path in walkthrough.cwd.iterdir()] == ["artifacts"]
+    written = sorted(path.name for path in walkthrough.artifacts.iterdir())
+    assert written == [
+        "demo-state.pickle",
+        "demo-state.pth",
+        "demo-whole-model-main.pth",
+        "demo-whole-model.pth",
+        "iris-checkpoint-epoch60.pth",
+        "iris-checkpoint.pth",
+        "iris-model.pth",
+        "tips-saved-on-gpu.pth",
+        *(["tips-real-gpu.pth"] if torch.cuda.is_available() else []),
+        "tips-two-models.pth",
+    ]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from build_model import ModelFileError, Multiclass, load_model
-from tests.conftest import REPO
+from tests.conftest import CHAPTERS, REPO
 from tests.test_build_model import write_bad_file
 
 README = (REPO / "README.md").read_text()
@@ -63,3 +63,11 @@ def test_error_table_messages_are_pytorchs():
         ),
     ):
         Multiclass().load_state_dict(wider)
+
+
+def test_readme_and_walkthrough_sh_run_the_chapters_in_the_same_order():
+    in_readme = re.findall(r"^### \d+\. .* — `python (\S+\.py)`$", README, flags=re.MULTILINE)
+    script = (REPO / "walkthrough.sh").read_text()
+    loop = re.search(r"for chapter in (.*?); do", script, flags=re.DOTALL).group(1)
+    assert in_readme == CHAPTERS
+    assert loop.replace("\\", " ").split() == CHAPTERS
