@@ -137,15 +137,18 @@ def test_interrupt_must_come_before_the_end(tmp_path, capsys):
 
 SAVER = """
 import sys
+from pathlib import Path
 import torch
-sys.path.insert(0, sys.argv[1])
-from checkpoint_resume import save_atomically
 
-path, atomic = sys.argv[2], sys.argv[3] == "atomic"
+path, atomic = Path(sys.argv[2]), sys.argv[3] == "atomic"
+save = torch.save
+if atomic:
+    sys.path.insert(0, sys.argv[1])
+    from checkpoint_resume import save_atomically as save
 for version in range(1, 1000):
     checkpoint = {"version": version, "weights": torch.full((32 * 2**20,), float(version))}  # 128 MiB
     print(version, flush=True)
-    save_atomically(checkpoint, __import__("pathlib").Path(path)) if atomic else torch.save(checkpoint, path)
+    save(checkpoint, path)
 """
 
 

@@ -40,15 +40,23 @@ def test_default_run_reaches_its_accuracy_and_saves_a_plain_state_dict(walkthrou
     assert round(accuracy(model, split.X_test, split.y_test), 2) == printed_accuracy(stdout)
 
 
+def trained_weights(out_dir, *flags: str) -> dict[str, torch.Tensor]:
+    assert train_iris.main(["--out-dir", str(out_dir), *flags]) == 0
+    return torch.load(out_dir / "iris-model.pth", weights_only=True)
+
+
 def test_same_seed_gives_bit_identical_weights_across_processes(tmp_path, trained_model_path, capsys):
-    assert train_iris.main(["--out-dir", str(tmp_path / "a")]) == 0
-    assert train_iris.main(["--out-dir", str(tmp_path / "b"), "--seed", "1"]) == 0
-    capsys.readouterr()
-    in_process = torch.load(tmp_path / "a" / "iris-model.pth", weights_only=True)
-    other_seed = torch.load(tmp_path / "b" / "iris-model.pth", weights_only=True)
-    from_subprocess = torch.load(trained_model_path, weights_only=True)
-    assert same_state(in_process, from_subprocess)
-    assert not same_state(in_process, other_seed)
+    in_process = trained_weights(tmp_path / "default")
+    assert same_state(in_process, torch.load(trained_model_path, weights_only=True))
+    assert (tmp_path / "default" / "iris-model.pth").read_bytes() == trained_model_path.read_bytes()
+
+
+def test_the_seed_decides_the_weights(tmp_path, capsys):
+    seed_42 = trained_weights(tmp_path / "a", "--epochs", "1", "--seed", "42")
+    seed_42_again = trained_weights(tmp_path / "b", "--epochs", "1", "--seed", "42")
+    seed_1 = trained_weights(tmp_path / "c", "--epochs", "1", "--seed", "1")
+    assert same_state(seed_42, seed_42_again)
+    assert not same_state(seed_42, seed_1)
 
 
 def test_each_epoch_covers_the_training_set_exactly_once():
