@@ -31,6 +31,7 @@ def test_walkthrough_writes_only_into_artifacts(walkthrough):
         "demo-state.pth",
         "demo-whole-model-main.pth",
         "demo-whole-model.pth",
+        "formats.json",
         "iris-checkpoint-epoch60.pth",
         "iris-checkpoint.pth",
         "iris-model.pth",
