@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 # README order. Each runs with its default flags, so it writes to ./artifacts of its cwd.
@@ -38,7 +39,12 @@ def script_command(script: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO / script), *args]
 
 
-SCRIPT_ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}  # leave nothing behind in the repo
+SCRIPT_ENV = {
+    **os.environ,
+    "PYTHONDONTWRITEBYTECODE": "1",  # leave nothing behind in the repo
+    "OMP_NUM_THREADS": "1",  # chapters run side by side: one thread each, no oversubscription
+}
+torch.set_num_threads(1)  # the same for the tests run in this process
 
 
 def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
