@@ -24,7 +24,6 @@ import ctypes
 import json
 import pickle
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -448,14 +447,27 @@ MARKER = "code-from-the-file-ran"
 
 
 class Hostile:
+    """Unpickling this runs `exec`, which creates `marker`: harmless, and plain to see."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, (f"open({MARKER!r}, 'w').close()",))
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-HOSTILE_LOADS = {
+def write_hostile_files(place: Path) -> Path:
+    """hostile.pkl (plain pickle) and hostile.pth (torch.save) in `place`; returns the marker."""
+    place.mkdir()
+    marker = place.resolve() / MARKER  # absolute: whichever folder the loader runs in
+    (place / "hostile.pkl").write_bytes(pickle.dumps(Hostile(marker)))
+    torch.save({"weight": Hostile(marker)}, place / "hostile.pth")
+    return marker
+
+
+UNSAFE_LOADS = {  # each runs in a throwaway process
     "pickle.load": "import pickle; pickle.load(open('hostile.pkl', 'rb'))",
     "torch.load(weights_only=False)": "import torch; torch.load('hostile.pth', weights_only=False)",
-    "torch.load(weights_only=True)": "import torch; torch.load('hostile.pth', weights_only=True)",
 }
 
 
@@ -466,44 +478,48 @@ class HostileOutcome:
     error: str  # the loader's exception, "" when it loaded
 
 
-def refusal_of(stderr: str) -> str:
-    """The exception type and its key line, from a child's traceback."""
-    error_types = re.findall(r"^(\w+(?:\.\w+)*Error): ", stderr, flags=re.MULTILINE)
-    key = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+)", stderr)
-    return f"{error_types[-1] if error_types else 'error'}: {key.group(1) if key else stderr.strip()[-120:]}"
+def refusal(error_type: str, message: str) -> str:
+    key = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+)", message)
+    return f"{error_type}: {key.group(1) if key else message.strip().splitlines()[-1][:120]}"
 
 
 def hostile_loads(folder: Path) -> list[HostileOutcome]:
-    """Try every loader at once, each in a fresh process in its own copy of the files."""
+    """The unsafe loaders in fresh processes, side by side; the safe one right here, in
+    this process: that is what safe means."""
     runs = {}
-    for index, (loader, code) in enumerate(HOSTILE_LOADS.items()):
+    for index, (loader, code) in enumerate(UNSAFE_LOADS.items()):
         place = folder / f"try-{index}"
-        place.mkdir()
-        for name in ("hostile.pkl", "hostile.pth"):
-            shutil.copy(folder / name, place / name)
+        marker = write_hostile_files(place)
         command = [sys.executable, "-I", "-c", code]
-        runs[loader] = (place, subprocess.Popen(command, cwd=place, stderr=subprocess.PIPE, text=True))
-    outcomes = []
-    for loader, (place, process) in runs.items():
+        runs[loader] = (marker, subprocess.Popen(command, cwd=place, stderr=subprocess.PIPE, text=True))
+
+    marker = write_hostile_files(folder / "try-here")
+    try:
+        torch.load(marker.parent / "hostile.pth", weights_only=True)
+        error = ""
+    except pickle.UnpicklingError as err:
+        error = refusal(type(err).__name__, str(err))
+    outcomes = [HostileOutcome("torch.load(weights_only=True)", marker.exists(), error)]
+
+    for loader, (marker, process) in runs.items():
         _, stderr = process.communicate()
-        error = refusal_of(stderr) if process.returncode else ""
-        outcomes.append(HostileOutcome(loader, (place / MARKER).exists(), error))
+        types = re.findall(r"^\w+(?:\.\w+)*(?:Error|Exception)", stderr, flags=re.MULTILINE)
+        error = refusal(types[-1] if types else "error", stderr) if process.returncode else ""
+        outcomes.insert(-1, HostileOutcome(loader, marker.exists(), error))
     return outcomes
 
 
 def hostile_demo(folder: Path) -> tuple[list[HostileOutcome], list[str], str]:
     """Outcome per loader, what the checkpoint reveals unloaded, and safetensors' refusal."""
-    (folder / "hostile.pkl").write_bytes(pickle.dumps(Hostile()))
-    torch.save({"weight": Hostile()}, folder / "hostile.pth")
     outcomes = hostile_loads(folder)
-    revealed = torch.serialization.get_unsafe_globals_in_checkpoint(folder / "hostile.pth")
-    refusal = "safetensors not installed"
+    revealed = torch.serialization.get_unsafe_globals_in_checkpoint(folder / "try-here" / "hostile.pth")
+    not_stored = "safetensors not installed"
     if save_file is not None:
         try:
-            save_file({"weight": Hostile()}, folder / "hostile.safetensors")
+            save_file({"weight": Hostile(folder / MARKER)}, folder / "hostile.safetensors")
         except (ValueError, TypeError) as err:
-            refusal = f"{type(err).__name__}: {err}"
-    return outcomes, revealed, refusal
+            not_stored = f"{type(err).__name__}: {err}"
+    return outcomes, revealed, not_stored
 
 
 def show_hostile_demo(folder: Path) -> None:
