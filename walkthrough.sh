@@ -8,7 +8,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt ".[dev,formats]"
 
 for chapter in build_model.py train_iris.py inspect_state.py save_load_demo.py \
-    checkpoint_resume.py load_tips.py compare_formats.py; do
+    checkpoint_resume.py load_tips.py compare_formats.py distributed_checkpoint.py; do
     printf '\n===== python %s =====\n' "$chapter"
     .venv/bin/python "$chapter"
 done

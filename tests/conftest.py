@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ CHAPTERS = [
     "checkpoint_resume.py",
     "load_tips.py",
     "compare_formats.py",
+    "distributed_checkpoint.py",
 ]
 # Flags some chapters get in the test run, beyond the reader's defaults.
 EXTRA_ARGS = {"compare_formats.py": ["--json", "artifacts/formats.json"]}
@@ -67,10 +69,13 @@ def run_chapters(cwd: Path, slots: int) -> dict[str, subprocess.CompletedProcess
             )
             waiting.pop(0)
             continue
-        script, process = next(iter(running.items()))  # wait for the oldest
-        stdout, stderr = process.communicate(timeout=300)
-        done[script] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-        del running[script]
+        finished = [script for script, process in running.items() if process.poll() is not None]
+        if not finished:
+            time.sleep(0.02)
+        for script in finished:
+            process = running.pop(script)
+            stdout, stderr = process.communicate()
+            done[script] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     return done
 
 

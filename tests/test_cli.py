@@ -27,6 +27,9 @@ def test_walkthrough_writes_only_into_artifacts(walkthrough):
     assert [path.name for path in walkthrough.cwd.iterdir()] == ["artifacts"]
     written = sorted(path.name for path in walkthrough.artifacts.iterdir())
     assert written == [
+        "dcp-checkpoint",
+        "dcp-checkpoint.pth",
+        "dcp-pitfall",
         "demo-state.pickle",
         "demo-state.pth",
         "demo-whole-model-main.pth",
@@ -34,6 +37,8 @@ def test_walkthrough_writes_only_into_artifacts(walkthrough):
         "formats.json",
         "iris-checkpoint-epoch60.pth",
         "iris-checkpoint.pth",
+        "iris-ddp-rank0.pth",
+        "iris-model-from-dcp.pth",
         "iris-model.pth",
         "tips-saved-on-gpu.pth",
         *(["tips-real-gpu.pth"] if torch.cuda.is_available() else []),
