@@ -236,10 +236,11 @@ FORMATS = [
 # %%
 # # Measuring
 #
-# Files are written without fsync and read back while the operating system still caches
-# them, as a second load of any file is: the measurement is the format's own cost, and
-# reading from a cold disk adds the same time to every row. A load counts only once every
-# byte is in memory, so every loaded tensor is touched: lazy loaders (mmap) pay then.
+# One untimed save comes first. Files are written without fsync and read back while the
+# operating system still caches them, as a second load of any file is: the measurement is
+# the format's own cost, and reading from a cold disk adds the same time to every row. A
+# load counts only once every byte is in memory, so every loaded tensor is touched: lazy
+# loaders (mmap) pay then.
 # Peak memory is the growth of the process's resident set during the load (Linux only).
 
 
@@ -322,6 +323,7 @@ def predicts_the_same(fmt: Format, subject: Subject, path: Path) -> bool:
 
 def measure(fmt: Format, subject: Subject, folder: Path, repeat: int) -> Row:
     path = folder / f"{subject.name.split()[0]}{fmt.suffix}"
+    fmt.save(subject, path)  # untimed warm-up: first-call costs (torch.export's tracing) are not the format's
     save_times = [timed(lambda: fmt.save(subject, path))[0] for _ in range(repeat)]
     loads = [measure_load(fmt, subject, path) for _ in range(repeat)]
     peaks = [peak for _, peak in loads if peak is not None]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,32 @@ def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProces
     return subprocess.run(
         script_command(script, *args), cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=300
     )
+
+
+def run_in_fork(
+    function: Callable[..., object], *args: object, cwd: Path, timeout: float = 120
+) -> tuple[int, str]:
+    """Run `function(*args)` in a forked copy of this process (a real process that needs no
+    fresh imports), in `cwd`; return its exit status and what it wrote to stderr. A child
+    still running after `timeout` seconds is killed and the test fails: it hung."""
+    stderr_path = cwd / "stderr.txt"
+
+    def child() -> None:
+        os.chdir(cwd)
+        stderr_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(stderr_fd, 2)
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 -- lives as long as the child
+        sys.exit(function(*args))
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        pytest.fail(f"{function.__name__} still running after {timeout} s: it hung")
+    stderr = stderr_path.read_text()
+    stderr_path.unlink()
+    return process.exitcode, stderr
 
 
 def run_chapters(cwd: Path, slots: int) -> dict[str, subprocess.CompletedProcess[str]]:

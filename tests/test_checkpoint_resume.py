@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
+import os
 import re
 import signal
-import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,6 @@ import torch
 
 import checkpoint_resume as ckpt
 from build_model import EXIT_BAD_INPUT, SEED, ModelFileError, load_iris_split, same_state
-from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -135,47 +137,41 @@ def test_interrupt_must_come_before_the_end(tmp_path, capsys):
 # %%
 # Crash safety, tested by killing a real process in the middle of a save.
 
-SAVER = """
-import sys
-from pathlib import Path
-import torch
+CHECKPOINT_BYTES = 2**27  # 128 MiB: a save long enough to be interrupted
 
-path, atomic = Path(sys.argv[2]), sys.argv[3] == "atomic"
-save = torch.save
-if atomic:
-    sys.path.insert(0, sys.argv[1])
-    from checkpoint_resume import save_atomically as save
-for version in range(1, 1000):
-    checkpoint = {"version": version, "weights": torch.full((32 * 2**20,), float(version))}  # 128 MiB
-    print(version, flush=True)
-    save(checkpoint, path)
-"""
+
+def save_versions_forever(path: Path, atomic: bool, progress: Connection) -> None:
+    """The saver process: writes version 1, 2, 3, ... of a checkpoint, announcing each."""
+    save = ckpt.save_atomically if atomic else torch.save
+    for version in itertools.count(1):
+        checkpoint = {"version": version, "weights": torch.full((CHECKPOINT_BYTES // 4,), float(version))}
+        progress.send(version)
+        save(checkpoint, path)
 
 
 def kill_during_second_save(path: Path, atomic: bool) -> bool:
     """Start a saver, SIGKILL it while it writes version 2; True if the kill hit mid-write."""
-    partial = path.with_name(f".{path.name}.partial")
-    saver = subprocess.Popen(
-        [sys.executable, "-c", SAVER, str(REPO), str(path), "atomic" if atomic else "plain"],
-        stdout=subprocess.PIPE,
-        text=True,
+    being_written = path.with_name(f".{path.name}.partial") if atomic else path
+    progress, child_end = multiprocessing.get_context("fork").Pipe()
+    saver = multiprocessing.get_context("fork").Process(
+        target=save_versions_forever, args=(path, atomic, child_end)
     )
+    saver.start()
     try:
-        assert saver.stdout.readline().strip() == "1"
-        assert saver.stdout.readline().strip() == "2"  # version 1 is complete on disk
-        being_written = partial if atomic else path
+        for version in (1, 2):  # once 2 is announced, version 1 is complete on disk
+            assert progress.poll(30) and progress.recv() == version
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             size = being_written.stat().st_size if being_written.exists() else 0
-            if 0 < size < 2**27:  # part of version 2 written, not all of it
-                saver.send_signal(signal.SIGKILL)
-                saver.wait()
+            if 0 < size < CHECKPOINT_BYTES:  # part of version 2 written, not all of it
+                os.kill(saver.pid, signal.SIGKILL)
+                saver.join()
                 return True
             time.sleep(0.0005)
         return False
     finally:
         saver.kill()
-        saver.wait()
+        saver.join()
 
 
 def kill_mid_save(path: Path, atomic: bool) -> None:
@@ -190,10 +186,10 @@ def kill_mid_save(path: Path, atomic: bool) -> None:
 def test_killed_mid_save_the_previous_checkpoint_survives(tmp_path):
     path = tmp_path / "checkpoint.pth"
     kill_mid_save(path, atomic=True)
-    assert path.with_name(f".{path.name}.partial").stat().st_size < 2**27  # the kill was mid-save
+    assert path.with_name(f".{path.name}.partial").stat().st_size < CHECKPOINT_BYTES  # the kill was mid-save
     survivor = torch.load(path, weights_only=True)
     assert survivor["version"] == 1
-    assert torch.equal(survivor["weights"], torch.full((32 * 2**20,), 1.0))
+    assert torch.equal(survivor["weights"], torch.full((CHECKPOINT_BYTES // 4,), 1.0))
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX only")

@@ -8,7 +8,7 @@ import torch
 
 import distributed_checkpoint as dc
 from build_model import accuracy, load_iris_split, load_model, same_state
-from tests.conftest import run_script
+from tests.conftest import run_in_fork
 
 
 def test_two_ranks_write_one_file_each_plus_metadata(walkthrough):
@@ -66,11 +66,10 @@ def test_shards_are_equal_so_no_rank_waits_for_a_missing_step():
 
 
 def test_a_failing_rank_fails_the_run_in_one_line_without_hanging(tmp_path):
-    result = run_script("distributed_checkpoint.py", "--fail-rank", "1", "--epochs", "1", cwd=tmp_path)
-    assert result.returncode == 1
-    assert result.stderr.startswith(
-        "error: rank 1 failed: RuntimeError: simulated crash on rank 1 (--fail-rank)"
-    )
-    assert result.stderr.count("\n") == 1
-    assert "Traceback" not in result.stderr
+    argv = ["--fail-rank", "1", "--epochs", "1"]
+    exit_status, stderr = run_in_fork(dc.main, argv, cwd=tmp_path)  # fails the test if it hangs
+    assert exit_status == 1
+    assert stderr.startswith("error: rank 1 failed: RuntimeError: simulated crash on rank 1 (--fail-rank)")
+    assert stderr.count("\n") == 1
+    assert "Traceback" not in stderr
     assert not (tmp_path / "artifacts" / dc.DCP_DIR).exists()  # nothing was saved
