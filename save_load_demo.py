@@ -114,7 +114,10 @@ def attempt(**kwargs):
         return {"error": type(err).__name__, "message": str(err)}
     return {"error": None, "message": ""}
 
-print(json.dumps({"default": attempt(), "weights_only=False": attempt(weights_only=False)}))
+print(json.dumps({
+    "torch.load(path)": attempt(),
+    "torch.load(path, weights_only=False)": attempt(weights_only=False),
+}))
 """
 
 
@@ -154,10 +157,7 @@ def save_whole_model_as_article_does(state_path: Path, whole_path: Path) -> None
 def load_in_fresh_process(whole_path: Path) -> list[LoadOutcome]:
     stdout = run_python(LOAD_IN_FRESH_PROCESS, whole_path.resolve(), cwd=whole_path.parent)
     results = json.loads(stdout)
-    return [
-        LoadOutcome(f"torch.load(path{', ' + call if '=' in call else ''})", r["error"], r["message"])
-        for call, r in results.items()
-    ]
+    return [LoadOutcome(call, result["error"], result["message"]) for call, result in results.items()]
 
 
 # %%
