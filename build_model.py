@@ -156,6 +156,18 @@ def same_state(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
     return list(a) == list(b) and all(torch.equal(a[key], b[key]) for key in a)
 
 
+def flat_tensors(state: Mapping[Any, Any], prefix: str = "") -> dict[str, Tensor]:
+    """Every tensor in a nested state dict (an optimizer's, a checkpoint's), by dotted name."""
+    tensors = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Tensor):
+            tensors[name] = value
+        elif isinstance(value, Mapping):
+            tensors |= flat_tensors(value, f"{name}.")
+    return tensors
+
+
 # %%
 # # Loading a model file without trusting it
 #
@@ -276,13 +288,16 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_out_dir_argument(parser: argparse.ArgumentParser) -> None:
+def chapter_parser(docstring: str) -> argparse.ArgumentParser:
+    """A chapter's command line: its docstring's first line as description, and --out-dir."""
+    parser = argparse.ArgumentParser(description=docstring.splitlines()[0])
     parser.add_argument(
         "--out-dir",
         type=Path,
         default=DEFAULT_OUT_DIR,
         help=f"folder the chapter reads and writes its files in (default: {DEFAULT_OUT_DIR})",
     )
+    return parser
 
 
 def prepare_out_dir(out_dir: Path) -> Path:

@@ -38,9 +38,10 @@ from build_model import (
     IrisSplit,
     ModelFileError,
     Multiclass,
-    add_out_dir_argument,
+    chapter_parser,
     check_state_dict_fits,
     fail,
+    flat_tensors,
     heading,
     load_iris_split,
     make_optimizer,
@@ -258,10 +259,7 @@ def resume_without(
 
 def full_state(state: TrainingState) -> dict[str, torch.Tensor]:
     """Every tensor of the model and the optimizer, under one flat set of names."""
-    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
-    for index, per_param in state.optimizer.state_dict()["state"].items():
-        tensors |= {f"optimizer.{index}.{k}": v for k, v in per_param.items()}
-    return tensors
+    return flat_tensors({"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict()})
 
 
 def resume_in_new_process(args: argparse.Namespace) -> str:
@@ -322,7 +320,7 @@ def resume_command(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = chapter_parser(__doc__)
     parser.add_argument("--epochs", type=positive_int, default=EPOCHS, help=f"(default: {EPOCHS})")
     parser.add_argument(
         "--interrupt-at",
@@ -342,7 +340,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="continue training from OUT_DIR/iris-checkpoint.pth if it exists, up to --epochs",
     )
     parser.add_argument("--seed", type=int, default=SEED, help=f"for a fresh start (default: {SEED})")
-    add_out_dir_argument(parser)
     args = parser.parse_args(argv)
     if not args.resume and args.interrupt_at >= args.epochs:
         parser.error(f"--interrupt-at ({args.interrupt_at}) must be below --epochs ({args.epochs})")

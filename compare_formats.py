@@ -42,7 +42,7 @@ from build_model import (
     MODEL_FILE,
     SEED,
     Multiclass,
-    add_out_dir_argument,
+    chapter_parser,
     fail,
     heading,
     load_iris_split,
@@ -297,10 +297,10 @@ def reset_peak_memory() -> bool:
     return True
 
 
-def timed(action: Callable[[], Any]) -> tuple[float, Any]:
+def timed(action: Callable[[], Any]) -> float:
     start = time.perf_counter()
-    result = action()
-    return time.perf_counter() - start, result
+    action()
+    return time.perf_counter() - start
 
 
 def measure_load(fmt: Format, subject: Subject, path: Path) -> tuple[float, float | None]:
@@ -324,7 +324,7 @@ def predicts_the_same(fmt: Format, subject: Subject, path: Path) -> bool:
 def measure(fmt: Format, subject: Subject, folder: Path, repeat: int) -> Row:
     path = folder / f"{subject.name.split()[0]}{fmt.suffix}"
     fmt.save(subject, path)  # untimed warm-up: first-call costs (torch.export's tracing) are not the format's
-    save_times = [timed(lambda: fmt.save(subject, path))[0] for _ in range(repeat)]
+    save_times = [timed(lambda: fmt.save(subject, path)) for _ in range(repeat)]
     loads = [measure_load(fmt, subject, path) for _ in range(repeat)]
     peaks = [peak for _, peak in loads if peak is not None]
     row = Row(
@@ -566,7 +566,7 @@ def recommend(rows: list[Row]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = chapter_parser(__doc__)
     parser.add_argument(
         "--size-mb", type=positive_int, default=SIZE_MB, help=f"synthetic model size (default: {SIZE_MB})"
     )
@@ -574,7 +574,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeat", type=positive_int, default=REPEAT, help=f"runs per timing (default: {REPEAT})"
     )
     parser.add_argument("--json", type=Path, help="also write the table's rows to this JSON file")
-    add_out_dir_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -47,7 +47,8 @@ from build_model import (
     ModelFileError,
     Multiclass,
     accuracy,
-    add_out_dir_argument,
+    chapter_parser,
+    flat_tensors,
     heading,
     load_iris_split,
     load_model,
@@ -263,18 +264,6 @@ def resume_on_one_process(out_dir: Path) -> tuple[Multiclass, torch.optim.Optimi
     return model, optimizer, state
 
 
-def flat_tensors(state: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
-    """Every tensor in a nested state dict, under a dotted name."""
-    tensors = {}
-    for key, value in state.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, torch.Tensor):
-            tensors[name] = value
-        elif isinstance(value, dict):
-            tensors |= flat_tensors(value, f"{name}.")
-    return tensors
-
-
 # %%
 # # Converting to one plain file
 #
@@ -315,7 +304,7 @@ def after_training(out_dir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = chapter_parser(__doc__)
     parser.add_argument(
         "--nproc", type=positive_int, default=NPROC, help=f"ranks to start (default: {NPROC})"
     )
@@ -326,7 +315,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=-1,
         help="make this rank crash after training, to see a failed run end cleanly",
     )
-    add_out_dir_argument(parser)
     args = parser.parse_args(argv)
     args.failure_dir = None  # where ranks started by this script report a failure
     return args

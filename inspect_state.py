@@ -26,7 +26,7 @@ from build_model import (
     SEED,
     IrisSplit,
     Multiclass,
-    add_out_dir_argument,
+    chapter_parser,
     heading,
     load_iris_split,
     load_model_or_exit,
@@ -183,9 +183,8 @@ def show_reference_trap(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = chapter_parser(__doc__)
     parser.add_argument("--seed", type=int, default=SEED, help=f"(default: {SEED})")
-    add_out_dir_argument(parser)
     return parser.parse_args(argv)
 
 

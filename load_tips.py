@@ -30,7 +30,8 @@ from build_model import (
     SEED,
     Multiclass,
     accuracy,
-    add_out_dir_argument,
+    chapter_parser,
+    flat_tensors,
     heading,
     load_iris_split,
     load_model_or_exit,
@@ -316,14 +317,6 @@ def load_pair(path: Path) -> tuple[list[Multiclass], list[torch.optim.Optimizer]
     return models, optimizers
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
-    return {
-        f"{index}.{name}": value
-        for index, per_param in optimizer.state_dict()["state"].items()
-        for name, value in per_param.items()
-    }
-
-
 def pair_round_trip_is_exact(path: Path) -> bool:
     models, optimizers = train_pair(SEED)
     save_pair(models, optimizers, path)
@@ -331,7 +324,7 @@ def pair_round_trip_is_exact(path: Path) -> bool:
     return all(
         same_state(a.state_dict(), b.state_dict()) for a, b in zip(models, loaded_models, strict=True)
     ) and all(
-        same_state(optimizer_tensors(a), optimizer_tensors(b))
+        same_state(flat_tensors(a.state_dict()), flat_tensors(b.state_dict()))
         for a, b in zip(optimizers, loaded_optimizers, strict=True)
     )
 
@@ -344,9 +337,8 @@ def show_several_models(out_dir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = chapter_parser(__doc__)
     parser.add_argument("--seed", type=int, default=SEED, help=f"for the fresh models (default: {SEED})")
-    add_out_dir_argument(parser)
     return parser.parse_args(argv)
 
 

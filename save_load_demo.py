@@ -34,7 +34,7 @@ from build_model import (
     MODEL_FILE,
     SPECIES,
     Multiclass,
-    add_out_dir_argument,
+    chapter_parser,
     heading,
     load_iris_split,
     load_model_or_exit,
@@ -218,9 +218,7 @@ def report_round_trip(label: str, original: nn.Module, restored: nn.Module, X: T
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_out_dir_argument(parser)
-    return parser.parse_args(argv)
+    return chapter_parser(__doc__).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

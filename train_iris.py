@@ -29,7 +29,7 @@ from build_model import (
     IrisSplit,
     Multiclass,
     accuracy,
-    add_out_dir_argument,
+    chapter_parser,
     fail,
     load_iris_split,
     make_optimizer,
@@ -81,14 +81,13 @@ def save_state_dict(model: Multiclass, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = chapter_parser(__doc__)
     parser.add_argument("--epochs", type=positive_int, default=EPOCHS, help=f"(default: {EPOCHS})")
     parser.add_argument(
         "--batch-size", type=positive_int, default=BATCH_SIZE, help=f"(default: {BATCH_SIZE})"
     )
     parser.add_argument("--lr", type=float, default=LEARNING_RATE, help=f"(default: {LEARNING_RATE})")
     parser.add_argument("--seed", type=int, default=SEED, help=f"(default: {SEED})")
-    add_out_dir_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -7,7 +7,7 @@ import re
 import torch
 
 import distributed_checkpoint as dc
-from build_model import accuracy, load_iris_split, load_model, same_state
+from build_model import accuracy, flat_tensors, load_iris_split, load_model, same_state
 from tests.conftest import run_in_fork
 
 
@@ -25,8 +25,8 @@ def test_resharded_load_on_one_process_equals_the_saved_state(walkthrough):
     # and independently of the chapter's own check:
     model, _, state = dc.resume_on_one_process(walkthrough.artifacts)
     saved = torch.load(walkthrough.artifacts / dc.RANK0_FILE, weights_only=True)
-    flat = dc.flat_tensors(state)
-    assert same_state(flat, dc.flat_tensors(saved))
+    flat = flat_tensors(state)
+    assert same_state(flat, flat_tensors(saved))
     assert len(flat) == 4 + 4 * 3  # the model's 4 tensors, and Adam's step, exp_avg, exp_avg_sq for each
     assert same_state(model.state_dict(), saved["model"])
 
