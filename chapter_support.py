@@ -1,0 +1,521 @@
+"""Support code for the chapters: the command line, one-line errors, and files you did not make.
+
+None of this is a lesson. The chapters teach the PyTorch calls in their own cells; this
+module holds what would clutter them:
+
+- the command line: `--out-dir` and the other flags, parsed so that a chapter also runs
+  cell by cell in a notebook kernel;
+- one-line errors: bad input ends a chapter with `error: ...` on stderr and exit status 2,
+  Ctrl-C with one line saying what was saved and exit status 130, never a traceback;
+- crash-safe writing: `save_atomically`, which chapter 5 explains;
+- files you did not make: `read_untrusted` opens only regular files, bounds what a load may
+  allocate, checks every zip record's CRC32 and then loads with `weights_only=True`;
+  `check_state_dict_fits` and `check_checkpoint` check what was loaded against the model
+  before anything uses it. Every refusal is a `ModelFileError` of one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import signal
+import stat
+import sys
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, NoReturn
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_OUT_DIR = Path("artifacts")  # where every chapter reads and writes its files
+EXIT_BAD_INPUT = 2  # the status argparse uses for bad usage; we use it for bad files too
+EXIT_INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
+MAX_SEED = 2**32 - 1  # the largest seed NumPy accepts
+MAX_WIDTH = 4096  # refuse constructor arguments that would build an absurdly large model
+MAX_FILE_BYTES = 64 * 2**20  # no file of this walkthrough's models comes near this
+CHUNK = 2**20  # bytes read at a time when checking a file
+
+
+class ChapterError(Exception):
+    """Bad input a chapter refuses in one line: a file, a folder or a flag."""
+
+
+class ModelFileError(ChapterError):
+    """A model file that is missing, unreadable, unsafe, damaged or made for another model."""
+
+
+# %%
+# # Printing what came from outside
+
+
+def safe_text(text: object, limit: int = 200) -> str:
+    """`text` with control characters escaped, so a name from a file cannot drive the terminal."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
+
+def error_line(err: BaseException, max_lines: int = 1) -> str:
+    """'ExceptionType: the first lines of its message', on one line, escaped."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    message = " ".join(lines[:max_lines])
+    return safe_text(f"{type(err).__name__}: {message}" if message else type(err).__name__, limit=400)
+
+
+def fail(message: object) -> NoReturn:
+    """Report bad input in one line on stderr and exit with status 2, without a traceback."""
+    print(f"error: {safe_text(message, limit=600)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_BAD_INPUT)
+
+
+def heading(title: str) -> None:
+    print(f"\n## {title}")
+
+
+# %%
+# # The command line
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_SEED}, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+def chapter_parser(docstring: str, out_dir: bool = True) -> argparse.ArgumentParser:
+    """A chapter's command line: its docstring's first line as description, and --out-dir."""
+    parser = argparse.ArgumentParser(description=docstring.splitlines()[0])
+    if out_dir:
+        parser.add_argument(
+            "--out-dir",
+            type=Path,
+            default=DEFAULT_OUT_DIR,
+            help=f"folder the chapter reads and writes its files in (default: {DEFAULT_OUT_DIR})",
+        )
+    return parser
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel, whose command line is the kernel's, not the chapter's."""
+    return "ipykernel" in sys.modules
+
+
+def parse_chapter_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The flags, or the defaults in a notebook; run as a script, Ctrl-C also ends it in one line."""
+    args = parser.parse_args([] if in_notebook() else None)
+    if not in_notebook():
+        exit_quietly_on_ctrl_c()
+    return args
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    """Create the output folder and make sure it takes files, or fail in one line."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        fail(f"cannot use {out_dir} as the output folder: {err.strerror or err}")
+    return out_dir
+
+
+# %%
+# # Writing files so that a crash cannot ruin them, and saying what was written
+
+SAVED: list[str] = []  # what this process has written, for the Ctrl-C line
+
+
+def save_atomically(obj: object, path: Path, what: str = "") -> Path:
+    """`torch.save(obj, path)`, crash-safe: the path always holds the old file or the new one.
+
+    Written to a temporary file of this process's own in the same folder, flushed and
+    fsynced, then renamed over `path` (atomic on POSIX), and the folder fsynced. A temporary
+    file left by a killed writer is removed by the next save. Failure: one line, exit 2.
+    """
+    remove_abandoned_partials(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)  # noqa: PTH105 -- the atomic rename is the point
+        fsync_folder(path.parent)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        partial.unlink(missing_ok=True)
+        reason = getattr(err, "strerror", None) or error_line(err)
+        fail(f"cannot write {path}: {reason}; the previous file, if any, is unchanged")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    SAVED.append(f"{path}{f' ({what})' if what else ''}")
+    return path
+
+
+def remove_abandoned_partials(path: Path) -> None:
+    """Delete temporary files that writers which no longer run left next to `path`."""
+    for partial in path.parent.glob(f".{path.name}.*.partial"):
+        pid = partial.name.removeprefix(f".{path.name}.").removesuffix(".partial")
+        if pid.isdigit() and not process_exists(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fsync_folder(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def exit_quietly_on_ctrl_c() -> None:
+    """Ctrl-C ends the chapter with one line saying what it saved, and exit status 130."""
+
+    def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        saved = f"saved before that: {', '.join(SAVED)}" if SAVED else "nothing was saved"
+        print(f"\ninterrupted (Ctrl-C); {saved}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+
+
+# %%
+# # Pictures, where matplotlib is installed
+
+PLOTS_INSTALL = 'pip install -c constraints.txt ".[plots]"'
+
+
+def import_pyplot(picture: Path) -> Any:
+    """matplotlib.pyplot, or None after one line saying where `picture` would be and how to get it.
+
+    Run as a script, figures go to files only (no window); in a notebook they also show inline.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"(No picture: {picture} needs matplotlib. To draw it: {PLOTS_INSTALL})")
+        return None
+    if not in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write `fig` as a PNG (one line on failure); show it too when running in a notebook."""
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as err:
+        fail(f"cannot write {path}: {err.strerror or err}")
+    print(f"Drew {path}")
+    if in_notebook():
+        import matplotlib.pyplot as plt
+
+        plt.show()
+    else:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+# %%
+# # Reading a file you did not make
+
+
+def open_regular_file(path: Path, made_by: str = "") -> IO[bytes]:
+    """Open `path` for reading if it is a regular file (after links); never block on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        hint = f"; create it with: {made_by}" if made_by else ""
+        raise ModelFileError(f"{path} not found{hint}") from None
+    except OSError as err:
+        raise ModelFileError(f"{path} cannot be read: {err.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+        raise ModelFileError(f"{path} cannot be read: Is {kind}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def check_zip_records(file: IO[bytes], size: int) -> None:
+    """For a torch.save zip: every record stored (not compressed), inside the file, CRC32 right.
+
+    `torch.load` checks none of this: a flipped bit in the weights loads silently, and a
+    compressed record may inflate to far more than the file's size.
+    """
+    try:
+        archive = zipfile.ZipFile(file)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise ModelFileError("the file is truncated or corrupted (its zip archive is incomplete)") from None
+    records = archive.infolist()
+    if any(info.compress_type != zipfile.ZIP_STORED for info in records):
+        raise ModelFileError("it has compressed records; torch.save never writes them (a zip bomb?)")
+    if sum(info.file_size for info in records) > size:
+        raise ModelFileError("its records claim more bytes than the file holds")
+    if all(info.CRC == 0 for info in records if info.file_size):
+        raise ModelFileError("it carries no CRC32 checksums, so it cannot be verified")
+    for info in records:
+        try:
+            with archive.open(info) as record:
+                while record.read(CHUNK):
+                    pass
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error):
+            raise ModelFileError(
+                f"record {safe_text(info.filename)} fails its CRC32 check: the file is damaged"
+            ) from None
+
+
+def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """`torch.load(path, map_location="cpu", weights_only=True)`, after checking the file.
+
+    A regular file of at most `max_bytes`, and for a zip archive every record intact; then
+    PyTorch's restricted unpickler, which rebuilds tensors and plain containers only and
+    runs nothing from the file. Every failure is one ModelFileError that names the file.
+    """
+    with open_regular_file(path, made_by) as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > max_bytes:
+            raise ModelFileError(f"{path} refused: it has {size} bytes, more than the {max_bytes} allowed")
+        with refusing(path):
+            if file.read(4) == b"PK\x03\x04":
+                check_zip_records(file, size)
+            file.seek(0)
+        with warnings.catch_warnings():  # the one-line reason below says all that matters
+            warnings.simplefilter("ignore")
+            try:
+                return torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as err:  # a file from anywhere can fail in any way; all are refusals
+                raise ModelFileError(f"{path} refused: {describe_load_error(err)}") from None
+
+
+def describe_load_error(err: Exception) -> str:
+    """Turn torch.load's long, multi-line errors into one short reason."""
+    text = str(err)
+    if found := re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text):
+        name = safe_text(found.group(1), limit=80)
+        return f"it refers to {name}, not just tensors; weights_only loading ran none of it"
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(err, RecursionError):
+        return "its data is nested too deeply"
+    if isinstance(err, OSError) or "central directory" in text or "zip archive" in text:
+        return "the file is truncated or corrupted (its zip archive is incomplete)"
+    if "Weights only load failed" in text:
+        return "not a PyTorch weights file (unreadable pickle data)"
+    return f"not a PyTorch weights file ({error_line(err)})"
+
+
+@contextmanager
+def refusing(path: Path) -> Iterator[None]:
+    """Re-raise a ModelFileError from the block as one that names `path`."""
+    try:
+        yield
+    except ModelFileError as err:
+        raise ModelFileError(f"{path} refused: {err}") from None
+
+
+def check_plain_tensor(name: str, tensor: object, like: Tensor | None = None) -> None:
+    """A dense, CPU tensor of a plain type; with `like`, of its shape and dtype, and finite."""
+    if type(tensor) not in (Tensor, nn.Parameter):
+        raise ModelFileError(f"{safe_text(name)} is a {safe_text(type(tensor).__name__)}, not a tensor")
+    assert isinstance(tensor, Tensor)
+    if tensor.layout != torch.strided or tensor.is_nested or tensor.device.type != "cpu":
+        kind = "nested" if tensor.is_nested else f"{tensor.layout}, on {tensor.device}"
+        raise ModelFileError(f"{safe_text(name)} is not a plain dense CPU tensor ({kind})")
+    if like is None:
+        return
+    if tensor.shape != like.shape:
+        raise ModelFileError(
+            f"{safe_text(name)} has shape {tuple(tensor.shape)}, expected {tuple(like.shape)}"
+        )
+    if tensor.dtype != like.dtype:
+        raise ModelFileError(f"{safe_text(name)} is {tensor.dtype}, expected {like.dtype}")
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise ModelFileError(f"{safe_text(name)} contains NaN or infinite values")
+
+
+def check_state_dict_fits(state: Any, model: nn.Module) -> None:
+    """Raise ModelFileError (without a path) unless `state` is exactly `model`'s state_dict."""
+    name = type(model).__name__
+    if not isinstance(state, Mapping) or not all(isinstance(key, str) for key in state):
+        raise ModelFileError(f"it holds a {safe_text(type(state).__name__)}, not a state_dict")
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None and not (
+        isinstance(metadata, Mapping) and all(isinstance(v, Mapping) for v in metadata.values())
+    ):
+        raise ModelFileError("its state_dict metadata is malformed")
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [safe_text(key) for key in state if key not in expected]
+    if missing or unexpected:
+        raise ModelFileError(
+            f"its keys do not fit {name}: missing {missing or 'none'}, unexpected {unexpected or 'none'}"
+        )
+    for key, tensor in state.items():
+        try:
+            check_plain_tensor(key, tensor, like=expected[key])
+        except ModelFileError as err:
+            raise ModelFileError(str(err).replace(", expected ", f", {name} expects ")) from None
+
+
+def load_untrusted_model(path: Path, model_class: Callable[[], nn.Module], made_by: str = "") -> nn.Module:
+    """A model in eval mode with the checked weights from `path`, or ModelFileError."""
+    state = read_untrusted(path, made_by)
+    model = model_class()
+    with refusing(path):
+        check_state_dict_fits(state, model)
+    model.load_state_dict(dict(state))
+    return model.eval()
+
+
+def load_model_or_exit(path: Path, model_class: Callable[[], nn.Module], made_by: str = "") -> nn.Module:
+    """`load_untrusted_model` for a chapter: a bad file ends it in one line, exit status 2."""
+    try:
+        return load_untrusted_model(path, model_class, made_by)
+    except ModelFileError as err:
+        fail(err)
+
+
+# %%
+# # Checking a training checkpoint before anything uses it
+
+CHECKPOINT_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "model_args", "rng_state")
+
+
+def check_model_args(args: Any, expected: Mapping[str, int]) -> dict[str, int]:
+    if (
+        not isinstance(args, Mapping)
+        or set(args) != set(expected)
+        or not all(type(v) is int and 1 <= v <= MAX_WIDTH for v in args.values())
+    ):
+        raise ModelFileError(f"its model_args are not {sorted(expected)} in 1..{MAX_WIDTH}")
+    return dict(args)
+
+
+def check_optimizer_state(state: Any, model: nn.Module) -> None:
+    """An Adam state_dict for exactly `model`'s parameters: shapes, dtypes and settings sane."""
+    params = list(model.parameters())
+    if not isinstance(state, Mapping) or set(state) != {"state", "param_groups"}:
+        raise ModelFileError("its optimizer state is not an optimizer's state_dict")
+    groups = state["param_groups"]
+    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], Mapping):
+        raise ModelFileError("its optimizer state does not have one parameter group")
+    group = groups[0]
+    if group.get("params") != list(range(len(params))):
+        raise ModelFileError(f"its optimizer state is not for this model's {len(params)} parameters")
+    lr, betas = group.get("lr"), group.get("betas")
+    if type(lr) is not float or not 0 < lr <= 1:
+        raise ModelFileError("its optimizer's lr is not a number in (0, 1]")
+    if (
+        not isinstance(betas, tuple | list)
+        or len(betas) != 2
+        or not all(type(b) is float and 0 <= b < 1 for b in betas)
+    ):
+        raise ModelFileError("its optimizer's betas are not two numbers in [0, 1)")
+    for flag in ("fused", "foreach", "capturable", "differentiable", "amsgrad", "maximize"):
+        if group.get(flag) not in (None, False):
+            raise ModelFileError(f"its optimizer asks for {flag}={safe_text(group.get(flag))}")
+    per_param = state["state"]
+    if not isinstance(per_param, Mapping) or not set(per_param) <= set(range(len(params))):
+        raise ModelFileError("its optimizer state refers to parameters this model does not have")
+    for index, entry in per_param.items():
+        if not isinstance(entry, Mapping) or set(entry) != {"step", "exp_avg", "exp_avg_sq"}:
+            raise ModelFileError(f"its optimizer state for parameter {index} is not Adam's")
+        check_plain_tensor(f"optimizer state[{index}].step", entry["step"])
+        step = entry["step"]
+        if step.numel() != 1 or not step.is_floating_point() or not 0 <= step.item() < 2**40:
+            raise ModelFileError(f"its optimizer step for parameter {index} is not a count")
+        for moment in ("exp_avg", "exp_avg_sq"):
+            check_plain_tensor(f"optimizer state[{index}].{moment}", entry[moment], like=params[index])
+
+
+def check_rng_state(rng: Any) -> None:
+    """The generator states chapter 5 saves: torch's bytes, NumPy's and Python's as tensors."""
+    try:
+        ok = (
+            set(rng) == {"torch", "numpy", "python"}
+            and type(rng["torch"]) is Tensor
+            and rng["torch"].dtype == torch.uint8
+            and rng["torch"].dim() == 1
+            and type(rng["numpy"]["keys"]) is Tensor
+            and rng["numpy"]["keys"].shape == (624,)
+            and type(rng["numpy"]["pos"]) is int
+            and type(rng["numpy"]["has_gauss"]) is int
+            and type(rng["numpy"]["cached_gaussian"]) is float
+            and type(rng["python"]["version"]) is int
+            and type(rng["python"]["internal"]) is Tensor
+            and rng["python"]["internal"].shape == (625,)
+            and (rng["python"]["gauss_next"] is None or type(rng["python"]["gauss_next"]) is float)
+        )
+    except (TypeError, KeyError, AttributeError):
+        ok = False
+    if not ok:
+        raise ModelFileError("its rng_state is not the torch, NumPy and Python generator states")
+
+
+def check_checkpoint(checkpoint: Any, model_class: Callable[..., nn.Module], max_epoch: int) -> None:
+    """Raise ModelFileError unless `checkpoint` is a chapter-5 checkpoint that fits the model.
+
+    Everything is checked before use: an optimizer state of the wrong shapes would make a
+    fused optimizer write past its buffers and crash the process, not raise.
+    """
+    if not isinstance(checkpoint, Mapping) or set(checkpoint) != set(CHECKPOINT_KEYS):
+        raise ModelFileError(f"not a training checkpoint (it needs the keys {', '.join(CHECKPOINT_KEYS)})")
+    epoch = checkpoint["epoch"]
+    if type(epoch) is not int or not 0 <= epoch <= max_epoch:
+        raise ModelFileError(f"its epoch is not a whole number from 0 to {max_epoch}")
+    loss = checkpoint["loss"]
+    if type(loss) is not float or not math.isfinite(loss):
+        raise ModelFileError("its loss is not a finite number")
+    args = check_model_args(checkpoint["model_args"], model_class().constructor_args())
+    model = model_class(**args)
+    check_state_dict_fits(checkpoint["model_state_dict"], model)
+    check_optimizer_state(checkpoint["optimizer_state_dict"], model)
+    check_rng_state(checkpoint["rng_state"])

@@ -1,0 +1,123 @@
+"""What the tests share: running a chapter as a reader does, in a process or in this one."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import multiprocessing
+import os
+import runpy
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import chapter_support
+
+REPO = Path(__file__).resolve().parent.parent
+# README order: what walkthrough.sh runs.
+CHAPTERS = [
+    "build_model.py",
+    "train_iris.py",
+    "inspect_state.py",
+    "save_load_demo.py",
+    "checkpoint_resume.py",
+    "load_tips.py",
+    "compare_formats.py",
+    "distributed_checkpoint.py",
+]
+# What each chapter reads from an earlier one (README order guarantees it for a reader).
+READS = {
+    "inspect_state.py": ["iris-model.pth"],
+    "save_load_demo.py": ["iris-model.pth"],
+    "load_tips.py": ["iris-model.pth"],
+    "compare_formats.py": ["iris-model.pth"],
+}
+SCRIPT_ENV = {
+    **os.environ,
+    "PYTHONDONTWRITEBYTECODE": "1",  # leave nothing behind in the repo
+    "OMP_NUM_THREADS": "1",  # chapters run side by side: one thread each, no oversubscription
+    "MPLBACKEND": "Agg",  # no window, whatever the machine has
+}
+
+
+def script_command(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO / script), *args]
+
+
+def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a chapter the way a reader does: `python SCRIPT.py ARGS` in a folder of theirs."""
+    return subprocess.run(
+        script_command(script, *args), cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@dataclass(frozen=True)
+class ChapterResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    namespace: dict  # the chapter's top-level names after it ran (empty if it exited early)
+
+
+def run_chapter_here(script: str, *args: str, cwd: Path) -> ChapterResult:
+    """Run a chapter in this process, as `python SCRIPT.py ARGS` in `cwd` would, and capture
+    what it prints and its exit status. Faster than a process where a process proves nothing."""
+    out, err = io.StringIO(), io.StringIO()
+    old_argv, old_cwd, old_sigint = sys.argv, Path.cwd(), signal.getsignal(signal.SIGINT)
+    chapter_support.SAVED.clear()
+    sys.argv = [str(REPO / script), *args]
+    namespace: dict = {}
+    code = 0
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                namespace = runpy.run_path(str(REPO / script), run_name="__main__")
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+        signal.signal(signal.SIGINT, old_sigint)
+    return ChapterResult(code, out.getvalue(), err.getvalue(), namespace)
+
+
+def run_in_fork(
+    function: Callable[..., object], *args: object, cwd: Path, timeout: float = 120
+) -> tuple[int, str]:
+    """Run `function(*args)` in a forked copy of this process (a real process that needs no
+    fresh imports), in `cwd`; return its exit status and what it wrote to stderr. A child
+    still running after `timeout` seconds is killed and the test fails: it hung."""
+    stderr_path = cwd / "stderr.txt"
+
+    def child() -> None:
+        os.chdir(cwd)
+        stderr_fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(stderr_fd, 2)
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 -- lives as long as the child
+        sys.exit(function(*args))
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        pytest.fail(f"{function.__name__} still running after {timeout} s: it hung")
+    stderr = stderr_path.read_text()
+    stderr_path.unlink()
+    return process.exitcode, stderr
+
+
+def assert_one_line_refusal(result: ChapterResult | subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit status 2, nothing on stdout after the refusal, one `error:` line naming `words`."""
+    assert result.returncode == chapter_support.EXIT_BAD_INPUT, result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, (word, result.stderr)
