@@ -173,7 +173,9 @@ if __name__ == "__main__":
     from chapter_support import chapter_parser, parse_chapter_args, seed
 
     parser = chapter_parser(__doc__, out_dir=False)
-    parser.add_argument("--seed", type=seed, default=SEED, help=f"seeds the initial weights (default: {SEED})")
+    parser.add_argument(
+        "--seed", type=seed, default=SEED, help=f"seeds the initial weights (default: {SEED})"
+    )
     args = parse_chapter_args(parser)
     torch.manual_seed(args.seed)
     torch.set_printoptions(precision=4, sci_mode=False)

@@ -113,9 +113,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr and exit status 2, like every refusal."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
+
+
 def chapter_parser(docstring: str, out_dir: bool = True) -> argparse.ArgumentParser:
     """A chapter's command line: its docstring's first line as description, and --out-dir."""
-    parser = argparse.ArgumentParser(description=docstring.splitlines()[0])
+    parser = OneLineParser(description=docstring.splitlines()[0])
     if out_dir:
         parser.add_argument(
             "--out-dir",
@@ -217,7 +224,7 @@ def exit_quietly_on_ctrl_c() -> None:
 
     def on_interrupt(signum: int, frame: FrameType | None) -> None:
         saved = f"saved before that: {', '.join(SAVED)}" if SAVED else "nothing was saved"
-        print(f"\ninterrupted (Ctrl-C); {saved}", file=sys.stderr, flush=True)
+        print(f"interrupted (Ctrl-C); {saved}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INTERRUPTED)
 
     signal.signal(signal.SIGINT, on_interrupt)
@@ -251,6 +258,7 @@ def save_figure(fig: Any, path: Path) -> None:
     try:
         fig.savefig(path, dpi=110)
     except OSError as err:
+        path.unlink(missing_ok=True)  # no half-written picture
         fail(f"cannot write {path}: {err.strerror or err}")
     print(f"Drew {path}")
     if in_notebook():

@@ -13,7 +13,6 @@ Writes only into a temporary folder.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from chapter_support import OneLineParser, positive_int  # noqa: E402 -- after the path that finds it
+
 FLOOR = (
     "import torch\n"
     "from sklearn.datasets import load_iris\n"
@@ -37,8 +39,10 @@ def wall_time(command: list[str], cwd: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="alternating runs of each (default: 7)")
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--rounds", type=positive_int, default=7, help="alternating runs of each, at least 1 (default: 7)"
+    )
     args = parser.parse_args(argv)
 
     commands = {

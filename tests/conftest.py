@@ -42,11 +42,14 @@ class ChapterRun:
 
 
 class ChapterRuns:
-    """Starts every chapter once its inputs exist, up to `slots` side by side."""
+    """Starts the chapters the selected tests need, each once its inputs exist, up to `slots`
+    side by side."""
 
-    def __init__(self, root: Path, slots: int) -> None:
+    def __init__(self, root: Path, slots: int, needed: set[str]) -> None:
         self.root, self.slots = root, slots
-        self.waiting = list(CHAPTERS)
+        if READS.keys() & needed:
+            needed = needed | {"train_iris.py"}
+        self.waiting = [script for script in CHAPTERS if script in needed]
         self.running: dict[str, tuple[Path, subprocess.Popen[str]]] = {}
         self.done: dict[str, ChapterRun] = {}
         self.pump()
@@ -83,6 +86,8 @@ class ChapterRuns:
                 self.start(script)
 
     def get(self, script: str) -> ChapterRun:
+        if script not in self.done and script not in self.running and script not in self.waiting:
+            self.waiting.append(script)  # asked for by a test the collection did not foresee
         while script not in self.done:
             self.pump()
             time.sleep(0.02)
@@ -91,9 +96,24 @@ class ChapterRuns:
         return run
 
 
+FIXTURE_OF = {}  # fixture name -> chapter script, filled in by chapter_fixture below
+NEEDED: set[str] = set()  # the chapters the collected tests use
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in getattr(item, "fixturenames", ()):
+            if name in FIXTURE_OF:
+                NEEDED.add(FIXTURE_OF[name])
+            elif name == "trained_model_path":
+                NEEDED.add("train_iris.py")
+            elif name == "all_runs":
+                NEEDED.update(CHAPTERS)
+
+
 @pytest.fixture(scope="session")
 def chapter_runs(tmp_path_factory: pytest.TempPathFactory) -> ChapterRuns:
-    return ChapterRuns(tmp_path_factory.mktemp("reader"), slots=os.cpu_count() or 1)
+    return ChapterRuns(tmp_path_factory.mktemp("reader"), slots=os.cpu_count() or 1, needed=NEEDED)
 
 
 @pytest.fixture(scope="session")
@@ -102,8 +122,10 @@ def trained_model_path(chapter_runs: ChapterRuns) -> Path:
     return chapter_runs.get("train_iris.py").artifacts / "iris-model.pth"
 
 
-def chapter_fixture(script: str):
-    @pytest.fixture(scope="session")
+def chapter_fixture(name: str, script: str):
+    FIXTURE_OF[name] = script
+
+    @pytest.fixture(scope="session", name=name)
     def run(chapter_runs: ChapterRuns) -> ChapterRun:
         return chapter_runs.get(script)
 
@@ -111,11 +133,17 @@ def chapter_fixture(script: str):
     return run
 
 
-model_run = chapter_fixture("build_model.py")
-train_run = chapter_fixture("train_iris.py")
-inspect_run = chapter_fixture("inspect_state.py")
-save_load_run = chapter_fixture("save_load_demo.py")
-checkpoint_run = chapter_fixture("checkpoint_resume.py")
-tips_run = chapter_fixture("load_tips.py")
-formats_run = chapter_fixture("compare_formats.py")
-distributed_run = chapter_fixture("distributed_checkpoint.py")
+model_run = chapter_fixture("model_run", "build_model.py")
+train_run = chapter_fixture("train_run", "train_iris.py")
+inspect_run = chapter_fixture("inspect_run", "inspect_state.py")
+save_load_run = chapter_fixture("save_load_run", "save_load_demo.py")
+checkpoint_run = chapter_fixture("checkpoint_run", "checkpoint_resume.py")
+tips_run = chapter_fixture("tips_run", "load_tips.py")
+formats_run = chapter_fixture("formats_run", "compare_formats.py")
+distributed_run = chapter_fixture("distributed_run", "distributed_checkpoint.py")
+
+
+@pytest.fixture(scope="session")
+def all_runs(chapter_runs: ChapterRuns) -> dict[str, ChapterRun]:
+    """Every chapter's run, for the tests that compare the README with all of them."""
+    return {script: chapter_runs.get(script) for script in CHAPTERS}

@@ -52,7 +52,12 @@ def script_command(script: str, *args: str) -> list[str]:
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run a chapter the way a reader does: `python SCRIPT.py ARGS` in a folder of theirs."""
     return subprocess.run(
-        script_command(script, *args), cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=timeout
+        script_command(script, *args),
+        cwd=cwd,
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

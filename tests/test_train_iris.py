@@ -1,15 +1,20 @@
-"""Chapter 2: training reaches the accuracy it claims, saves a safe file, and reruns exactly."""
+"""Chapter 2: training reaches the accuracy it claims, saves a safe file, reruns exactly, and
+refuses bad flags, bad folders and Ctrl-C in one line without losing the previous model."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-import train_iris
+import chapter_support
 from build_model import (
-    EXIT_BAD_INPUT,
     Multiclass,
     accuracy,
     load_iris_split,
@@ -17,6 +22,13 @@ from build_model import (
     same_state,
     seed_everything,
     train_one_epoch,
+)
+from tests.helpers import (
+    SCRIPT_ENV,
+    assert_one_line_refusal,
+    run_chapter_here,
+    run_in_fork,
+    script_command,
 )
 
 
@@ -26,12 +38,12 @@ def printed_accuracy(stdout: str) -> float:
     return float(found.group(1))
 
 
-def test_default_run_reaches_its_accuracy_and_saves_a_plain_state_dict(walkthrough, trained_model_path):
-    stdout = walkthrough.stdout("train_iris.py")
+def test_default_run_reaches_its_accuracy_and_saves_a_plain_state_dict(train_run, trained_model_path):
+    stdout = train_run.stdout
     assert printed_accuracy(stdout) >= 0.9
     progress = re.findall(r"^epoch +(\d+) +loss [\d.]+ +train acc [\d.]+ +test acc [\d.]+$", stdout, re.M)
     assert [int(epoch) for epoch in progress] == list(range(10, 101, 10))
-    assert f"Saved the state_dict to {'artifacts/iris-model.pth'}" in stdout
+    assert "Saved the state_dict to artifacts/iris-model.pth" in stdout
 
     state = torch.load(trained_model_path, weights_only=True)
     model = Multiclass()
@@ -40,23 +52,19 @@ def test_default_run_reaches_its_accuracy_and_saves_a_plain_state_dict(walkthrou
     assert round(accuracy(model, split.X_test, split.y_test), 2) == printed_accuracy(stdout)
 
 
-def trained_weights(out_dir, *flags: str) -> dict[str, torch.Tensor]:
-    assert train_iris.main(["--out-dir", str(out_dir), *flags]) == 0
-    return torch.load(out_dir / "iris-model.pth", weights_only=True)
-
-
-def test_same_seed_gives_bit_identical_weights_across_processes(tmp_path, trained_model_path, capsys):
-    in_process = trained_weights(tmp_path / "default")
-    assert same_state(in_process, torch.load(trained_model_path, weights_only=True))
-    assert (tmp_path / "default" / "iris-model.pth").read_bytes() == trained_model_path.read_bytes()
-
-
-def test_the_seed_decides_the_weights(tmp_path, capsys):
-    seed_42 = trained_weights(tmp_path / "a", "--epochs", "1", "--seed", "42")
-    seed_42_again = trained_weights(tmp_path / "b", "--epochs", "1", "--seed", "42")
-    seed_1 = trained_weights(tmp_path / "c", "--epochs", "1", "--seed", "1")
-    assert same_state(seed_42, seed_42_again)
-    assert not same_state(seed_42, seed_1)
+def test_the_chapters_loop_is_the_one_every_chapter_shares(tmp_path):
+    """Chapter 2 writes the training loop out; build_model.train_one_epoch must compute the same."""
+    run = run_chapter_here("train_iris.py", "--epochs", "3", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    seed_everything(42)
+    split = load_iris_split()
+    model = Multiclass()
+    optimizer = make_optimizer(model)
+    losses = [train_one_epoch(model, optimizer, split.X_train, split.y_train) for _ in range(3)]
+    assert same_state(
+        model.state_dict(), torch.load(tmp_path / "artifacts/iris-model.pth", weights_only=True)
+    )
+    assert run.namespace["history"]["loss"] == losses
 
 
 def test_each_epoch_covers_the_training_set_exactly_once():
@@ -72,18 +80,183 @@ def test_each_epoch_covers_the_training_set_exactly_once():
     assert torch.isfinite(torch.tensor(loss))
 
 
-@pytest.mark.parametrize("flag", ["--epochs=0", "--batch-size=-1", "--lr=fast"])
-def test_bad_flags_exit_2(flag, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stopped:
-        train_iris.main([flag, "--out-dir", str(tmp_path)])
-    assert stopped.value.code == EXIT_BAD_INPUT
-    assert "error:" in capsys.readouterr().err
+def test_same_seed_gives_a_byte_identical_file(tmp_path, trained_model_path):
+    run = run_chapter_here("train_iris.py", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "artifacts/iris-model.pth").read_bytes() == trained_model_path.read_bytes()
 
 
-def test_unusable_out_dir_is_one_line_and_exit_2(tmp_path, capsys):
-    not_a_folder = tmp_path / "file"
-    not_a_folder.write_text("")
-    with pytest.raises(SystemExit) as stopped:
-        train_iris.main(["--epochs", "1", "--out-dir", str(not_a_folder)])
-    assert stopped.value.code == EXIT_BAD_INPUT
-    assert capsys.readouterr().err == f"error: cannot use {not_a_folder} as the output folder: File exists\n"
+def test_the_seed_decides_the_weights_but_not_the_split(tmp_path):
+    weights = {}
+    for name, seed in [("a", "42"), ("b", "42"), ("c", "1")]:
+        run = run_chapter_here(
+            "train_iris.py", "--epochs", "1", "--seed", seed, "--out-dir", name, cwd=tmp_path
+        )
+        assert run.returncode == 0, run.stderr
+        weights[name] = torch.load(tmp_path / name / "iris-model.pth", weights_only=True)
+        assert run.namespace["X_test"].shape == (45, 4)
+    assert same_state(weights["a"], weights["b"])
+    assert not same_state(weights["a"], weights["c"])
+
+
+BAD_FLAGS = {
+    "--epochs=0": "--epochs",
+    "--batch-size=-1": "--batch-size",
+    "--lr=fast": "--lr",
+    "--lr=inf": "--lr",
+    "--lr=nan": "--lr",
+    "--lr=0": "--lr",
+    "--lr=-0.1": "--lr",
+    "--seed=-1": "--seed",
+    f"--seed={2**32}": "--seed",
+    "--seed=1.5": "--seed",
+    "--no-such-flag": "unrecognized arguments",
+}
+
+
+@pytest.mark.parametrize("flag", BAD_FLAGS)
+def test_bad_flags_are_one_line_and_exit_2(flag, tmp_path):
+    run = run_chapter_here("train_iris.py", flag, cwd=tmp_path)
+    assert_one_line_refusal(run, BAD_FLAGS[flag])
+    assert run.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_flag_from_the_real_command_is_one_line(tmp_path):
+    result = subprocess.run(
+        script_command("train_iris.py", "--lr", "inf"),
+        cwd=tmp_path,
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert_one_line_refusal(result, "--lr", "positive finite number")
+
+
+@pytest.fixture
+def tiny_mount(tmp_path):
+    """A 64 KiB tmpfs of its own, to fill up or make read-only; needs root (CI runs as root)."""
+    mount_point = tmp_path / "mnt"
+    mount_point.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("mounting a small tmpfs needs root; it stands in for a full or read-only disk")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_model(tmp_path, tiny_mount, trained_model_path):
+    out_dir = tiny_mount / "artifacts"
+    out_dir.mkdir()
+    previous = trained_model_path.read_bytes()
+    (out_dir / "iris-model.pth").write_bytes(previous)
+    filler = tiny_mount / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk to the last byte
+        while os.write(fd, b"x" * 512):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    run = run_chapter_here("train_iris.py", "--epochs", "1", "--out-dir", str(out_dir), cwd=tmp_path)
+    assert_one_line_refusal(run, f"cannot write {out_dir / 'iris-model.pth'}", "the previous file")
+    assert (out_dir / "iris-model.pth").read_bytes() == previous
+    assert sorted(path.name for path in out_dir.iterdir()) == ["iris-model.pth"]  # no partial left
+
+
+def test_a_read_only_folder_is_one_line(tmp_path, tiny_mount):
+    (tiny_mount / "artifacts").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_mount)], check=True)
+    run = run_chapter_here(
+        "train_iris.py", "--epochs", "1", "--out-dir", str(tiny_mount / "artifacts"), cwd=tmp_path
+    )
+    assert_one_line_refusal(run, "cannot use", "Read-only file system")
+
+
+@pytest.mark.parametrize("out_dir", ["a-file/artifacts", "/proc/artifacts", "/sys/artifacts"])
+def test_an_unusable_out_dir_is_one_line(out_dir, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    run = run_chapter_here("train_iris.py", "--epochs", "1", "--out-dir", out_dir, cwd=tmp_path)
+    assert_one_line_refusal(run, f"cannot use {out_dir} as the output folder")
+
+
+def slow_save_then_wait(path: Path, ready: Path) -> int:
+    """Save a model atomically, but stall halfway through writing it, as a dying process would."""
+    real_save = torch.save
+
+    def stalling_save(obj, f):
+        real_save(obj, f)
+        f.flush()
+        ready.touch()
+        time.sleep(60)
+
+    torch.save = stalling_save
+    chapter_support.save_atomically(Multiclass().state_dict(), path)
+    return 0
+
+
+def test_killed_while_saving_leaves_the_previous_model_and_the_next_save_cleans_up(
+    tmp_path, trained_model_path
+):
+    model_path = tmp_path / "iris-model.pth"
+    model_path.write_bytes(trained_model_path.read_bytes())
+    ready = tmp_path / "ready"
+    import multiprocessing
+
+    child = multiprocessing.get_context("fork").Process(target=slow_save_then_wait, args=(model_path, ready))
+    child.start()
+    for _ in range(1000):
+        if ready.exists():
+            break
+        time.sleep(0.01)
+    assert ready.exists(), "the saver never got to writing"
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    partials = list(tmp_path.glob(".iris-model.pth.*.partial"))
+    assert len(partials) == 1  # the dead writer's half-written file
+    assert model_path.read_bytes() == trained_model_path.read_bytes()  # the model is untouched
+    torch.load(model_path, weights_only=True)
+
+    chapter_support.save_atomically(Multiclass().state_dict(), model_path)
+    assert not partials[0].exists()  # the abandoned file is gone
+    assert chapter_support.SAVED[-1] == str(model_path)
+
+
+def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
+    model_path = tmp_path / "iris-model.pth"
+    live = tmp_path / f".iris-model.pth.{os.getppid()}.partial"  # our parent process is alive
+    live.write_bytes(b"being written")
+    chapter_support.save_atomically(Multiclass().state_dict(), model_path)
+    assert live.read_bytes() == b"being written"
+
+
+def test_ctrl_c_during_training_is_one_line_exit_130(tmp_path):
+    process = subprocess.Popen(
+        script_command("train_iris.py", "--epochs", "100000"),
+        cwd=tmp_path,
+        env=SCRIPT_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    while not process.stdout.readline().startswith("epoch"):  # training has started
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == chapter_support.EXIT_INTERRUPTED
+    assert stderr == "interrupted (Ctrl-C); nothing was saved\n"
+    assert list((tmp_path / "artifacts").iterdir()) == []
+
+
+def test_fork_helper_reports_exit_status(tmp_path):
+    """run_in_fork, used by the kill tests across the suite, must report what the child did."""
+    status, stderr = run_in_fork(lambda: chapter_support.fail("refused"), cwd=tmp_path)
+    assert status == chapter_support.EXIT_BAD_INPUT
+    assert stderr == "error: refused\n"
