@@ -42,6 +42,7 @@ from chapter_support import (
     load_model_or_exit,
     parse_chapter_args,
     prepare_out_dir,
+    writing,
 )
 from lab_tools import FRESH_PROCESS, private_folder, run_fresh_python
 
@@ -88,10 +89,14 @@ print("Warning: pickle.load runs code stored in the file. Never use it on files 
 # record per *storage* under `data/`, and a few bookkeeping records. Each weight and bias
 # here has a storage of its own, so there are four; tensors that share a storage, such as
 # a weight and a view of one of its rows, are written once.
+#
+# (`with writing(path):` around a save is this project's, not PyTorch's: a full disk or
+# Ctrl-C then ends the chapter in one line. In your code, the `torch.save` line does it all.)
 
 heading("2. torch.save / torch.load(weights_only=True)")
 state_path = out_dir / "demo-state.pth"
-torch.save(trained.state_dict(), state_path)
+with writing(state_path):
+    torch.save(trained.state_dict(), state_path)
 
 from_torch = Multiclass()
 from_torch.load_state_dict(torch.load(state_path, weights_only=True))
@@ -141,7 +146,8 @@ with private_folder() as private:
     print(f"  the file refers to: {refers_to}")
     print("fresh_process/load_whole_model.py, which does not, tries to load it:")
     print("".join(f"  {line}\n" for line in loader.stdout.splitlines()), end="")
-    shutil.copyfile(article_file, out_dir / "demo-whole-model-main.pth")  # for you to try
+    with writing(out_dir / "demo-whole-model-main.pth") as article_copy:
+        shutil.copyfile(article_file, article_copy)  # for you to try
 
 # %%
 # # The ways out
@@ -157,7 +163,8 @@ with private_folder() as private:
 
 heading("The ways out")
 whole_path = out_dir / "demo-whole-model.pth"
-torch.save(trained, whole_path)  # trained is a build_model.Multiclass
+with writing(whole_path):
+    torch.save(trained, whole_path)  # trained is a build_model.Multiclass
 print(
     f"{whole_path}, saved from code that imports the class, refers to: "
     f"{sorted(torch.serialization.get_unsafe_globals_in_checkpoint(whole_path))}"
@@ -169,7 +176,6 @@ print(
     f"{type(whole).__name__}, same predictions {same_outputs(trained, whole, X_test)}"
 )
 
-article_copy = out_dir / "demo-whole-model-main.pth"
 allowed = [(Multiclass, "__main__.Multiclass"), nn.Linear, nn.ReLU, nn.LogSoftmax]
 with torch.serialization.safe_globals(allowed):
     rescued = torch.load(article_copy, weights_only=True)

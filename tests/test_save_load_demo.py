@@ -14,6 +14,7 @@ import pickle
 import pickletools
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -397,3 +398,46 @@ def test_the_readme_snippets_run_pasted_into_an_empty_folder(save_load_run, tmp_
     shown_lines = re.search(r"```text\n(.*?)```", shown, re.DOTALL).group(1).splitlines()
     assert shown_lines == outputs[1].splitlines()[: len(shown_lines)]
     assert outputs[1].splitlines() == save_load_run.stdout.split("## 4. Load and predict\n")[1].splitlines()
+
+
+def run_with_failing_save(cwd: Path, file_name: str, failure) -> ChapterResult:
+    """Run the chapter here, with `failure()` called when torch.save writes `file_name`."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(f, Path) and f.name == file_name:
+            failure(f)
+        return real_save(obj, f, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "save", save)
+        return run_chapter_here("save_load_demo.py", cwd=cwd)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(tmp_path, trained_model_path):
+    cwd = artifacts_with(tmp_path, trained_model_path)
+
+    def disk_full(path: Path) -> None:
+        path.write_bytes(b"PK\x03\x04 half")  # what a write cut short leaves behind
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing")
+
+    result = run_with_failing_save(cwd, "demo-state.pth", disk_full)
+    assert_one_line_refusal(result, "cannot write artifacts/demo-state.pth: RuntimeError:")
+    assert sorted(p.name for p in (cwd / "artifacts").iterdir()) == ["iris-model.pth"]
+
+
+def test_ctrl_c_names_what_was_saved_and_leaves_no_half_written_file(tmp_path, trained_model_path):
+    cwd = artifacts_with(tmp_path, trained_model_path)
+
+    def ctrl_c(path: Path) -> None:
+        path.write_bytes(b"PK\x03\x04 half")
+        os.kill(os.getpid(), signal.SIGINT)  # the chapter's handler runs at the next bytecode
+
+    result = run_with_failing_save(cwd, "demo-whole-model.pth", ctrl_c)
+    assert result.returncode == 130
+    assert result.stderr.strip() == (
+        "interrupted (Ctrl-C); saved before that: "
+        "artifacts/demo-state.pth, artifacts/demo-whole-model-main.pth"
+    )
+    written = sorted(p.name for p in (cwd / "artifacts").iterdir())
+    assert written == ["demo-state.pth", "demo-whole-model-main.pth", "iris-model.pth"]
