@@ -49,9 +49,9 @@ from lab_tools import FRESH_PROCESS, private_folder, run_fresh_python
 N_FLOWERS_SHOWN = 5  # predictions printed in section 4
 
 args = parse_chapter_args(chapter_parser(__doc__))
-out_dir = prepare_out_dir(args.out_dir)
-model_path = out_dir / MODEL_FILE
+model_path = args.out_dir / MODEL_FILE
 trained = load_model_or_exit(model_path, Multiclass, made_by=f"python train_iris.py --out-dir {args.out_dir}")
+out_dir = prepare_out_dir(args.out_dir)
 X_test = load_iris_split().X_test
 
 # %%

@@ -441,3 +441,9 @@ def test_ctrl_c_names_what_was_saved_and_leaves_no_half_written_file(tmp_path, t
     )
     written = sorted(p.name for p in (cwd / "artifacts").iterdir())
     assert written == ["demo-state.pth", "demo-whole-model-main.pth", "iris-model.pth"]
+
+
+def test_a_missing_out_dir_is_refused_without_creating_it(tmp_path):
+    result = run_chapter_here("save_load_demo.py", "--out-dir", "nowhere", cwd=tmp_path)
+    assert_one_line_refusal(result, "nowhere/iris-model.pth not found; create it with: python train_iris.py")
+    assert list(tmp_path.iterdir()) == []
