@@ -125,10 +125,18 @@ print(f"A weight and a view of its first row, saved together: {len(shared_record
 # have a `Multiclass` in *its own* `__main__`.
 #
 # This is reproduced for real, with two small programs, each run in a fresh Python process
-# that cannot import this project: fresh_process/save_whole_model.py defines the class and
-# saves the whole model, as the article does; fresh_process/load_whole_model.py, which does
-# not define it, tries to load the file. Its unsafe `weights_only=False` load reads only a
-# file written a moment ago in a private folder.
+# that cannot import this project. fresh_process/save_whole_model.py defines the class and
+# saves the whole model, as the article does:
+#
+#     torch.save(model, whole_model_file)
+#
+# fresh_process/load_whole_model.py, which does not define the class, tries the two loads:
+#
+#     torch.load(whole_model_file)  # refused: weights_only=True is the default
+#     torch.load(whole_model_file, weights_only=False)  # runs the pickle, which needs the class
+#
+# That unsafe `weights_only=False` load reads only a file written a moment before, in a
+# private folder that nobody else can enter.
 
 heading("3. Saving the whole model")
 with private_folder() as private:
