@@ -191,6 +191,25 @@ def save_atomically(obj: object, path: Path, what: str = "") -> Path:
     return path
 
 
+@contextmanager
+def writing(path: Path, what: str = "") -> Iterator[Path]:
+    """Around a plain `torch.save(obj, path)` (or any write of `path`) that a chapter teaches.
+
+    A failure to write (a full disk: torch.save raises RuntimeError there, not OSError) ends
+    the chapter in one line, exit 2; a write cut short (Ctrl-C) leaves no half-written file;
+    a finished one is named in the Ctrl-C line. Not crash-safe: that is `save_atomically`.
+    """
+    try:
+        yield path
+    except (OSError, RuntimeError) as err:
+        path.unlink(missing_ok=True)
+        fail(f"cannot write {path}: {getattr(err, 'strerror', None) or error_line(err)}")
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    SAVED.append(f"{path}{f' ({what})' if what else ''}")
+
+
 def remove_abandoned_partials(path: Path) -> None:
     """Delete temporary files that writers which no longer run left next to `path`."""
     for partial in path.parent.glob(f".{path.name}.*.partial"):

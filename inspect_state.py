@@ -4,79 +4,76 @@ Before saving a model it pays to know what there is to save: the trainable param
 buffers that are not trained but still matter (a BatchNorm layer's running statistics),
 the `state_dict` that collects both under their names, and the optimizer's own state.
 
-Run (after `python train_iris.py`):
+Run (after `python train_iris.py`), or run it cell by cell in VS Code or Jupyter:
 
-    python inspect_state.py
+    python inspect_state.py [--seed 42] [--out-dir artifacts]
 
 Reads OUT_DIR/iris-model.pth (default artifacts/iris-model.pth). Writes nothing.
 """
 
+# %%
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
-from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
-from build_model import (
-    MODEL_FILE,
-    SEED,
-    IrisSplit,
-    Multiclass,
-    chapter_parser,
-    heading,
-    load_iris_split,
-    load_model_or_exit,
-    make_optimizer,
-    predict,
-    same_outputs,
-    seed_everything,
-    train_one_epoch,
-)
+from build_model import MODEL_FILE, SEED, Multiclass, load_iris_split, seed_everything, train_one_epoch
+from chapter_support import chapter_parser, heading, load_model_or_exit, parse_chapter_args, seed
 
-BATCH_SIZE = 5  # as in chapter 2
 BN_EPOCHS = 20  # enough training for the BatchNorm statistics to move away from 0 and 1
 
+parser = chapter_parser(__doc__)
+parser.add_argument(
+    "--seed",
+    type=seed,
+    default=SEED,
+    help=f"seeds the fresh models and the extra training, not the train/test split (default: {SEED})",
+)
+args = parse_chapter_args(parser)
+trained = load_model_or_exit(
+    args.out_dir / MODEL_FILE, Multiclass, made_by=f"python train_iris.py --out-dir {args.out_dir}"
+)
+seed_everything(args.seed)
+torch.set_printoptions(precision=4, sci_mode=False)
+split = load_iris_split()
+X_train, y_train, X_test, y_test = split.X_train, split.y_train, split.X_test, split.y_test
 
 # %%
 # # Parameters: the tensors that training changes
 #
 # `model.parameters()` is a generator: it yields each weight and bias tensor in turn, in the
-# order the layers were assigned. Copying those tensors into a fresh, untrained model makes
-# it the trained model. The copy runs under `torch.no_grad()` because writing into a
-# parameter in place is not something autograd should record.
+# order the layers were assigned. A fresh, untrained model predicts differently; copy the
+# trained tensors into it and it becomes the trained model. The copy runs under
+# `torch.no_grad()`: writing into a parameter in place is not something autograd should
+# record.
 
+heading("Parameters")
+params = trained.parameters()
+print(f"model.parameters() is a {type(params).__name__}:")
+for param in params:
+    print(f"  {type(param).__name__:<9} shape {tuple(param.shape)}")
 
-def copy_parameters(source: nn.Module, target: nn.Module) -> None:
-    with torch.no_grad():
-        for target_param, source_param in zip(target.parameters(), source.parameters(), strict=True):
-            target_param.copy_(source_param)
-
-
-def show_parameters(trained: Multiclass, X: Tensor) -> bool:
-    params = trained.parameters()
-    print(f"model.parameters() is a {type(params).__name__}:")
-    for param in params:
-        print(f"  {type(param).__name__:<9} shape {tuple(param.shape)}")
-    fresh = Multiclass()
-    print(f"Fresh untrained model predicts the same:     {same_outputs(trained, fresh, X)}")
-    copy_parameters(trained, fresh)
-    identical = same_outputs(trained, fresh, X)
-    print(f"After copying the parameters, same outputs:  {identical}")
-    return identical
-
+fresh = Multiclass()
+trained.eval()
+fresh.eval()
+with torch.no_grad():
+    print(f"Fresh untrained model predicts the same:     {torch.equal(trained(X_test), fresh(X_test))}")
+    for fresh_param, trained_param in zip(fresh.parameters(), trained.parameters(), strict=True):
+        fresh_param.copy_(trained_param)
+    print(f"After copying the parameters, same outputs:  {torch.equal(trained(X_test), fresh(X_test))}")
 
 # %%
 # # Buffers: state that is not trained but still matters
 #
 # Add a BatchNorm1d layer and the model gains state that no optimizer touches: the running
-# mean and variance of its inputs, updated during training-mode forward passes and used in
-# eval mode, and a counter of batches seen. They are *buffers*: in `buffers()` and in
+# mean and variance of its inputs, updated by every training-mode forward pass and used in
+# eval mode, and a count of the batches seen. They are *buffers*: in `buffers()` and in
 # `state_dict()`, but not in `parameters()`. Copy only the parameters and the eval-mode
-# predictions change; `load_state_dict` copies buffers too.
+# predictions change; `load_state_dict` copies the buffers too.
+
+heading("Buffers")
 
 
 class MulticlassWithBatchNorm(nn.Module):
@@ -93,49 +90,45 @@ class MulticlassWithBatchNorm(nn.Module):
         return self.logsoftmax(self.output(x))  # (batch, 3)
 
 
-def names(named: Iterable[tuple[str, Tensor]]) -> list[str]:
-    return [name for name, _ in named]
+bn_model = MulticlassWithBatchNorm()
+bn_optimizer = torch.optim.Adam(bn_model.parameters(), lr=0.001)
+for _ in range(BN_EPOCHS):
+    train_one_epoch(bn_model, bn_optimizer, X_train, y_train)  # chapter 2's loop
 
+print(f"parameters():  {[name for name, _ in bn_model.named_parameters()]}")
+print(f"buffers():     {[name for name, _ in bn_model.named_buffers()]}")
+print(f"state_dict():  {list(bn_model.state_dict())}")
+print(f"norm.running_mean: {bn_model.norm.running_mean}")
 
-def show_buffers(split: IrisSplit) -> tuple[bool, bool]:
-    """Returns (parameters-only copy matches, load_state_dict copy matches)."""
-    trained = MulticlassWithBatchNorm()
-    optimizer = make_optimizer(trained)
-    for _ in range(BN_EPOCHS):
-        train_one_epoch(trained, optimizer, split.X_train, split.y_train, BATCH_SIZE)
+params_only = MulticlassWithBatchNorm()
+with torch.no_grad():
+    for copy_param, bn_param in zip(params_only.parameters(), bn_model.parameters(), strict=True):
+        copy_param.copy_(bn_param)
+full_copy = MulticlassWithBatchNorm()
+full_copy.load_state_dict(bn_model.state_dict())
 
-    print(f"parameters():  {names(trained.named_parameters())}")
-    print(f"buffers():     {names(trained.named_buffers())}")
-    print(f"state_dict():  {list(trained.state_dict())}")
-    print(f"norm.running_mean: {trained.norm.running_mean}")
-
-    params_only = MulticlassWithBatchNorm()
-    copy_parameters(trained, params_only)
-    params_match = same_outputs(trained, params_only, split.X_test)
-    print(f"Parameters copied, buffers not -> same eval outputs: {params_match}")
-    changed = (predict(trained, split.X_test) != predict(params_only, split.X_test)).sum()
-    print(f"  ...and {changed.item()} of {len(split.X_test)} predicted species differ")
-
-    full_copy = MulticlassWithBatchNorm()
-    full_copy.load_state_dict(trained.state_dict())
-    full_match = same_outputs(trained, full_copy, split.X_test)
-    print(f"load_state_dict(state_dict())  -> same eval outputs: {full_match}")
-    return params_match, full_match
-
+bn_model.eval()
+params_only.eval()
+full_copy.eval()
+with torch.no_grad():
+    bn_out, params_only_out, full_copy_out = bn_model(X_test), params_only(X_test), full_copy(X_test)
+changed = (bn_out.argmax(dim=1) != params_only_out.argmax(dim=1)).sum().item()
+print(f"Parameters copied, buffers not -> same eval outputs: {torch.equal(bn_out, params_only_out)}")
+print(f"  ...and {changed} of {len(X_test)} predicted species differ")
+print(f"load_state_dict(state_dict())  -> same eval outputs: {torch.equal(bn_out, full_copy_out)}")
 
 # %%
 # # The state_dict: an ordered mapping from names to tensors
 #
 # This is what `torch.save(model.state_dict(), path)` writes, and what `load_state_dict`
-# expects back: the same names, the same shapes.
+# expects back: the same names, the same shapes. The names come from the attributes the
+# layers were assigned to (`hidden`, `output`); layers without weights have no entries.
 
-
-def show_state_dict(model: Multiclass) -> None:
-    state = model.state_dict()
-    print(f"{type(state).__name__} with {len(state)} entries:")
-    for name, tensor in state.items():
-        print(f"{name}:\n{tensor}")
-
+heading("The state_dict")
+state = trained.state_dict()
+print(f"{type(state).__name__} with {len(state)} entries:")
+for name, tensor in state.items():
+    print(f"{name}:\n{tensor}")
 
 # %%
 # # The optimizer has a state_dict too
@@ -143,18 +136,19 @@ def show_state_dict(model: Multiclass) -> None:
 # Adam keeps two running averages per parameter (`exp_avg`, `exp_avg_sq`) and a step count,
 # under `state`; its settings are under `param_groups`. Parameters are referred to by
 # position (0, 1, 2, ...), not by name: load an optimizer state only into an optimizer
-# built over the same parameters in the same order. Chapter 5 saves it to resume training.
+# built over the same parameters in the same order. One epoch of training (21 steps of 5
+# flowers) fills it. Chapter 5 saves it to resume training.
 
-
-def show_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    state_dict = optimizer.state_dict()
-    print(f"optimizer.state_dict() keys: {list(state_dict)}")
-    for index, per_param in state_dict["state"].items():
-        moments = ", ".join(f"{name} {tuple(per_param[name].shape)}" for name in ("exp_avg", "exp_avg_sq"))
-        print(f"  state[{index}]: step {per_param['step'].item():.0f}, {moments}")
-    group = dict(state_dict["param_groups"][0])
-    print(f"  param_groups[0]: lr={group['lr']}, betas={group['betas']}, params={group['params']}")
-
+heading("The optimizer's state_dict")
+optimizer = torch.optim.Adam(trained.parameters(), lr=0.001)
+train_one_epoch(trained, optimizer, X_train, y_train)
+optimizer_state = optimizer.state_dict()
+print(f"optimizer.state_dict() keys: {list(optimizer_state)}")
+for index, per_param in optimizer_state["state"].items():
+    moments = ", ".join(f"{name} {tuple(per_param[name].shape)}" for name in ("exp_avg", "exp_avg_sq"))
+    print(f"  state[{index}]: step {per_param['step'].item():.0f}, {moments}")
+group = optimizer_state["param_groups"][0]
+print(f"  param_groups[0]: lr={group['lr']}, betas={group['betas']}, params={group['params']}")
 
 # %%
 # # The trap: state_dict() returns references, not copies
@@ -163,52 +157,14 @@ def show_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 # on, and the "saved" weights change with the model. Take a real snapshot with
 # `copy.deepcopy` (or by writing it to disk) before training further.
 
-
-def show_reference_trap(
-    model: Multiclass, optimizer: torch.optim.Optimizer, split: IrisSplit
-) -> tuple[bool, bool]:
-    """Returns (reference still equals the model, deep copy still equals the model)."""
-    reference = model.state_dict()
-    snapshot = copy.deepcopy(model.state_dict())
-    train_one_epoch(model, optimizer, split.X_train, split.y_train, BATCH_SIZE)
-    now = model.hidden.weight
-    reference_follows = torch.equal(reference["hidden.weight"], now)
-    snapshot_follows = torch.equal(snapshot["hidden.weight"], now)
-    shared = reference["hidden.weight"].data_ptr() == now.data_ptr()
-    print("After one more epoch of training:")
-    print(f"  state_dict() kept in a variable still equals the model: {reference_follows}")
-    print(f"    (it shares the model's memory: {shared})")
-    print(f"  copy.deepcopy(state_dict()) still equals the model:     {snapshot_follows}")
-    return reference_follows, snapshot_follows
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = chapter_parser(__doc__)
-    parser.add_argument("--seed", type=int, default=SEED, help=f"(default: {SEED})")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    trained = load_model_or_exit(args.out_dir / MODEL_FILE)
-    seed_everything(args.seed)
-    torch.set_printoptions(precision=4, sci_mode=False)
-    split = load_iris_split()
-
-    heading("Parameters")
-    show_parameters(trained, split.X_test)
-    heading("Buffers")
-    show_buffers(split)
-    heading("The state_dict")
-    show_state_dict(trained)
-    heading("The optimizer's state_dict")
-    optimizer = make_optimizer(trained)
-    train_one_epoch(trained, optimizer, split.X_train, split.y_train, BATCH_SIZE)
-    show_optimizer_state(optimizer)
-    heading("state_dict() returns references")
-    show_reference_trap(trained, optimizer, split)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+heading("state_dict() returns references")
+reference = trained.state_dict()
+snapshot = copy.deepcopy(trained.state_dict())
+train_one_epoch(trained, optimizer, X_train, y_train)
+now = trained.hidden.weight
+reference_follows = torch.equal(reference["hidden.weight"], now)
+snapshot_follows = torch.equal(snapshot["hidden.weight"], now)
+print("After one more epoch of training:")
+print(f"  state_dict() kept in a variable still equals the model: {reference_follows}")
+print(f"    (it shares the model's memory: {reference['hidden.weight'].data_ptr() == now.data_ptr()})")
+print(f"  copy.deepcopy(state_dict()) still equals the model:     {snapshot_follows}")

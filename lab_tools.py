@@ -2,7 +2,8 @@
 
 Not a lesson either: the tools the chapters use to *show* a lesson for real.
 
-- `run_fresh_python`: the one way to run a Python program in a new, isolated process;
+- `run_fresh_python`: the one way to run a Python program in a new, isolated process (the
+  programs a chapter runs that way are real files in `fresh_process/`, for the reader to open);
 - `private_folder`: a temporary folder only this user can enter, for files that a
   deliberate unsafe load will read (nobody else can swap them in between);
 - `Hostile`: a harmless stand-in for a malicious pickle, which creates a marker file;
@@ -24,6 +25,7 @@ from typing import Any
 from torch import Tensor
 
 PAGE = 4096  # touching one value per page pulls every page into memory
+FRESH_PROCESS = Path(__file__).resolve().parent / "fresh_process"  # the programs chapters run in one
 
 
 # %%

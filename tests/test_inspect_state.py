@@ -1,54 +1,233 @@
-"""Chapter 3: each fact printed about parameters, buffers and state_dicts holds."""
+"""Chapter 3: each fact printed about parameters, buffers and state_dicts holds.
+
+The chapter's real process (`inspect_run`) gives what a reader sees; one more run in this
+process (`chapter`) gives the objects its cells built. Each printed claim is checked against
+facts computed here, independently of the chapter.
+"""
 
 from __future__ import annotations
 
+import copy
+import inspect
+import re
+import shutil
+from pathlib import Path
+
+import pytest
 import torch
 
-import inspect_state
-from build_model import Multiclass, load_iris_split, load_model, make_optimizer, seed_everything
+from build_model import Multiclass, load_iris_split, seed_everything, train_one_epoch
+from lab_tools import Hostile
+from tests.helpers import REPO, ChapterResult, assert_one_line_refusal, run_chapter_here
+
+BUFFERS = ["norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]
 
 
-def test_walkthrough_prints_each_fact(walkthrough):
-    stdout = walkthrough.stdout("inspect_state.py")
-    for line in [
-        "model.parameters() is a generator:",
-        "After copying the parameters, same outputs:  True",
-        "buffers():     ['norm.running_mean', 'norm.running_var', 'norm.num_batches_tracked']",
-        "Parameters copied, buffers not -> same eval outputs: False",
-        "load_state_dict(state_dict())  -> same eval outputs: True",
-        "OrderedDict with 4 entries:",
-        "optimizer.state_dict() keys: ['state', 'param_groups']",
-        "  state[0]: step 21, exp_avg (8, 4), exp_avg_sq (8, 4)",
-        "  state_dict() kept in a variable still equals the model: True",
-        "  copy.deepcopy(state_dict()) still equals the model:     False",
-    ]:
-        assert line in stdout
+def artifacts_with(tmp_path: Path, model_file: Path | None = None) -> Path:
+    """A reader's folder whose artifacts/ holds `model_file` as iris-model.pth (or nothing)."""
+    (tmp_path / "artifacts").mkdir()
+    if model_file is not None:
+        shutil.copy(model_file, tmp_path / "artifacts" / "iris-model.pth")
+    return tmp_path
 
 
-def test_copying_parameters_reproduces_the_trained_model(trained_model_path, capsys):
-    trained = load_model(trained_model_path)
-    assert inspect_state.show_parameters(trained, load_iris_split().X_test) is True
+@pytest.fixture(scope="module")
+def chapter(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path) -> ChapterResult:
+    """inspect_state.py run in this process, in a reader's folder, for its objects."""
+    cwd = artifacts_with(tmp_path_factory.mktemp("inspect"), trained_model_path)
+    try:
+        result = run_chapter_here("inspect_state.py", cwd=cwd)
+    finally:
+        torch.set_printoptions(profile="default")  # the chapter sets 4 decimals for its reader
+    assert result.returncode == 0, result.stderr
+    return result
 
 
-def test_buffers_are_state_but_not_parameters(capsys):
-    seed_everything(0)
-    params_only_matches, state_dict_matches = inspect_state.show_buffers(load_iris_split())
-    assert params_only_matches is False
-    assert state_dict_matches is True
-    model = inspect_state.MulticlassWithBatchNorm()
-    buffer_names = {name for name, _ in model.named_buffers()}
-    assert buffer_names == {"norm.running_mean", "norm.running_var", "norm.num_batches_tracked"}
-    assert buffer_names.isdisjoint(name for name, _ in model.named_parameters())
-    assert buffer_names <= set(model.state_dict())
+@pytest.fixture
+def trained_state(trained_model_path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(trained_model_path, weights_only=True)
 
 
-def test_state_dict_holds_references_until_deep_copied(capsys):
-    seed_everything(0)
+def printed(stdout: str, label: str) -> str:
+    """The rest of the line that starts with `label`."""
+    found = re.search(rf"^{re.escape(label)}(.*)$", stdout, flags=re.MULTILINE)
+    assert found, (label, stdout)
+    return found.group(1).strip()
+
+
+def test_the_cells_print_what_the_real_process_prints(chapter, inspect_run):
+    assert chapter.stdout == inspect_run.stdout
+    assert inspect_run.result.stderr == ""
+    headings = re.findall(r"^## (.*)$", inspect_run.stdout, flags=re.MULTILINE)
+    assert headings == [
+        "Parameters",
+        "Buffers",
+        "The state_dict",
+        "The optimizer's state_dict",
+        "state_dict() returns references",
+    ]
+
+
+def test_parameters_are_a_generator_and_copying_them_reproduces_the_model(inspect_run, trained_state):
+    stdout = inspect_run.stdout
+    assert inspect.isgenerator(Multiclass().parameters())
+    assert "model.parameters() is a generator:" in stdout
+    shapes = [tuple(tensor.shape) for tensor in trained_state.values()]
+    assert re.findall(r"^  Parameter shape (\(.*\))$", stdout, flags=re.MULTILINE) == [str(s) for s in shapes]
+
+    trained, fresh = Multiclass().eval(), Multiclass().eval()
+    trained.load_state_dict(trained_state)
+    X_test = load_iris_split().X_test
+    with torch.no_grad():
+        before = torch.equal(trained(X_test), fresh(X_test))
+        for fresh_param, trained_param in zip(fresh.parameters(), trained.parameters(), strict=True):
+            fresh_param.copy_(trained_param)
+        after = torch.equal(trained(X_test), fresh(X_test))
+    assert (before, after) == (False, True)
+    assert printed(stdout, "Fresh untrained model predicts the same:") == str(before)
+    assert printed(stdout, "After copying the parameters, same outputs:") == str(after)
+
+
+def test_buffers_are_state_but_not_parameters_and_only_load_state_dict_copies_them(chapter):
+    names = chapter.namespace
+    bn_model, params_only, full_copy = names["bn_model"], names["params_only"], names["full_copy"]
+    parameters = [name for name, _ in bn_model.named_parameters()]
+    buffers = [name for name, _ in bn_model.named_buffers()]
+    assert buffers == BUFFERS
+    assert set(buffers).isdisjoint(parameters)
+    assert set(buffers) <= set(bn_model.state_dict())
+    assert printed(chapter.stdout, "parameters():") == str(parameters)
+    assert printed(chapter.stdout, "buffers():") == str(buffers)
+    assert printed(chapter.stdout, "state_dict():") == str(list(bn_model.state_dict()))
+
+    # Training moved the statistics; a parameters-only copy still has BatchNorm's initial ones.
+    assert not torch.equal(bn_model.norm.running_mean, torch.zeros(8))
+    assert torch.equal(params_only.norm.running_mean, torch.zeros(8))
+    assert torch.equal(params_only.norm.running_var, torch.ones(8))
+    assert int(params_only.norm.num_batches_tracked) == 0
+    assert int(bn_model.norm.num_batches_tracked) == 20 * 21  # BN_EPOCHS epochs of 21 batches
+    for name, tensor in bn_model.named_parameters():
+        assert torch.equal(tensor, params_only.get_parameter(name))
+    for key, tensor in bn_model.state_dict().items():
+        assert torch.equal(tensor, full_copy.state_dict()[key])
+
+    X_test = load_iris_split().X_test
+    for model in (bn_model, params_only, full_copy):
+        model.eval()
+    with torch.no_grad():
+        reference, params_out, full_out = bn_model(X_test), params_only(X_test), full_copy(X_test)
+    differ = int((reference.argmax(1) != params_out.argmax(1)).sum())
+    assert differ > 0
+    assert printed(chapter.stdout, "Parameters copied, buffers not -> same eval outputs:") == "False"
+    assert not torch.equal(reference, params_out)
+    assert f"  ...and {differ} of {len(X_test)} predicted species differ" in chapter.stdout
+    assert printed(chapter.stdout, "load_state_dict(state_dict())  -> same eval outputs:") == "True"
+    assert torch.equal(reference, full_out)
+
+
+def test_the_state_dict_printed_is_the_trained_files(inspect_run, trained_state):
+    stdout = inspect_run.stdout
+    assert f"OrderedDict with {len(trained_state)} entries:" in stdout
+    torch.set_printoptions(precision=4, sci_mode=False)  # as the chapter prints them
+    try:
+        shown = "\n".join(f"{name}:\n{tensor}" for name, tensor in trained_state.items())
+    finally:
+        torch.set_printoptions(profile="default")
+    assert shown in stdout
+
+
+def test_the_optimizer_state_is_per_parameter_position(inspect_run, trained_state):
+    shapes = [tuple(tensor.shape) for tensor in trained_state.values()]
+    steps = -(-len(load_iris_split().X_train) // 5)  # one Adam step per batch of 5
+    assert steps == 21
+    assert "optimizer.state_dict() keys: ['state', 'param_groups']" in inspect_run.stdout
+    for index, shape in enumerate(shapes):
+        line = f"  state[{index}]: step {steps}, exp_avg {shape}, exp_avg_sq {shape}"
+        assert line in inspect_run.stdout
     model = Multiclass()
-    before = model.hidden.weight.detach().clone()
-    follows, snapshot_follows = inspect_state.show_reference_trap(
-        model, make_optimizer(model), load_iris_split()
+    group = torch.optim.Adam(model.parameters(), lr=0.001).state_dict()["param_groups"][0]
+    expected = (
+        f"  param_groups[0]: lr={group['lr']}, betas={group['betas']}, params={list(range(len(shapes)))}"
     )
+    assert expected in inspect_run.stdout
+
+
+def test_state_dict_holds_references_until_deep_copied(inspect_run):
+    seed_everything(0)
+    split = load_iris_split()
+    model = Multiclass()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    before = model.hidden.weight.detach().clone()
+    reference = model.state_dict()
+    snapshot = copy.deepcopy(model.state_dict())
+    train_one_epoch(model, optimizer, split.X_train, split.y_train)
     assert not torch.equal(before, model.hidden.weight)  # training did change the weights
-    assert follows is True
-    assert snapshot_follows is False
+    assert torch.equal(reference["hidden.weight"], model.hidden.weight)
+    assert reference["hidden.weight"].data_ptr() == model.hidden.weight.data_ptr()
+    assert not torch.equal(snapshot["hidden.weight"], model.hidden.weight)
+    stdout = inspect_run.stdout
+    assert printed(stdout, "  state_dict() kept in a variable still equals the model:") == "True"
+    assert printed(stdout, "    (it shares the model's memory:") == "True)"
+    assert printed(stdout, "  copy.deepcopy(state_dict()) still equals the model:") == "False"
+
+
+def test_the_chapter_changes_nothing_on_disk(inspect_run, trained_model_path):
+    assert [path.name for path in inspect_run.artifacts.iterdir()] == ["iris-model.pth"]
+    assert (inspect_run.artifacts / "iris-model.pth").read_bytes() == trained_model_path.read_bytes()
+
+
+def bad_model_file(kind: str, path: Path, good: Path) -> None:
+    if kind == "hostile":
+        torch.save({"hidden.weight": Hostile(path.parent / "code-ran.txt")}, path)
+    elif kind == "truncated":
+        path.write_bytes(good.read_bytes()[:1000])
+    elif kind == "wider":
+        torch.save(Multiclass(n_hidden=16).state_dict(), path)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("missing", "not found; create it with: python train_iris.py --out-dir artifacts"),
+        ("hostile", "it refers to exec, not just tensors"),
+        ("truncated", "truncated or corrupted"),
+        ("wider", "hidden.weight has shape (16, 4), Multiclass expects (8, 4)"),
+    ],
+)
+def test_a_bad_model_file_is_refused_in_one_line(kind, reason, tmp_path, trained_model_path):
+    cwd = artifacts_with(tmp_path)
+    if kind != "missing":
+        bad_model_file(kind, cwd / "artifacts" / "iris-model.pth", trained_model_path)
+    result = run_chapter_here("inspect_state.py", cwd=cwd)
+    assert_one_line_refusal(result, "artifacts/iris-model.pth", reason)
+    assert result.stdout == ""
+    assert not (cwd / "artifacts" / "code-ran.txt").exists()
+
+
+@pytest.mark.parametrize("flag", ["--seed=-1", f"--seed={2**32}", "--seed=forty-two"])
+def test_a_bad_seed_exits_2(flag, tmp_path):
+    result = run_chapter_here("inspect_state.py", flag, cwd=artifacts_with(tmp_path))
+    assert result.returncode == 2
+    assert "error: argument --seed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_names_every_flag(tmp_path):
+    result = run_chapter_here("inspect_state.py", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "Chapter 3: what is inside a model" in text
+    assert "--out-dir OUT_DIR" in text and "(default: artifacts)" in text
+    assert "--seed SEED" in text and "not the train/test split (default: 42)" in text
+
+
+def test_the_readme_shows_what_the_chapter_prints(inspect_run):
+    readme = (REPO / "README.md").read_text()
+    section = re.search(r"^### 3\. .*?(?=^### )", readme, flags=re.MULTILINE | re.DOTALL).group(0)
+    lines = [
+        line for block in re.findall(r"```text\n(.*?)```", section, re.DOTALL) for line in block.splitlines()
+    ]
+    assert len(lines) >= 5
+    printed_lines = inspect_run.stdout.splitlines()
+    for line in lines:
+        assert line in printed_lines, line

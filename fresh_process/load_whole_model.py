@@ -1,0 +1,38 @@
+"""Load a whole-model file in a fresh Python process that does not define Multiclass.
+
+Chapter 4 (save_load_demo.py) runs this program in a fresh Python process:
+
+    python -I load_whole_model.py WHOLE_MODEL_FILE
+
+with a file that save_whole_model.py has just written into a folder only this user can
+enter. It makes the two calls a reader of the article would make, and prints how each fails.
+"""
+
+import sys
+
+import torch
+
+whole_model_file = sys.argv[1]
+
+
+def reason(err: Exception) -> str:
+    """The exception's type, and the first sentence of the line of its message that matters."""
+    message = str(err).replace(__file__, "load_whole_model.py")  # this program's path, shortened
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    line = next((line for line in lines if "Unsupported global" in line), lines[0])
+    return f"{type(err).__name__}: {line.split('. ')[0]}"
+
+
+try:
+    torch.load(whole_model_file)  # weights_only=True, the default since PyTorch 2.6
+    print("torch.load(path)                      -> loaded")
+except Exception as err:
+    print(f"torch.load(path)                      -> {reason(err)}")
+
+try:
+    # weights_only=False runs whatever the file's pickle says: only for a file you trust.
+    # This one was written a moment ago by save_whole_model.py, in a private folder.
+    torch.load(whole_model_file, weights_only=False)
+    print("torch.load(path, weights_only=False)  -> loaded")
+except Exception as err:
+    print(f"torch.load(path, weights_only=False)  -> {reason(err)}")
