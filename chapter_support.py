@@ -151,6 +151,16 @@ def prepare_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
+def check_writable_file(path: Path) -> None:
+    """Fail in one line, before any work, unless a file can be written at `path`."""
+    if path.is_dir():
+        fail(f"cannot write {path}: it is a folder")
+    if not path.parent.is_dir():
+        fail(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        fail(f"cannot write {path}: permission denied")
+
+
 # %%
 # # Writing files so that a crash cannot ruin them, and saying what was written
 
