@@ -53,6 +53,7 @@ from chapter_support import (
     save_figure,
 )
 from lab_tools import (
+    PROGRAMS,
     Hostile,
     available_memory_mb,
     make_memory_measurable,
@@ -72,7 +73,6 @@ REPEAT = 3  # timings are the median of this many runs
 WIDTH = 2048  # synthetic layers are WIDTH x WIDTH float32 ...
 LAYER_MIB = WIDTH * WIDTH * 4 // 2**20  # ... 16 MiB each
 PICKLE_PEAK = 3  # the model, plus twice its size while pickle loads it: the most this run holds
-PROGRAMS = Path(__file__).resolve().parent / "programs"  # what runs in fresh processes
 
 parser = chapter_parser(__doc__)
 parser.add_argument(
@@ -142,8 +142,8 @@ models = {  # name: (model, the code that builds it, inputs to compare predictio
     ),
 }
 print(
-    f"synthetic {synthetic_mib} MiB: {depth} Linear layers of {WIDTH}x{WIDTH} float32"
-    f" (--size-mb {args.size_mb}, rounded to whole {LAYER_MIB} MiB layers)"
+    f"synthetic {synthetic_mib} MiB: {depth} Linear layer{'s' if depth > 1 else ''}"
+    f" of {WIDTH}x{WIDTH} float32 (--size-mb {args.size_mb}, rounded to whole {LAYER_MIB} MiB layers)"
 )
 
 # %%

@@ -24,6 +24,7 @@ from typing import Any
 from torch import Tensor
 
 PAGE = 4096  # touching one value per page pulls every page into memory
+PROGRAMS = Path(__file__).resolve().parent / "programs"  # the programs chapters run in fresh processes
 
 
 # %%
