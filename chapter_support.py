@@ -157,8 +157,14 @@ def check_writable_file(path: Path) -> None:
         fail(f"cannot write {path}: it is a folder")
     if not path.parent.is_dir():
         fail(f"cannot write {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        fail(f"cannot write {path}: permission denied")
+    existed = path.exists()
+    try:
+        with path.open("a"):  # appends nothing: an existing file keeps its bytes
+            pass
+    except OSError as err:
+        fail(f"cannot write {path}: {err.strerror or err}")
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 # %%

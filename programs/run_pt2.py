@@ -11,10 +11,10 @@ may unpickle parts of the archive.
 import importlib.util
 import sys
 
-import torch
-
 if importlib.util.find_spec("build_model") is not None:
     sys.exit("this process can import the project's model code; run it with python -I")
+
+import torch  # after the check, which needs no torch
 
 program_file, inputs_file, outputs_file = sys.argv[1:4]
 program = torch.export.load(program_file)  # the graph and the weights, no class needed
