@@ -158,6 +158,22 @@ def prepare_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
+def check_writable_file(path: Path) -> None:
+    """Fail in one line, before any work, unless a file can be written at `path`."""
+    if path.is_dir():
+        fail(f"cannot write {path}: it is a folder")
+    if not path.parent.is_dir():
+        fail(f"cannot write {path}: folder {path.parent} does not exist")
+    existed = path.exists()
+    try:
+        with path.open("a"):  # appends nothing: an existing file keeps its bytes
+            pass
+    except OSError as err:
+        fail(f"cannot write {path}: {err.strerror or err}")
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
 # %%
 # # Writing files so that a crash cannot ruin them, and saying what was written
 

@@ -2,54 +2,65 @@
 
 Every format saves and loads the same weights, on this machine, in one run: file size, save
 and load time against plain file I/O of the same bytes, peak memory while loading, whether
-a working model needs your Python class, whether the file is safe to load from a stranger,
+a working model needs your Python class, whether a file from a stranger is safe to load,
 and whether the loaded model predicts exactly the same. Then a harmless hostile file shows
 which loaders run code from the file, and which refuse it.
 
-Run (after `python train_iris.py`):
+Run (after `python train_iris.py`; or run it cell by cell in VS Code or Jupyter):
 
     python compare_formats.py [--size-mb 32] [--repeat 3] [--json FILE]
 
-`--size-mb` sets the size of a synthetic model measured next to the iris one (1024 for a
-realistic one). Reads OUT_DIR/iris-model.pth; writes its files into a temporary folder
-inside OUT_DIR and deletes it, and writes FILE if `--json` is given. safetensors comes with
-the `formats` extra (`pip install -c constraints.txt ".[formats]"`); without it, its rows
-are skipped.
+`--size-mb` sets the size of a synthetic model measured next to the iris one (try 1024 for
+a realistic one); it is made of 16 MiB layers, so the size is rounded to a multiple of 16.
+
+Reads OUT_DIR/iris-model.pth (default artifacts/iris-model.pth). Writes OUT_DIR/iris.pt2
+and OUT_DIR/iris.safetensors, the iris model in the two formats that travel without a
+pickle, and leaves them there for you to use; OUT_DIR/formats.png, the table as a picture,
+when matplotlib is installed (the `plots` extra); and FILE if `--json` is given. Every
+other file it measures lives in a private temporary folder inside OUT_DIR, deleted at the
+end. safetensors comes with the `formats` extra (`pip install -c constraints.txt
+".[formats]"`); without it, its rows are skipped.
 """
 
+# %%
 from __future__ import annotations
 
-import argparse
-import ctypes
+import atexit
 import json
 import pickle
-import re
+import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from functools import cached_property
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from build_model import (
-    MODEL_FILE,
-    SEED,
-    Multiclass,
+from build_model import MODEL_FILE, SEED, Multiclass, load_iris_split, same_outputs, seed_everything
+from chapter_support import (
     chapter_parser,
+    check_writable_file,
+    error_line,
     fail,
     heading,
-    load_iris_split,
+    import_pyplot,
     load_model_or_exit,
+    parse_chapter_args,
     positive_int,
     prepare_out_dir,
-    seed_everything,
+    save_figure,
+)
+from lab_tools import (
+    FRESH_PROCESS,
+    Hostile,
+    available_memory_mb,
+    make_memory_measurable,
+    run_fresh_python,
+    timed,
+    timed_with_peak_memory,
+    touch,
 )
 
 try:
@@ -59,16 +70,52 @@ except ImportError:  # the optional `formats` extra
 
 SIZE_MB = 32  # the synthetic model's default size: seconds, not minutes
 REPEAT = 3  # timings are the median of this many runs
-WIDTH = 2048  # synthetic layers are WIDTH x WIDTH float32: 16 MiB each
-PAGE = 4096  # touching one value per page pulls every page into memory
+WIDTH = 2048  # synthetic layers are WIDTH x WIDTH float32 ...
+LAYER_MIB = WIDTH * WIDTH * 4 // 2**20  # ... 16 MiB each
+PICKLE_PEAK = 3  # the model, plus twice its size while pickle loads it: the most this run holds
+BASE_MIB = 512  # what Python, torch and the iris model take besides
 
+parser = chapter_parser(__doc__)
+parser.add_argument(
+    "--size-mb",
+    type=positive_int,
+    default=SIZE_MB,
+    help=f"size of the synthetic model in MiB, rounded to whole {LAYER_MIB} MiB layers "
+    f"({WIDTH}x{WIDTH} float32), at least one; {PICKLE_PEAK} times that, as pickle's load needs, "
+    f"must fit into the available memory (default: {SIZE_MB})",
+)
+parser.add_argument(
+    "--repeat",
+    type=positive_int,
+    default=REPEAT,
+    help=f"runs per timing; the table shows the median (default: {REPEAT})",
+)
+parser.add_argument("--json", type=Path, help="also write the table's rows to this JSON file")
+args = parse_chapter_args(parser)
+
+depth = max(1, round(args.size_mb / LAYER_MIB))
+synthetic_mib = depth * LAYER_MIB
+available_mib = available_memory_mb()
+needed_mib = synthetic_mib * PICKLE_PEAK + BASE_MIB
+if available_mib is not None and needed_mib > available_mib:
+    fail(
+        f"--size-mb {args.size_mb} needs about {needed_mib} MiB of memory (the model, twice it while"
+        f" pickle loads, and {BASE_MIB} for Python and torch), but only {available_mib:.0f} MiB are available"
+    )
+if args.json:
+    check_writable_file(args.json)
+trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by="python train_iris.py")
+out_dir = prepare_out_dir(args.out_dir)
+scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix="compare-formats-"))  # mode 0700: only we can enter
+atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # gone even if the run stops early
 
 # %%
 # # The models measured
 #
 # The trained iris model, and a synthetic stack of Linear layers of about `--size-mb`
-# megabytes, so sizes and timings mean something. Each comes with what it takes to
-# rebuild it (its class and constructor arguments) and an input to check predictions on.
+# MiB, so that sizes and timings mean something. For each: the code that builds it (its
+# class and constructor arguments, which every format but one needs) and a batch of
+# inputs to compare predictions on.
 
 
 class SyntheticMLP(nn.Module):
@@ -81,544 +128,490 @@ class SyntheticMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)  # (batch, width)
 
-
-@dataclass
-class Subject:
-    name: str
-    model: nn.Module
-    build: Callable[[], nn.Module]  # the Python code a state_dict needs
-    model_args: dict[str, int]
-    inputs: Tensor  # a batch to compare predictions on
-
-    @property
-    def state(self) -> dict[str, Tensor]:
-        return dict(self.model.state_dict())
-
-    @cached_property
-    def exported(self) -> torch.export.ExportedProgram:
-        """The model traced into a graph by torch.export; the batch dimension stays dynamic."""
-        batch = torch.export.Dim("batch")
-        return torch.export.export(self.model.eval(), (self.inputs[:5],), dynamic_shapes=({0: batch},))
+    def constructor_args(self) -> dict[str, int]:
+        return {"width": self.layers[0][0].in_features, "depth": len(self.layers)}
 
 
-def iris_subject(trained: Multiclass) -> Subject:
-    return Subject("iris", trained, Multiclass, trained.constructor_args(), load_iris_split().X_test)
-
-
-def synthetic_subject(size_mb: int) -> Subject:
-    depth = max(1, round(size_mb / (WIDTH * WIDTH * 4 / 2**20)))
-    args = {"width": WIDTH, "depth": depth}
-    seed_everything(SEED)
-    model = SyntheticMLP(**args).eval()
-    return Subject(
-        f"synthetic {depth * 16} MiB", model, lambda: SyntheticMLP(**args), args, torch.randn(7, WIDTH)
-    )
-
+seed_everything(SEED)
+synthetic = SyntheticMLP(WIDTH, depth).eval()
+X_test = load_iris_split().X_test  # (45, 4)
+models = {  # name: (model, the code that builds it, inputs to compare predictions on)
+    "iris": (trained, partial(Multiclass, **trained.constructor_args()), X_test),
+    f"synthetic {synthetic_mib} MiB": (
+        synthetic,
+        partial(SyntheticMLP, **synthetic.constructor_args()),
+        torch.randn(7, WIDTH),
+    ),
+}
+print(
+    f"synthetic {synthetic_mib} MiB: {depth} Linear layer{'s' if depth > 1 else ''}"
+    f" of {WIDTH}x{WIDTH} float32 (--size-mb {args.size_mb}, rounded to whole {LAYER_MIB} MiB layers)"
+)
 
 # %%
-# # The formats
+# # Getting a working model back
 #
-# Each format is a save function, a load function, and a way to get from what was loaded
-# to a working model. Plain file I/O of the same tensor bytes is the baseline: no format
-# can read or write the bytes faster than the disk cache hands them over.
+# Each format below has a save and a load. Every load ends with a working model: the
+# formats that store a state_dict build the model under `torch.device("meta")` (no memory,
+# no random initialisation) and hand it the loaded tensors with `assign=True`, as chapter 6
+# shows, so the time and the memory measured are the format's own. In your own project,
+# `model = Multiclass()` and `model.load_state_dict(...)` without `assign` work just as well.
 
 
-@dataclass(frozen=True)
-class Format:
-    name: str
-    suffix: str
-    save: Callable[[Subject, Path], None]
-    load: Callable[[Subject, Path], Any]
-    tensors: Callable[[Any], Iterable[Tensor]]
-    to_model: Callable[[Subject, Any], nn.Module]
-    needs_model_code: bool
-    safe: str  # "yes" or "no", for a file from an untrusted source
-
-
-def state_values(loaded: Any) -> Iterable[Tensor]:
-    return loaded.values()
-
-
-def model_from_state(subject: Subject, state: dict[str, Tensor]) -> nn.Module:
-    model = subject.build()
-    model.load_state_dict(state)
+def into_model(build: Callable[[], nn.Module], state: dict[str, Tensor]) -> nn.Module:
+    with torch.device("meta"):
+        model = build()
+    model.load_state_dict(state, assign=True)
     return model.eval()
 
 
-def save_pickle(subject: Subject, path: Path) -> None:
+def human_size(n_bytes: int) -> str:
+    if n_bytes < 1000:
+        return f"{n_bytes} B"
+    return f"{n_bytes / 1e3:.1f} KB" if n_bytes < 1e6 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def show_round_trip(format_name: str, path: Path, loaded: nn.Module) -> None:
+    with torch.no_grad():
+        same = torch.equal(loaded(X_test), trained(X_test))
+    where = f"{path}, kept" if path.parent == out_dir else "temporary"
+    print(f"{format_name:<16}  {human_size(path.stat().st_size):>9}  same predictions {same}  ({where})")
+
+
+iris_build = models["iris"][1]
+
+# %%
+# # pickle
+#
+# Python's own serializer stores any object. `pickle.load` rebuilds it by calling the
+# functions the file names, whatever they are: never load a pickle you did not make.
+
+heading("Each format, once, on the iris model")
+
+
+def save_pickle(model: nn.Module, path: Path) -> None:
     with path.open("wb") as f:
-        pickle.dump(subject.state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(model.state_dict(), f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def load_pickle(subject: Subject, path: Path) -> dict[str, Tensor]:
+def load_pickle(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
     with path.open("rb") as f:
-        return pickle.load(f)  # runs code from the file: trusted files only
+        return into_model(build, pickle.load(f))  # runs whatever the file names
 
 
-def save_torch(subject: Subject, path: Path) -> None:
-    torch.save(subject.state, path)
+save_pickle(trained, scratch / "iris.pkl")
+loaded = load_pickle(scratch / "iris.pkl", iris_build)
+show_round_trip("pickle", scratch / "iris.pkl", loaded)
+
+# %%
+# # torch.save and torch.load
+#
+# `torch.save` writes a zip archive: `data.pkl`, a pickle of the structure, and one record
+# of raw bytes per storage (tensors that share memory share a record), each with a CRC32
+# checksum. `torch.load(path, weights_only=True)` unpickles with an allowlist: tensors and
+# plain containers, nothing else. `mmap=True` maps the file instead of reading it, so the
+# bytes are read when first used.
 
 
-def save_torch_without_crc32(subject: Subject, path: Path) -> None:
-    """torch.save without the zip's CRC32 checksums: torch.load still reads the file."""
+def save_torch(model: nn.Module, path: Path) -> None:
+    torch.save(model.state_dict(), path)
+
+
+def load_torch(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    return into_model(build, torch.load(path, weights_only=True))
+
+
+def load_torch_mmap(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    return into_model(build, torch.load(path, weights_only=True, mmap=True))
+
+
+save_torch(trained, scratch / "iris.pth")
+show_round_trip("torch.save", scratch / "iris.pth", load_torch(scratch / "iris.pth", iris_build))
+show_round_trip("torch.save+mmap", scratch / "iris.pth", load_torch_mmap(scratch / "iris.pth", iris_build))
+
+# %%
+# # torch.save without CRC32 checksums
+#
+# Most of the extra time `torch.save` takes over raw file I/O is the CRC32 checksum of each
+# record. `set_crc32_options(False)` skips it and writes 0 as every checksum. `torch.load`
+# never checks the checksums anyway, so it reads the file as before (and would read a
+# flipped byte in `data/0` just as silently from either file); but `unzip -t` and
+# `zipfile.testzip()` now report every record as a bad CRC, so nothing can verify the file.
+
+
+def save_torch_without_crc32(model: nn.Module, path: Path) -> None:
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)
     try:
-        torch.save(subject.state, path)
+        torch.save(model.state_dict(), path)
     finally:
         torch.serialization.set_crc32_options(previous)
 
 
-def load_torch(subject: Subject, path: Path) -> dict[str, Tensor]:
-    return torch.load(path, weights_only=True)
+save_torch_without_crc32(trained, scratch / "iris-no-crc32.pth")
+loaded = load_torch(scratch / "iris-no-crc32.pth", iris_build)
+show_round_trip("torch.save-crc32", scratch / "iris-no-crc32.pth", loaded)
+
+# %%
+# # safetensors
+#
+# A safetensors file is a JSON header (names, dtypes, shapes, offsets, and string metadata
+# of your own) followed by the raw bytes. Loading it parses the header and maps the bytes:
+# no pickle, so no code can hide in it. It stores tensors only, so keep the constructor
+# arguments in its metadata. This one stays in OUT_DIR for you to use.
 
 
-def load_torch_mmap(subject: Subject, path: Path) -> dict[str, Tensor]:
-    return torch.load(path, weights_only=True, mmap=True)
+def save_safetensors(model: nn.Module, path: Path) -> None:
+    save_file(model.state_dict(), path, metadata={"model_args": json.dumps(model.constructor_args())})
 
 
-def save_safetensors(subject: Subject, path: Path) -> None:
-    save_file(subject.state, path, metadata={"model_args": json.dumps(subject.model_args)})
+def load_safetensors(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    return into_model(build, load_file(path))
 
 
-def load_safetensors(subject: Subject, path: Path) -> dict[str, Tensor]:
-    return load_file(path)
+if save_file is None:
+    print("safetensors is not installed: its rows are skipped. To measure it too:")
+    print('  pip install -c constraints.txt ".[formats]"')
+else:
+    save_safetensors(trained, out_dir / "iris.safetensors")
+    loaded = load_safetensors(out_dir / "iris.safetensors", iris_build)
+    show_round_trip("safetensors", out_dir / "iris.safetensors", loaded)
+
+# %%
+# # torch.export: the computation itself
+#
+# `torch.export.export` traces the model's forward into a graph; `torch.export.save`
+# writes the graph together with the weights to a `.pt2` file. `torch.export.load(path)
+# .module()` gives back a working model without your class. The batch dimension is
+# exported as dynamic, so the model accepts any number of inputs. Tracing happens once,
+# here, and is not part of the save times below. This file stays in OUT_DIR too.
+
+programs: dict[nn.Module, torch.export.ExportedProgram] = {}
+for model, _, inputs in models.values():
+    batch = torch.export.Dim("batch")
+    programs[model] = torch.export.export(model.eval(), (inputs[:5],), dynamic_shapes=({0: batch},))
 
 
-def save_exported(subject: Subject, path: Path) -> None:
-    torch.export.save(subject.exported, path)  # tracing happened once, before the timing
+def save_exported(model: nn.Module, path: Path) -> None:
+    torch.export.save(programs[model], path)
 
 
-def load_exported(subject: Subject, path: Path) -> torch.export.ExportedProgram:
-    return torch.export.load(path)
+def load_exported(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    return torch.export.load(path).module()  # `build` is not used: no class needed
 
 
-def save_raw(subject: Subject, path: Path) -> None:
+save_exported(trained, out_dir / "iris.pt2")
+show_round_trip("torch.export", out_dir / "iris.pt2", load_exported(out_dir / "iris.pt2", iris_build))
+
+# %%
+# # Raw file I/O: the baseline
+#
+# The tensors' bytes, one after the other, and nothing else: names, shapes and dtypes
+# live only in your code. It is the yardstick, 1x, in the tables below. Rows within a few
+# tenths of 1x do about the same work; on a busy machine timings move that much between
+# runs.
+
+
+def save_raw(model: nn.Module, path: Path) -> None:
     with path.open("wb") as f:
-        for tensor in subject.state.values():
+        for tensor in model.state_dict().values():
             f.write(tensor.contiguous().numpy().data)
 
 
-def load_raw(subject: Subject, path: Path) -> dict[str, Tensor]:
-    """Read the bytes straight into tensors whose names and shapes only the code knows."""
-    state = {name: torch.empty_like(tensor) for name, tensor in subject.state.items()}
+def load_raw(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    with torch.device("meta"):
+        shapes = build().state_dict()  # names, shapes and dtypes, from the code
+    state = {name: torch.empty_like(tensor, device="cpu") for name, tensor in shapes.items()}
     with path.open("rb") as f:
         for tensor in state.values():
             f.readinto(tensor.numpy().data)
-    return state
+    return into_model(build, state)
 
 
-def state_dict_format(name: str, suffix: str, save: Callable, load: Callable, safe: str) -> Format:
-    """A format that stores the state_dict: a working model needs the class to load it into."""
-    return Format(name, suffix, save, load, state_values, model_from_state, needs_model_code=True, safe=safe)
-
-
-FORMATS = [
-    state_dict_format("pickle", ".pkl", save_pickle, load_pickle, safe="no"),
-    state_dict_format("torch.save", ".pth", save_torch, load_torch, safe="yes"),
-    state_dict_format("torch.save+mmap", ".pth", save_torch, load_torch_mmap, safe="yes"),
-    state_dict_format("torch.save-crc32", ".pth", save_torch_without_crc32, load_torch, safe="yes"),
-    state_dict_format("safetensors", ".safetensors", save_safetensors, load_safetensors, safe="yes"),
-    Format(
-        "torch.export",
-        ".pt2",
-        save_exported,
-        load_exported,
-        tensors=lambda program: program.state_dict.values(),
-        to_model=lambda subject, program: program.module(),
-        needs_model_code=False,
-        safe="no",  # torch.export.load may unpickle parts of the archive with weights_only=False
-    ),
-    state_dict_format("raw", ".bin", save_raw, load_raw, safe="yes"),
-]
-
+save_raw(trained, scratch / "iris.bin")
+show_round_trip("raw", scratch / "iris.bin", load_raw(scratch / "iris.bin", iris_build))
 
 # %%
 # # Measuring
 #
-# One untimed save comes first. Files are written without fsync and read back while the
-# operating system still caches them, as a second load of any file is: the measurement is
-# the format's own cost, and reading from a cold disk adds the same time to every row. A
-# load counts only once every byte is in memory, so every loaded tensor is touched: lazy
-# loaders (mmap) pay then.
-# Peak memory is the growth of the process's resident set during the load (Linux only).
+# For each model and format: one untimed save first, then the median of `--repeat` saves
+# and loads. Files are written without fsync and read back while the operating system
+# still caches them, as a second load of any file is: the measurement is the format's own
+# cost, and reading from a cold disk adds the same time to every row. A load counts only
+# once every byte is in memory, so every loaded tensor is touched: lazy loaders pay then.
+# Peak memory is how far the process's resident set grows during the load (Linux only).
+
+FORMATS = {  # name: save, load, file suffix, needs your class for a working model, safe from a stranger
+    "pickle": (save_pickle, load_pickle, ".pkl", True, "no"),
+    "torch.save": (save_torch, load_torch, ".pth", True, "yes"),
+    "torch.save+mmap": (save_torch, load_torch_mmap, ".pth", True, "yes"),
+    "torch.save-crc32": (save_torch_without_crc32, load_torch, ".pth", True, "yes"),
+    "safetensors": (save_safetensors, load_safetensors, ".safetensors", True, "yes"),
+    "torch.export": (save_exported, load_exported, ".pt2", False, "no"),  # its loader may unpickle
+    "raw": (save_raw, load_raw, ".bin", True, "yes"),
+}
+if save_file is None:
+    del FORMATS["safetensors"]
+make_memory_measurable()
 
 
-@dataclass
-class Row:
-    model: str
-    format: str
-    bytes: int
-    save_s: float
-    load_s: float
-    peak_mb: float | None
-    needs_model_code: bool
-    safe_for_untrusted: str
-    same_predictions: bool
+def load_every_byte(load: Callable, path: Path, build: Callable[[], nn.Module]) -> nn.Module:
+    model = load(path, build)
+    touch(model.state_dict().values())  # lazy loaders (mmap) read the bytes now
+    return model
 
 
-def touch(tensors: Iterable[Tensor]) -> None:
-    for tensor in tensors:
-        flat = tensor.reshape(-1)
-        flat[:: max(1, PAGE // tensor.element_size())].sum()
-
-
-def memory_mb(field: str) -> float | None:
-    try:
-        with Path("/proc/self/status").open() as status:
-            for line in status:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def make_memory_measurable() -> None:
-    """Have glibc give each large block back to the system as soon as it is freed.
-
-    By default glibc raises its threshold for using separate mappings after large frees,
-    and keeps later freed memory for reuse: a second load would then seem to need no
-    memory at all. A fixed threshold keeps every measurement honest.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return  # not glibc: peak memory is measured as the system reports it
-    m_mmap_threshold = -3
-    libc.mallopt(m_mmap_threshold, 1 << 20)
-
-
-def reset_peak_memory() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set
-    except OSError:
-        return False
-    return True
-
-
-def timed(action: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
-
-
-def measure_load(fmt: Format, subject: Subject, path: Path) -> tuple[float, float | None]:
-    can_track = reset_peak_memory()
-    before = memory_mb("VmRSS")
-    start = time.perf_counter()
-    loaded = fmt.load(subject, path)
-    touch(fmt.tensors(loaded))
-    seconds = time.perf_counter() - start
-    peak = memory_mb("VmHWM") if can_track else None
-    del loaded
-    return seconds, None if peak is None or before is None else max(0.0, peak - before)
-
-
-def predicts_the_same(fmt: Format, subject: Subject, path: Path) -> bool:
-    model = fmt.to_model(subject, fmt.load(subject, path))
+def measure(format_name: str, model_name: str) -> dict:
+    save, load, suffix, needs_class, safe = FORMATS[format_name]
+    model, build, inputs = models[model_name]
+    path = scratch / f"measured{suffix}"
+    save(model, path)  # untimed: first-call costs are not the format's
+    save_times = [timed(lambda: save(model, path)) for _ in range(args.repeat)]
+    load_times, peaks = [], []
+    for _ in range(args.repeat):
+        loaded, seconds, peak = timed_with_peak_memory(lambda: load_every_byte(load, path, build))
+        del loaded  # before the next load: its memory is measured from here
+        load_times.append(seconds)
+        peaks.append(peak)
     with torch.no_grad():
-        return torch.equal(model(subject.inputs), subject.model.eval()(subject.inputs))
-
-
-def measure(fmt: Format, subject: Subject, folder: Path, repeat: int) -> Row:
-    path = folder / f"{subject.name.split()[0]}{fmt.suffix}"
-    fmt.save(subject, path)  # untimed warm-up: first-call costs (torch.export's tracing) are not the format's
-    save_times = [timed(lambda: fmt.save(subject, path)) for _ in range(repeat)]
-    loads = [measure_load(fmt, subject, path) for _ in range(repeat)]
-    peaks = [peak for _, peak in loads if peak is not None]
-    row = Row(
-        model=subject.name,
-        format=fmt.name,
-        bytes=path.stat().st_size,
-        save_s=statistics.median(save_times),
-        load_s=statistics.median(seconds for seconds, _ in loads),
-        peak_mb=max(peaks) if peaks else None,
-        needs_model_code=fmt.needs_model_code,
-        safe_for_untrusted=fmt.safe,
-        same_predictions=predicts_the_same(fmt, subject, path),
-    )
+        same = torch.equal(load(path, build)(inputs), model.eval()(inputs))
+    row = {
+        "model": model_name,
+        "format": format_name,
+        "bytes": path.stat().st_size,
+        "save_s": statistics.median(save_times),
+        "load_s": statistics.median(load_times),
+        "peak_mb": None if None in peaks else max(peaks),
+        "needs_model_code": needs_class,
+        "safe_for_untrusted": safe,
+        "same_predictions": same,
+    }
     path.unlink()
     return row
 
 
-def available_formats() -> list[Format]:
-    if save_file is None:
-        print("safetensors is not installed: its rows are skipped. Install the extra:")
-        print('  pip install -c constraints.txt ".[formats]"')
-        return [fmt for fmt in FORMATS if fmt.name != "safetensors"]
-    return FORMATS
-
-
-def human_size(n_bytes: int) -> str:
-    for unit in ("B", "KB", "MB"):
-        if n_bytes < 1000:
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1000
-    return f"{n_bytes:.1f} GB"
-
-
-def print_table(rows: list[Row]) -> None:
-    raw = next(row for row in rows if row.format == "raw")
+def print_table(rows: list[dict]) -> None:
+    raw = rows[-1]
     print(
-        f"{'format':<16} {'size':>9} {'save s':>8} {'x raw':>6} {'load s':>8} {'x raw':>6} {'peak MB':>8}"
+        f"{'format':<16} {'size':>9} {'save s':>8} {'x raw':>6} {'load s':>8} {'x raw':>6} {'peak MiB':>9}"
         f"  {'needs class':<11} {'safe':<4} same predictions"
     )
     for row in rows:
-        peak = "n/a" if row.peak_mb is None else f"{row.peak_mb:.0f}"
-        needs_class = "yes" if row.needs_model_code else "no"
+        peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
+        save_x, load_x = row["save_s"] / raw["save_s"], row["load_s"] / raw["load_s"]
         print(
-            f"{row.format:<16} {human_size(row.bytes):>9} {row.save_s:>8.4f} {row.save_s / raw.save_s:>6.2f}"
-            f" {row.load_s:>8.4f} {row.load_s / raw.load_s:>6.2f} {peak:>8}"
-            f"  {needs_class:<11} {row.safe_for_untrusted:<4} {row.same_predictions}"
+            f"{row['format']:<16} {human_size(row['bytes']):>9} {row['save_s']:>8.4f} {save_x:>6.2f}"
+            f" {row['load_s']:>8.4f} {load_x:>6.2f}"
+            f" {peak:>9}  {'yes' if row['needs_model_code'] else 'no':<11} {row['safe_for_untrusted']:<4}"
+            f" {row['same_predictions']}"
         )
 
+
+rows = []
+for model_name in models:
+    heading(f"{model_name}: median of {args.repeat} runs")
+    model_rows = [measure(format_name, model_name) for format_name in FORMATS]
+    print_table(model_rows)
+    rows += model_rows
+
+# %%
+# # How to read the table
+#
+# Raw file I/O copies every byte from the operating system's cache into fresh memory.
+# Loads far below 1x raw copy nothing: `torch.load(..., mmap=True)` and safetensors'
+# `load_file` map the cached file, and touching a page then costs a page fault, not a
+# copy. Pickle holds a second copy of the bytes while loading, hence about twice the peak
+# memory. torch.export's load rebuilds the graph as well as the weights.
+
+synthetic_rows = model_rows  # the last table: the synthetic model
+raw = synthetic_rows[-1]
+mapped = [row for row in synthetic_rows if row["format"] in ("torch.save+mmap", "safetensors")]
+below = [
+    f"{row['format']} {row['load_s'] / raw['load_s']:.2f}x" for row in mapped if row["load_s"] < raw["load_s"]
+]
+if below:
+    print(f"\nLoads below 1x raw ({', '.join(below)}): they map the cached file instead of copying it.")
 
 # %%
 # # Reading one tensor of a safetensors file
 #
-# A safetensors file is a JSON header (names, dtypes, shapes, offsets, and your own string
-# metadata) followed by the raw bytes. `safe_open` reads the header and maps the file, so
-# one tensor can be read without loading the rest, and the constructor arguments stored in
-# the metadata rebuild the model.
+# `safe_open` reads the header and maps the file, so one tensor can be read without
+# loading the rest, and the constructor arguments stored in the metadata rebuild the
+# model from the file alone.
 
-
-def read_one_tensor(subject: Subject, folder: Path) -> tuple[str, dict[str, str], bool]:
-    path = folder / "one-tensor.safetensors"
-    save_safetensors(subject, path)
-    name = next(iter(subject.state))
-    with safe_open(path, framework="pt") as f:
-        tensor = f.get_tensor(name)
+if safe_open is not None:
+    safetensors_file = out_dir / "iris.safetensors"
+    with safe_open(safetensors_file, framework="pt") as f:
         metadata = f.metadata()
-    path.unlink()
-    return name, metadata, torch.equal(tensor, subject.state[name])
-
+        hidden_weight = f.get_tensor("hidden.weight")
+    model_args = json.loads(metadata["model_args"])
+    rebuilt = Multiclass(**model_args)
+    rebuilt.load_state_dict(load_file(safetensors_file))
+    heading(f"safe_open({safetensors_file})")
+    exact = torch.equal(hidden_weight, trained.hidden.weight)
+    print(f"hidden.weight alone: shape {tuple(hidden_weight.shape)}, exact {exact}")
+    print(f"metadata: {metadata}")
+    print(f"Multiclass(**model_args) + load_file: same predictions {same_outputs(rebuilt, trained, X_test)}")
 
 # %%
 # # A .pt2 file runs without your code
 #
-# `torch.export` saves the model's computation as a graph together with the weights. A
-# program that has never seen `Multiclass` loads it and predicts, here a fresh Python
-# process whose import path does not include this project. The batch size was exported
-# as dynamic, so it accepts any number of flowers.
+# A program that has never seen `Multiclass` loads the `.pt2` and predicts:
+# `fresh_process/run_pt2.py`, run with `python -I` in a fresh process whose import path holds
+# neither this project nor the current folder (it checks that it cannot import
+# `build_model`). It gets all 45 test flowers at once, a batch size the model was not
+# exported with.
 
-RUN_PT2_ELSEWHERE = """\
-import importlib.util, sys, torch
-assert importlib.util.find_spec("build_model") is None, "this process must not see the project"
-program = torch.export.load(sys.argv[1])
-inputs = torch.load(sys.argv[2], weights_only=True)
-torch.save(program.module()(inputs), sys.argv[3])
-"""
-
-
-def start_pt2_without_project(subject: Subject, folder: Path) -> Callable[[], bool]:
-    """Start a process that cannot import this project on the .pt2; the returned function
-    waits for it and tells whether it reproduced the model's outputs exactly."""
-    pt2, inputs, outputs = (folder / name for name in ("iris.pt2", "inputs.pt", "outputs.pt"))
-    save_exported(subject, pt2)
-    torch.save(subject.inputs, inputs)
-    command = [
-        sys.executable,
-        "-I",
-        "-c",
-        RUN_PT2_ELSEWHERE,
-        *(str(p.resolve()) for p in (pt2, inputs, outputs)),
-    ]
-    process = subprocess.Popen(command, cwd=folder, stderr=subprocess.PIPE, text=True)
-
-    def same_outputs() -> bool:
-        _, stderr = process.communicate()
-        if process.returncode != 0:
-            raise RuntimeError(f"the .pt2 failed to run without the project:\n{stderr}")
-        with torch.no_grad():
-            return torch.equal(torch.load(outputs, weights_only=True), subject.model(subject.inputs))
-
-    return same_outputs
-
+pt2_inputs, pt2_outputs = scratch.resolve() / "inputs.pt", scratch.resolve() / "outputs.pt"
+torch.save(X_test, pt2_inputs)
+child = run_fresh_python(
+    FRESH_PROCESS / "run_pt2.py", (out_dir / "iris.pt2").resolve(), pt2_inputs, pt2_outputs, cwd=scratch
+)
+if child.returncode != 0:
+    fail(f"fresh_process/run_pt2.py failed: {(child.stderr.strip().splitlines() or ['no message'])[-1]}")
+with torch.no_grad():
+    same = torch.equal(torch.load(pt2_outputs, weights_only=True), trained(X_test))
+heading("torch.export: the .pt2 in a process that cannot import this project")
+print(f"fresh_process/run_pt2.py: {child.stdout.strip().split(': ')[-1]}, same predictions {same}")
 
 # %%
 # # A hostile file, for real
 #
 # A pickle can name any function for the unpickler to call. This one, harmless, names
-# `exec` with code that creates a marker file. Each load is tried in a fresh process in a
-# temporary folder, and the marker tells whether the file's code ran. Safe loaders refuse
-# it; `get_unsafe_globals_in_checkpoint` shows what it would call without loading it; and
-# safetensors cannot even store it, since it holds tensors and strings only.
+# `exec` with code that creates a marker file; the marker tells whether the file's code
+# ran. The files are written into the private temporary folder (mode 0700), so nobody
+# else can swap them before they are read. The two unsafe loads run in fresh processes
+# (`fresh_process/unsafe_load.py`), so that what the file's code does stays out of this one.
+# `torch.load(..., weights_only=True)` runs right here, in this process: that is what
+# safe means. `get_unsafe_globals_in_checkpoint` lists what the file would call, without
+# loading it, and safetensors cannot store the object at all: it holds tensors and strings.
 
-MARKER = "code-from-the-file-ran"
+marker = scratch.resolve() / "code-from-the-file-ran"
+with (scratch / "hostile.pkl").open("wb") as f:
+    pickle.dump(Hostile(marker), f)
+torch.save({"weight": Hostile(marker)}, scratch / "hostile.pth")
 
+heading("A hostile file: does loading run its code?")
+for loader, how, file in [
+    ("pickle.load", "pickle", "hostile.pkl"),
+    ("torch.load(weights_only=False)", "torch", "hostile.pth"),
+]:
+    marker.unlink(missing_ok=True)
+    child = run_fresh_python(FRESH_PROCESS / "unsafe_load.py", how, file, cwd=scratch)
+    if child.returncode != 0:
+        last_line = (child.stderr.strip().splitlines() or ["no message"])[-1]
+        fail(f"fresh_process/unsafe_load.py {how} failed: {last_line}")
+    verdict = "RAN the file's code" if marker.exists() else "ran nothing"
+    print(f"  {loader:<32} -> {verdict} (in a fresh process)")
 
-class Hostile:
-    """Unpickling this runs `exec`, which creates `marker`: harmless, and plain to see."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
-def write_hostile_files(place: Path) -> Path:
-    """hostile.pkl (plain pickle) and hostile.pth (torch.save) in `place`; returns the marker."""
-    place.mkdir()
-    marker = place.resolve() / MARKER  # absolute: whichever folder the loader runs in
-    (place / "hostile.pkl").write_bytes(pickle.dumps(Hostile(marker)))
-    torch.save({"weight": Hostile(marker)}, place / "hostile.pth")
-    return marker
-
-
-UNSAFE_LOADS = {  # each runs in a throwaway process
-    "pickle.load": "import pickle; pickle.load(open('hostile.pkl', 'rb'))",
-    "torch.load(weights_only=False)": "import torch; torch.load('hostile.pth', weights_only=False)",
-}
-
-
-@dataclass
-class HostileOutcome:
-    loader: str
-    code_ran: bool
-    error: str  # the loader's exception, "" when it loaded
-
-
-def refusal(error_type: str, message: str) -> str:
-    key = re.search(r"(Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+)", message)
-    return f"{error_type}: {key.group(1) if key else message.strip().splitlines()[-1][:120]}"
-
-
-def hostile_loads(folder: Path) -> list[HostileOutcome]:
-    """The unsafe loaders in fresh processes, side by side; the safe one right here, in
-    this process: that is what safe means."""
-    runs = {}
-    for index, (loader, code) in enumerate(UNSAFE_LOADS.items()):
-        place = folder / f"try-{index}"
-        marker = write_hostile_files(place)
-        command = [sys.executable, "-I", "-c", code]
-        runs[loader] = (marker, subprocess.Popen(command, cwd=place, stderr=subprocess.PIPE, text=True))
-
-    marker = write_hostile_files(folder / "try-here")
+marker.unlink(missing_ok=True)
+refusal = None
+try:
+    torch.load(scratch / "hostile.pth", weights_only=True)
+except pickle.UnpicklingError as err:
+    refusal = err
+verdict = "RAN the file's code" if marker.exists() else "ran nothing"
+outcome = f"refused with {type(refusal).__name__}" if refusal else "loaded"
+print(f"  {'torch.load(weights_only=True)':<32} -> {verdict}, {outcome} (in this process)")
+unsafe_globals = torch.serialization.get_unsafe_globals_in_checkpoint(scratch / "hostile.pth")
+print(f"  {'get_unsafe_globals_in_checkpoint':<32} -> {unsafe_globals}, without loading it")
+if save_file is not None:
     try:
-        torch.load(marker.parent / "hostile.pth", weights_only=True)
-        error = ""
-    except pickle.UnpicklingError as err:
-        error = refusal(type(err).__name__, str(err))
-    outcomes = [HostileOutcome("torch.load(weights_only=True)", marker.exists(), error)]
-
-    for loader, (marker, process) in runs.items():
-        _, stderr = process.communicate()
-        types = re.findall(r"^\w+(?:\.\w+)*(?:Error|Exception)", stderr, flags=re.MULTILINE)
-        error = refusal(types[-1] if types else "error", stderr) if process.returncode else ""
-        outcomes.insert(-1, HostileOutcome(loader, marker.exists(), error))
-    return outcomes
-
-
-def hostile_demo(folder: Path) -> tuple[list[HostileOutcome], list[str], str]:
-    """Outcome per loader, what the checkpoint reveals unloaded, and safetensors' refusal."""
-    outcomes = hostile_loads(folder)
-    revealed = torch.serialization.get_unsafe_globals_in_checkpoint(folder / "try-here" / "hostile.pth")
-    not_stored = "safetensors not installed"
-    if save_file is not None:
-        try:
-            save_file({"weight": Hostile(folder / MARKER)}, folder / "hostile.safetensors")
-        except (ValueError, TypeError) as err:
-            not_stored = f"{type(err).__name__}: {err}"
-    return outcomes, revealed, not_stored
-
-
-def show_hostile_demo(folder: Path) -> None:
-    outcomes, revealed, refusal = hostile_demo(folder)
-    for outcome in outcomes:
-        verdict = "RAN the file's code" if outcome.code_ran else "ran nothing"
-        print(f"  {outcome.loader:<31} -> {verdict}{'; ' + outcome.error if outcome.error else ''}")
-    print(f"  get_unsafe_globals_in_checkpoint -> {revealed}, without loading it")
-    print(f"  safetensors save_file           -> {refusal}")
-
+        save_file({"weight": Hostile(marker)}, scratch / "hostile.safetensors")
+    except (ValueError, TypeError) as err:
+        print(f"  {'safetensors save_file':<32} -> {error_line(err)}")
 
 # %%
 # # What to use when
 #
-# Derived from the table just measured, not written in advance.
+# Derived from the synthetic model's table just measured, not written in advance.
 
+safe_loaders = [
+    row for row in synthetic_rows if row["safe_for_untrusted"] == "yes" and row["format"] != "raw"
+]
+fastest = min(safe_loaders, key=lambda row: row["load_s"])
+others = ", ".join(
+    f"{row['format']} {row['load_s'] / raw['load_s']:.2f}x" for row in safe_loaders if row is not fastest
+)
+pickle_row = next(row for row in synthetic_rows if row["format"] == "pickle")
+pickle_speed = "no faster than" if pickle_row["load_s"] >= fastest["load_s"] else "faster than"
+pickle_peak = "n/a" if pickle_row["peak_mb"] is None else f"{pickle_row['peak_mb']:.0f} MiB"
+advice = [
+    f"Weights you share or download: {fastest['format']}, the fastest safe loader here"
+    f" ({fastest['load_s'] / raw['load_s']:.2f}x the raw read); {others}.",
+    "Training checkpoints (optimizer state, epoch, RNG): torch.save, loaded with weights_only=True;"
+    " safetensors holds only tensors and string metadata.",
+    "Deployment without your Python code: torch.export (.pt2), the only format here that needs no"
+    " class, but from trusted sources only: its loader may unpickle parts of the file.",
+    f"Never plain pickle: it runs code from the file, and loads {pickle_speed} {fastest['format']}"
+    f" ({pickle_row['load_s'] / raw['load_s']:.2f}x raw, peak memory {pickle_peak}).",
+]
+heading(f"What to use when (from the {synthetic_rows[0]['model']} table)")
+for line in advice:
+    print(f"- {line}")
 
-def recommend(rows: list[Row]) -> list[str]:
-    by_format = {row.format: row for row in rows}
-    raw = by_format["raw"]
-    safe_state = [r for r in rows if r.safe_for_untrusted == "yes" and r.format != "raw"]
-    fastest = min(safe_state, key=lambda r: r.load_s)
-    lines = [
-        f"Weights you share or download: {fastest.format}, the fastest safe loader here "
-        f"({fastest.load_s / raw.load_s:.2f}x the raw read); "
-        + ", ".join(f"{r.format} {r.load_s / raw.load_s:.2f}x" for r in safe_state if r is not fastest)
-        + ".",
-        "Training checkpoints (optimizer state, epoch, RNG): torch.save, loaded with weights_only=True; "
-        "safetensors holds only tensors and string metadata.",
+# %%
+# # The table as a picture
+#
+# Save and load time as a multiple of raw file I/O, and the peak memory while loading,
+# for each format, from this run's synthetic-model rows: your machine, not a fixed picture.
+
+plotted = {  # the bars, exactly as drawn
+    "format": [row["format"] for row in synthetic_rows],
+    "save_x_raw": [row["save_s"] / raw["save_s"] for row in synthetic_rows],
+    "load_x_raw": [row["load_s"] / raw["load_s"] for row in synthetic_rows],
+    "peak_mb": [row["peak_mb"] for row in synthetic_rows],
+}
+plt = import_pyplot(out_dir / "formats.png")
+if plt:
+    okabe_ito = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+    hatches = ["//", "\\\\", "..", "xx", "++", "--", "", "oo"]
+    colours = [okabe_ito[i % 7] if name != "raw" else "#999999" for i, name in enumerate(plotted["format"])]
+    fig, panels = plt.subplots(1, 3, figsize=(12, 4.4), sharey=True, layout="constrained")
+    places = range(len(plotted["format"]))
+    panel_data = [
+        (plotted["save_x_raw"], "Save time", "multiple of raw file I/O time (x)", "{:.2f}x"),
+        (
+            plotted["load_x_raw"],
+            "Load time, to a working model",
+            "multiple of raw file I/O time (x)",
+            "{:.2f}x",
+        ),
+        (
+            [p or 0 for p in plotted["peak_mb"]],
+            "Peak memory while loading",
+            "MiB the resident set grew by",
+            "{:.0f}",
+        ),
     ]
-    if "torch.export" in by_format:
-        lines.append(
-            "Deployment without your Python code: torch.export (.pt2), the only format here that needs no "
-            "class, but from trusted sources only: its loader may unpickle parts of the file."
-        )
-    pickle_row = by_format["pickle"]
-    lines.append(
-        f"Never plain pickle: it runs code from the file, and is no faster "
-        f"(load {pickle_row.load_s / raw.load_s:.2f}x raw)."
-    )
-    return lines
+    for axes, (values, title, xlabel, label) in zip(panels, panel_data, strict=True):
+        bars = axes.barh(places, values, color=colours, edgecolor="black", linewidth=0.8)
+        for bar, hatch in zip(bars, hatches, strict=False):
+            bar.set_hatch(hatch)
+        texts = axes.bar_label(bars, labels=[label.format(v) for v in values], padding=3, fontsize=9)
+        for text in texts:
+            text.set_bbox({"facecolor": "white", "edgecolor": "none", "pad": 1})
+        if "x" in label:
+            axes.axvline(1, color="black", linestyle="--", linewidth=1)
+            axes.text(1, len(values) - 0.4, " raw = 1x", fontsize=8, va="bottom")
+        axes.set(title=title, xlabel=xlabel, xlim=(0, max(max(values), 1) * 1.3))
+    if None in plotted["peak_mb"]:
+        panels[2].set_title("Peak memory while loading (n/a here)")
+    panels[0].set_yticks(list(places), plotted["format"])
+    panels[0].invert_yaxis()
+    fig.suptitle(f"{synthetic_rows[0]['model']}: median of {args.repeat} runs on this machine")
+    save_figure(fig, out_dir / "formats.png")
 
+# %%
+# # The rows as JSON, and tidying up
+#
+# `--json FILE` writes every row of both tables, for your own comparisons. The measured
+# files go with the temporary folder; iris.safetensors and iris.pt2 stay in OUT_DIR.
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = chapter_parser(__doc__)
-    parser.add_argument(
-        "--size-mb", type=positive_int, default=SIZE_MB, help=f"synthetic model size (default: {SIZE_MB})"
-    )
-    parser.add_argument(
-        "--repeat", type=positive_int, default=REPEAT, help=f"runs per timing (default: {REPEAT})"
-    )
-    parser.add_argument("--json", type=Path, help="also write the table's rows to this JSON file")
-    return parser.parse_args(argv)
-
-
-def write_json(rows: list[Row], path: Path) -> None:
+if args.json:
     try:
-        path.write_text(json.dumps([asdict(row) for row in rows], indent=2) + "\n")
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     except OSError as err:
-        fail(f"cannot write {path}: {err.strerror}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    trained = load_model_or_exit(args.out_dir / MODEL_FILE)
-    out_dir = prepare_out_dir(args.out_dir)
-    if args.json and not args.json.parent.is_dir():
-        fail(f"cannot write {args.json}: folder {args.json.parent} does not exist")
-    formats = available_formats()
-    make_memory_measurable()
-    rows: list[Row] = []
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix="compare-formats-") as scratch:
-        folder = Path(scratch)
-        iris = iris_subject(trained)
-        for subject in [iris, synthetic_subject(args.size_mb)]:
-            heading(f"{subject.name}: median of {args.repeat} runs")
-            subject_rows = [measure(fmt, subject, folder, args.repeat) for fmt in formats]
-            print_table(subject_rows)
-            rows += subject_rows
-        if safe_open is not None:
-            name, metadata, exact = read_one_tensor(subject, folder)
-            print(f"safe_open: read {name} alone (exact: {exact}); metadata {metadata}")
-
-        pt2_elsewhere = start_pt2_without_project(iris, folder)  # runs while the hostile loads do
-        heading("A hostile file: does loading run its code?")
-        show_hostile_demo(folder)
-        heading("torch.export: the .pt2 in a process that cannot import this project")
-        print(f"45 flowers, batch size not seen at export: same predictions {pt2_elsewhere()}")
-
-    heading(f"What to use when (from the {subject.name} table)")
-    for line in recommend(subject_rows):
-        print(f"- {line}")
-    if args.json:
-        write_json(rows, args.json)
-        print(f"\nRows written to {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        fail(f"cannot write {args.json}: {err.strerror or err}")
+    print(f"\nRows written to {args.json}")
+shutil.rmtree(scratch, ignore_errors=True)

@@ -25,7 +25,8 @@ from typing import Any
 from torch import Tensor
 
 PAGE = 4096  # touching one value per page pulls every page into memory
-FRESH_PROCESS = Path(__file__).resolve().parent / "fresh_process"  # the programs chapters run in one
+# The small programs the chapters run in a fresh Python process: real files a reader can open.
+FRESH_PROCESS = Path(__file__).resolve().parent / "fresh_process"
 
 
 # %%
@@ -118,3 +119,27 @@ def timed(action: Callable[[], Any]) -> float:
     start = time.perf_counter()
     action()
     return time.perf_counter() - start
+
+
+def timed_with_peak_memory(action: Callable[[], Any]) -> tuple[Any, float, float | None]:
+    """Run `action`; return its result, the seconds it took, and how far the peak resident set
+    of this process rose above where it started, in MiB (None where that cannot be measured)."""
+    can_track = reset_peak_memory()
+    before = memory_mb("VmRSS")
+    start = time.perf_counter()
+    result = action()
+    seconds = time.perf_counter() - start
+    peak = memory_mb("VmHWM") if can_track else None
+    return result, seconds, None if peak is None or before is None else max(0.0, peak - before)
+
+
+def available_memory_mb() -> float | None:
+    """MemAvailable from /proc/meminfo in MiB: what can be allocated without swapping (Linux)."""
+    try:
+        with Path("/proc/meminfo").open() as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -1,67 +1,62 @@
 """Chapter 6: when the file and the model don't quite match -- the errors, and the fixes.
 
-Each section sets the problem up for real, shows the exact error PyTorch raises, then the
-fix: files saved on another device, missing and unexpected keys, warm-starting a
-different model, size mismatches, the prefixes that DataParallel and torch.compile add,
-loading large models without copying them, and several models in one file.
+Each section sets a problem up for real, shows the error PyTorch raises, then the fix:
+a file saved on a GPU, renamed layers (missing and unexpected keys), warm-starting a
+different model, a size mismatch, the prefixes that DataParallel and torch.compile add,
+loading a large model without copying it, and several models in one file.
 
-Run (after `python train_iris.py`):
+Run (after `python train_iris.py`; or run it cell by cell in VS Code or Jupyter):
 
-    python load_tips.py
+    python load_tips.py [--seed 42]
 
-Reads OUT_DIR/iris-model.pth (default artifacts/iris-model.pth). Writes tips-*.pth files
-into OUT_DIR.
+Reads OUT_DIR/iris-model.pth (default artifacts/iris-model.pth). Writes
+OUT_DIR/tips-saved-on-gpu.pth and OUT_DIR/tips-two-models.pth (and, on a machine with a
+GPU, OUT_DIR/tips-real-gpu.pth).
 """
 
+# %%
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from unittest import mock
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from build_model import (
+    LEARNING_RATE,
     MODEL_FILE,
     SEED,
     Multiclass,
     accuracy,
-    chapter_parser,
     flat_tensors,
-    heading,
     load_iris_split,
-    load_model_or_exit,
-    make_optimizer,
-    prepare_out_dir,
     same_outputs,
     same_state,
     seed_everything,
     train_one_epoch,
 )
+from chapter_support import (
+    chapter_parser,
+    error_line,
+    heading,
+    load_model_or_exit,
+    parse_chapter_args,
+    prepare_out_dir,
+    seed,
+)
 
-BATCH_SIZE = 5  # as in chapter 2
-
-State = Mapping[str, Tensor]
-
-
-def error_of(action: Callable[[], object], max_lines: int = 2) -> str:
-    """Run `action` and return 'ExceptionType: the first lines of its message'."""
-    try:
-        action()
-    except Exception as err:  # shown to the reader, whatever it is
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        return f"{type(err).__name__}: {' '.join(lines[:max_lines])}"
-    return "no error"
-
-
-def load_into(model: nn.Module, state: State, strict: bool = True) -> nn.Module:
-    model.load_state_dict(state, strict=strict)
-    return model
-
+parser = chapter_parser(__doc__)
+parser.add_argument(
+    "--seed", type=seed, default=SEED, help=f"seeds the fresh models' initial weights (default: {SEED})"
+)
+args = parse_chapter_args(parser)
+model_path = args.out_dir / MODEL_FILE
+trained = load_model_or_exit(model_path, Multiclass, made_by="python train_iris.py")
+out_dir = prepare_out_dir(args.out_dir)
+state = trained.state_dict()  # the names and tensors every section loads somewhere
+split = load_iris_split()
+X_train, y_train, X_test, y_test = split.X_train, split.y_train, split.X_test, split.y_test
 
 # %%
 # # 1. A file saved on another device: map_location
@@ -69,77 +64,72 @@ def load_into(model: nn.Module, state: State, strict: bool = True) -> nn.Module:
 # `torch.save` records the device of every tensor. A file saved from a GPU says `cuda:0`,
 # and `torch.load` puts the tensors back there, which fails on a machine without one.
 # `map_location="cpu"` (or a dict such as `{"cuda:0": "cpu"}`) moves them while loading.
-# Where this machine has no GPU, we write the file a GPU machine would write: the same
-# format, with the device tag `cuda:0`. Where it has one, the round trip is also done
-# for real.
+# To show it on any machine, we first write the file a GPU machine would write: the same
+# format, with every tensor tagged `cuda:0`. Where this machine has a GPU, the round trip
+# is then also done for real.
 
+heading("1. A file saved on another device")
+gpu_file = out_dir / "tips-saved-on-gpu.pth"
+with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
+    torch.save(state, gpu_file)  # what torch.save writes for tensors on cuda:0
 
-def save_as_if_on_gpu(state: State, path: Path) -> None:
-    """torch.save, recording every tensor's device as 'cuda:0' as a GPU machine does."""
-    with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
-        torch.save(dict(state), path)
+if torch.cuda.is_available():
+    print("torch.load(path)                     -> loads onto the GPU, as this machine has one")
+else:
+    try:
+        torch.load(gpu_file, weights_only=True)
+    except RuntimeError as err:
+        print(f"torch.load(path)                     -> {error_line(err)}")
+loaded = torch.load(gpu_file, map_location="cpu", weights_only=True)
+devices = sorted({tensor.device.type for tensor in loaded.values()})
+print(f"torch.load(path, map_location='cpu') -> on {devices}, same tensors {same_state(loaded, state)}")
 
-
-def load_on_cpu(path: Path) -> dict[str, Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def real_gpu_round_trip(state: State, path: Path) -> bool | None:
-    """Save from the GPU and load on the CPU; None where there is no GPU."""
-    if not torch.cuda.is_available():
-        return None
-    torch.save({key: tensor.to("cuda") for key, tensor in state.items()}, path)
-    loaded = load_on_cpu(path)
-    return all(tensor.device.type == "cpu" for tensor in loaded.values()) and same_state(loaded, state)
-
-
-def show_devices(state: State, out_dir: Path) -> None:
-    gpu_file = out_dir / "tips-saved-on-gpu.pth"
-    save_as_if_on_gpu(state, gpu_file)
-    if torch.cuda.is_available():
-        print("torch.load(path): loads onto the GPU, as this machine has one")
-    else:
-        print(f"torch.load(path)                    -> {error_of(lambda: torch.load(gpu_file))}")
-    loaded = load_on_cpu(gpu_file)
-    print(f"torch.load(path, map_location='cpu') -> same tensors {same_state(loaded, state)}")
-    real = real_gpu_round_trip(state, out_dir / "tips-real-gpu.pth")
-    print("Real GPU round trip: " + ("skipped, no GPU on this machine" if real is None else f"exact {real}"))
-
+if torch.cuda.is_available():
+    real_gpu_file = out_dir / "tips-real-gpu.pth"
+    torch.save({key: tensor.to("cuda:0") for key, tensor in state.items()}, real_gpu_file)
+    from_gpu = torch.load(real_gpu_file, map_location="cpu", weights_only=True)
+    on_cpu = all(tensor.device.type == "cpu" for tensor in from_gpu.values())
+    print(f"Real GPU round trip: back on the CPU {on_cpu}, same tensors {same_state(from_gpu, state)}")
+else:
+    print("Real GPU round trip: skipped, no GPU on this machine")
 
 # %%
 # # 2. Missing and unexpected keys
 #
-# Rename a layer (here `output` became `head`) and the file's names no longer match:
-# `load_state_dict` refuses in strict mode, the default. `strict=False` loads what matches
-# and *returns* the names it skipped. Ignore that return value and the skipped layer keeps
-# its random initial weights: the model loads without error and predicts badly. The fix is
-# to rename the keys.
+# Rename a layer (here `output` became `head`) and the file's names no longer match the
+# model's: `load_state_dict` refuses in strict mode, the default. `strict=False` loads what
+# matches and *returns* the names it skipped. Ignore that return value and the skipped
+# layer keeps its random initial weights: the model loads without an error and predicts
+# badly. The fix is to rename the keys.
 
+heading("2. Missing and unexpected keys")
+seed_everything(args.seed)  # the fresh models below start from the same weights every run
+file_state = {  # what a model whose last layer is called `head` saved
+    ("head." + key.removeprefix("output.") if key.startswith("output.") else key): tensor
+    for key, tensor in state.items()
+}
+model = Multiclass()
+try:
+    model.load_state_dict(file_state)
+except RuntimeError as err:
+    print(f"strict (default)  -> {error_line(err, max_lines=3)}")
 
-def renamed(state: State, old_prefix: str, new_prefix: str) -> dict[str, Tensor]:
-    return {
-        new_prefix + key.removeprefix(old_prefix) if key.startswith(old_prefix) else key: tensor
-        for key, tensor in state.items()
-    }
+partial = Multiclass()
+result = partial.load_state_dict(file_state, strict=False)
+print(f"strict=False      -> missing_keys={result.missing_keys}, unexpected_keys={result.unexpected_keys}")
+untrained_head = accuracy(partial, X_test, y_test)
+print(
+    f"  accuracy with the output layer left untrained: {untrained_head:.2f}"
+    f" (trained: {accuracy(trained, X_test, y_test):.2f})"
+)
 
-
-def show_missing_and_unexpected(state: State, trained: Multiclass) -> None:
-    split = load_iris_split()
-    file_state = renamed(state, "output.", "head.")  # what a model with a `head` layer saved
-    print(f"strict (default)  -> {error_of(lambda: load_into(Multiclass(), file_state), max_lines=3)}")
-    partial = Multiclass()
-    result = partial.load_state_dict(file_state, strict=False)
-    print(
-        f"strict=False      -> missing_keys={result.missing_keys}, unexpected_keys={result.unexpected_keys}"
-    )
-    untrained_head = accuracy(partial, split.X_test, split.y_test)
-    print(
-        f"  accuracy with the output layer left untrained: {untrained_head:.2f}"
-        f" (trained: {accuracy(trained, split.X_test, split.y_test):.2f})"
-    )
-    fixed = load_into(Multiclass(), renamed(file_state, "head.", "output."))
-    print(f"keys renamed back -> same predictions {same_outputs(fixed, trained, split.X_test)}")
-
+renamed_back = {
+    ("output." + key.removeprefix("head.") if key.startswith("head.") else key): tensor
+    for key, tensor in file_state.items()
+}
+fixed = Multiclass()
+fixed.load_state_dict(renamed_back)
+print(f"keys renamed back -> same predictions {same_outputs(fixed, trained, X_test)}")
 
 # %%
 # # 3. Warm-starting a different model
@@ -148,28 +138,15 @@ def show_missing_and_unexpected(state: State, trained: Multiclass) -> None:
 # with a new output head for four classes, can start from the trained weights: keep the
 # entries whose name and shape fit, load them with `strict=False`, and report the rest.
 
-
-def fitting_entries(state: State, model: nn.Module) -> tuple[dict[str, Tensor], list[str]]:
-    """The entries of `state` that `model` can take, and the names of those it cannot."""
-    target = model.state_dict()
-    fits = {key: t for key, t in state.items() if key in target and target[key].shape == t.shape}
-    return fits, [key for key in state if key not in fits]
-
-
-def warm_start(state: State, model: nn.Module) -> tuple[list[str], list[str]]:
-    """Load what fits; returns (names loaded, names left at their initial values)."""
-    fits, _ = fitting_entries(state, model)
-    result = model.load_state_dict(fits, strict=False)
-    return list(fits), result.missing_keys
-
-
-def show_warm_start(state: State) -> None:
-    new_model = Multiclass(n_classes=4)
-    loaded, left = warm_start(state, new_model)
-    print(f"Multiclass(n_classes=4): loaded {loaded}, left at initial values {left}")
-    kept = torch.equal(new_model.hidden.weight, state["hidden.weight"])
-    print(f"  hidden layer equals the trained one: {kept}")
-
+heading("3. Warm-starting a different model")
+new_model = Multiclass(n_classes=4)
+target = new_model.state_dict()
+fits = {key: tensor for key, tensor in state.items() if key in target and target[key].shape == tensor.shape}
+warm = new_model.load_state_dict(fits, strict=False)
+print(f"Multiclass(n_classes=4): loaded {list(fits)}, left at initial values {warm.missing_keys}")
+print(
+    f"  hidden layer equals the trained one: {torch.equal(new_model.hidden.weight, state['hidden.weight'])}"
+)
 
 # %%
 # # 4. Size mismatch
@@ -179,17 +156,23 @@ def show_warm_start(state: State) -> None:
 # names, never shapes. Build the model the file describes, from constructor arguments
 # saved next to the weights (chapter 5) or read off the tensors' shapes.
 
+heading("4. Size mismatch")
+try:
+    Multiclass(n_hidden=16).load_state_dict(state)
+except RuntimeError as err:
+    print(f"strict (default)  -> {error_line(err, max_lines=2)}")
+try:
+    Multiclass(n_hidden=16).load_state_dict(state, strict=False)
+except RuntimeError as err:
+    print(f"strict=False      -> {error_line(err, max_lines=2)}")
 
-def show_size_mismatch(state: State, trained: Multiclass) -> None:
-    print(f"strict (default)  -> {error_of(lambda: load_into(Multiclass(n_hidden=16), state))}")
-    print(f"strict=False      -> {error_of(lambda: load_into(Multiclass(n_hidden=16), state, strict=False))}")
-    n_hidden = state["hidden.weight"].shape[0]
-    rebuilt = load_into(Multiclass(n_hidden=n_hidden), state)
-    same = same_outputs(rebuilt, trained, load_iris_split().X_test)
-    print(
-        f"Multiclass(n_hidden=state['hidden.weight'].shape[0]) -> {n_hidden} hidden, same predictions {same}"
-    )
-
+n_hidden = state["hidden.weight"].shape[0]  # hidden.weight is (n_hidden, n_features)
+rebuilt = Multiclass(n_hidden=n_hidden)
+rebuilt.load_state_dict(state)
+print(
+    f"Multiclass(n_hidden=state['hidden.weight'].shape[0]) -> {n_hidden} hidden,"
+    f" same predictions {same_outputs(rebuilt, trained, X_test)}"
+)
 
 # %%
 # # 5. Prefixes: `module.` and `_orig_mod.`
@@ -199,82 +182,70 @@ def show_size_mismatch(state: State, trained: Multiclass) -> None:
 # `torch.compile` keeps it as `._orig_mod`. A plain model does not know those names.
 # Strip the prefix with `consume_prefix_in_state_dict_if_present` (it edits the dict in
 # place), or avoid it: save `wrapper.module.state_dict()` or
-# `compiled._orig_mod.state_dict()`.
+# `compiled._orig_mod.state_dict()`. (On a CPU DataParallel only wraps, and torch.compile
+# compiles on the first call, so nothing runs here: only the names change.)
 
-
-def wrapped_state(trained: Multiclass, wrapper: str) -> dict[str, Tensor]:
-    """The state_dict a training script using `wrapper` would have saved."""
-    if wrapper == "DataParallel":
-        return dict(nn.DataParallel(trained).state_dict())  # on a CPU it only wraps
-    if wrapper == "torch.compile":
-        return dict(torch.compile(trained).state_dict())  # compiles lazily: nothing runs here
-    raise ValueError(wrapper)
-
-
-def show_prefixes(trained: Multiclass) -> None:
-    X = load_iris_split().X_test
-    for wrapper, prefix in [("DataParallel", "module."), ("torch.compile", "_orig_mod.")]:
-        state = wrapped_state(trained, wrapper)
-        print(f"{wrapper}: keys {list(state)[:2]} ...")
-        refusal = error_of(lambda state=state: load_into(Multiclass(), state), max_lines=3)
-        print(f"  into a plain model -> {refusal}")
-        consume_prefix_in_state_dict_if_present(state, prefix)
-        fixed = load_into(Multiclass(), state)
-        print(f"  prefix stripped    -> same predictions {same_outputs(fixed, trained, X)}")
-
+heading("5. Prefixes from DataParallel and torch.compile")
+wrapped_states = {
+    "DataParallel": ("module.", nn.DataParallel(trained).state_dict()),
+    "torch.compile": ("_orig_mod.", torch.compile(trained).state_dict()),
+}
+for wrapper, (prefix, wrapped_state) in wrapped_states.items():
+    print(f"{wrapper}: keys {list(wrapped_state)[:2]} ...")
+    try:
+        Multiclass().load_state_dict(wrapped_state)
+    except RuntimeError as err:
+        print(f"  into a plain model -> {error_line(err, max_lines=3)}")
+    consume_prefix_in_state_dict_if_present(wrapped_state, prefix)
+    unwrapped = Multiclass()
+    unwrapped.load_state_dict(wrapped_state)
+    print(f"  prefix stripped    -> same predictions {same_outputs(unwrapped, trained, X_test)}")
 
 # %%
 # # 6. Large models: mmap, the meta device and assign=True
 #
 # For a model too large to hold twice in memory, avoid every copy. `torch.load(...,
-# mmap=True)` maps the file instead of reading it: bytes are paged in when first used.
-# Building the model under `torch.device("meta")` allocates no memory for its weights.
-# `load_state_dict(..., assign=True)` then makes the loaded tensors the model's
-# parameters instead of copying into them.
+# mmap=True)` maps the file instead of reading it: bytes are paged in when first used
+# (privately: changing the tensors never changes the file). Building the model under
+# `torch.device("meta")` allocates no memory for its weights. `load_state_dict(...,
+# assign=True)` then makes the loaded tensors the model's parameters instead of copying
+# into them.
+
+heading("6. Large models: mmap, meta device, assign=True")
+with torch.device("meta"):
+    big_model = Multiclass()  # shapes only, no memory for the weights yet
+print(f"Built under torch.device('meta'): hidden.weight on {big_model.hidden.weight.device}")
+mapped = torch.load(model_path, mmap=True, weights_only=True)
+big_model.load_state_dict(mapped, assign=True)
+shares = big_model.hidden.weight.data_ptr() == mapped["hidden.weight"].data_ptr()
+device = big_model.hidden.weight.device
+print(f"After load_state_dict(assign=True): on {device}, shares the mmap'd tensor: {shares}")
+print(f"  same predictions as the trained model: {same_outputs(big_model, trained, X_test)}")
+
+# %%
+# # The optimizer created too early
 #
-# The catch: `assign=True` replaces the parameter objects. An optimizer created before
-# the load still holds the old (meta) ones, so it updates nothing the model uses: the
-# model silently never learns. Create the optimizer after loading.
+# The catch: `assign=True` replaces the parameter objects. An optimizer created before the
+# load still holds the old (meta) ones, so it updates nothing the model uses: the model
+# silently never learns. Create the optimizer after loading. One epoch of training shows it.
 
+with torch.device("meta"):
+    too_early_model = Multiclass()
+too_early = torch.optim.Adam(too_early_model.parameters(), lr=LEARNING_RATE)  # wrong: before the load
+too_early_model.load_state_dict(torch.load(model_path, mmap=True, weights_only=True), assign=True)
+before = too_early_model.hidden.weight.detach().clone()
+train_one_epoch(too_early_model, too_early, X_train, y_train)
+changed = not torch.equal(before, too_early_model.hidden.weight)
+print(f"Optimizer created before the load -> training changes weights: {changed}")
 
-def load_without_copies(path: Path) -> tuple[Multiclass, dict[str, Tensor]]:
-    state = torch.load(path, mmap=True, weights_only=True)
-    with torch.device("meta"):
-        model = Multiclass()  # no memory for the weights yet
-    model.load_state_dict(state, assign=True)
-    return model, state
-
-
-def learns(model: Multiclass, optimizer: torch.optim.Optimizer) -> bool:
-    """Does one epoch of training with this optimizer change the model's weights?"""
-    split = load_iris_split()
-    before = model.hidden.weight.detach().clone()
-    train_one_epoch(model, optimizer, split.X_train, split.y_train, BATCH_SIZE)
-    return not torch.equal(before, model.hidden.weight)
-
-
-def show_large_model_loading(path: Path, trained: Multiclass) -> None:
-    with torch.device("meta"):
-        print(f"Built under torch.device('meta'): hidden.weight on {Multiclass().hidden.weight.device}")
-    model, state = load_without_copies(path)
-    shares = model.hidden.weight.data_ptr() == state["hidden.weight"].data_ptr()
-    device = model.hidden.weight.device
-    print(f"After load_state_dict(assign=True): on {device}, shares the mmap'd tensor: {shares}")
-    print(
-        f"  same predictions as the trained model: {same_outputs(model, trained, load_iris_split().X_test)}"
-    )
-
-    with torch.device("meta"):
-        too_early_model = Multiclass()
-    too_early = make_optimizer(too_early_model)  # created before the load: wrong
-    too_early_model.load_state_dict(state, assign=True)
-    print(
-        f"Optimizer created before the load -> training changes weights: {learns(too_early_model, too_early)}"
-    )
-    model, _ = load_without_copies(path)
-    in_time = make_optimizer(model)
-    print(f"Optimizer created after the load  -> training changes weights: {learns(model, in_time)}")
-
+with torch.device("meta"):
+    in_time_model = Multiclass()
+in_time_model.load_state_dict(torch.load(model_path, mmap=True, weights_only=True), assign=True)
+in_time = torch.optim.Adam(in_time_model.parameters(), lr=LEARNING_RATE)  # right: after the load
+before = in_time_model.hidden.weight.detach().clone()
+train_one_epoch(in_time_model, in_time, X_train, y_train)
+changed = not torch.equal(before, in_time_model.hidden.weight)
+print(f"Optimizer created after the load  -> training changes weights: {changed}")
 
 # %%
 # # 7. Several models and their optimizers in one file
@@ -282,90 +253,42 @@ def show_large_model_loading(path: Path, trained: Multiclass) -> None:
 # One dict, one key per piece. On loading, create each model, load its weights, then
 # create its optimizer over that model's parameters and load the optimizer's state.
 
+heading("7. Several models and optimizers in one file")
+seed_everything(args.seed)
+model_a, model_b = Multiclass(), Multiclass()
+optimizer_a = torch.optim.Adam(model_a.parameters(), lr=LEARNING_RATE)
+optimizer_b = torch.optim.Adam(model_b.parameters(), lr=LEARNING_RATE)
+train_one_epoch(model_a, optimizer_a, X_train, y_train)
+train_one_epoch(model_b, optimizer_b, X_train, y_train)
 
-def train_pair(seed: int) -> tuple[list[Multiclass], list[torch.optim.Optimizer]]:
-    seed_everything(seed)
-    split = load_iris_split()
-    models = [Multiclass(), Multiclass()]
-    optimizers = [make_optimizer(model) for model in models]
-    for model, optimizer in zip(models, optimizers, strict=True):
-        train_one_epoch(model, optimizer, split.X_train, split.y_train, BATCH_SIZE)
-    return models, optimizers
+pair_path = out_dir / "tips-two-models.pth"
+torch.save(
+    {
+        "model_a": model_a.state_dict(),
+        "model_b": model_b.state_dict(),
+        "optimizer_a": optimizer_a.state_dict(),
+        "optimizer_b": optimizer_b.state_dict(),
+    },
+    pair_path,
+)
 
+saved = torch.load(pair_path, weights_only=True)
+loaded_a, loaded_b = Multiclass(), Multiclass()
+loaded_a.load_state_dict(saved["model_a"])
+loaded_b.load_state_dict(saved["model_b"])
+loaded_optimizer_a = torch.optim.Adam(loaded_a.parameters(), lr=LEARNING_RATE)
+loaded_optimizer_b = torch.optim.Adam(loaded_b.parameters(), lr=LEARNING_RATE)
+loaded_optimizer_a.load_state_dict(saved["optimizer_a"])
+loaded_optimizer_b.load_state_dict(saved["optimizer_b"])
 
-def save_pair(models: list[Multiclass], optimizers: list[torch.optim.Optimizer], path: Path) -> None:
-    torch.save(
-        {
-            "model_a": models[0].state_dict(),
-            "model_b": models[1].state_dict(),
-            "optimizer_a": optimizers[0].state_dict(),
-            "optimizer_b": optimizers[1].state_dict(),
-        },
-        path,
-    )
-
-
-def load_pair(path: Path) -> tuple[list[Multiclass], list[torch.optim.Optimizer]]:
-    saved = torch.load(path, weights_only=True)
-    models, optimizers = [], []
-    for name in ("a", "b"):
-        model = load_into(Multiclass(), saved[f"model_{name}"])
-        optimizer = make_optimizer(model)
-        optimizer.load_state_dict(saved[f"optimizer_{name}"])
-        models.append(model)
-        optimizers.append(optimizer)
-    return models, optimizers
-
-
-def pair_round_trip_is_exact(path: Path) -> bool:
-    models, optimizers = train_pair(SEED)
-    save_pair(models, optimizers, path)
-    loaded_models, loaded_optimizers = load_pair(path)
-    return all(
-        same_state(a.state_dict(), b.state_dict()) for a, b in zip(models, loaded_models, strict=True)
-    ) and all(
-        same_state(flat_tensors(a.state_dict()), flat_tensors(b.state_dict()))
-        for a, b in zip(optimizers, loaded_optimizers, strict=True)
-    )
-
-
-def show_several_models(out_dir: Path) -> None:
-    path = out_dir / "tips-two-models.pth"
-    exact = pair_round_trip_is_exact(path)
-    print(f"{path}: keys {list(torch.load(path, weights_only=True))}")
-    print(f"  both models and both optimizers back, every tensor identical: {exact}")
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = chapter_parser(__doc__)
-    parser.add_argument("--seed", type=int, default=SEED, help=f"for the fresh models (default: {SEED})")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    model_path = args.out_dir / MODEL_FILE
-    trained = load_model_or_exit(model_path)
-    out_dir = prepare_out_dir(args.out_dir)
-    seed_everything(args.seed)  # fresh models start from the same random weights every run
-    state = trained.state_dict()
-
-    heading("1. A file saved on another device")
-    show_devices(state, out_dir)
-    heading("2. Missing and unexpected keys")
-    show_missing_and_unexpected(state, trained)
-    heading("3. Warm-starting a different model")
-    show_warm_start(state)
-    heading("4. Size mismatch")
-    show_size_mismatch(state, trained)
-    heading("5. Prefixes from DataParallel and torch.compile")
-    show_prefixes(trained)
-    heading("6. Large models: mmap, meta device, assign=True")
-    show_large_model_loading(model_path, trained)
-    heading("7. Several models and optimizers in one file")
-    show_several_models(out_dir)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+print(f"{pair_path}: keys {list(saved)}")
+exact = all(
+    same_state(flat_tensors(original.state_dict()), flat_tensors(loaded.state_dict()))
+    for original, loaded in [
+        (model_a, loaded_a),
+        (model_b, loaded_b),
+        (optimizer_a, loaded_optimizer_a),
+        (optimizer_b, loaded_optimizer_b),
+    ]
+)
+print(f"  both models and both optimizers back, every tensor identical: {exact}")

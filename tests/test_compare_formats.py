@@ -1,47 +1,114 @@
-"""Chapter 7: every format round-trips exactly; the safety claims hold; the JSON rows are sane."""
+"""Chapter 7: every format round-trips exactly; the safety claims hold; the table, its JSON
+rows and its picture agree."""
 
 from __future__ import annotations
 
 import json
+import pickle
+import shutil
+import struct
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 
-import compare_formats as cf
-from build_model import EXIT_BAD_INPUT, load_model
+from build_model import Multiclass, load_iris_split
+from lab_tools import Hostile, run_fresh_python
+from tests.helpers import REPO, SCRIPT_ENV, ChapterResult, assert_one_line_refusal, run_chapter_here
 
-HAS_SAFETENSORS = cf.save_file is not None
+try:
+    from safetensors.torch import load_file, safe_open
+except ImportError:  # the optional `formats` extra
+    load_file = safe_open = None
+
 NO_SAFETENSORS = "safetensors is not installed (the `formats` extra)"
-FORMATS = [fmt for fmt in cf.FORMATS if HAS_SAFETENSORS or fmt.name != "safetensors"]
-FORMAT_NAMES = [fmt.name for fmt in FORMATS]
+FORMAT_NAMES = [
+    "pickle",
+    "torch.save",
+    "torch.save+mmap",
+    "torch.save-crc32",
+    *(["safetensors"] if load_file else []),
+    "torch.export",
+    "raw",
+]
+SYNTHETIC = "synthetic 32 MiB"  # what the default --size-mb 32 builds
+HERE_SIZE_MB = "20"  # the in-process run: rounded to one 16 MiB layer, to keep it short
+HERE_SYNTHETIC = "synthetic 16 MiB"
+PICTURE_PIXELS = (484, 1320)  # figsize (12, 4.4) inches at 110 dpi: (height, width)
 
 
 @pytest.fixture(scope="module")
-def rows(walkthrough) -> list[dict]:
-    return json.loads((walkthrough.artifacts / "formats.json").read_text())
+def rows(formats_run) -> list[dict]:
+    """The rows the real `python compare_formats.py --json ...` run wrote."""
+    return json.loads((formats_run.artifacts / "formats.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def here(trained_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ChapterResult, Path]:
+    """The chapter run in this process (for its objects), with --json, and its folder."""
+    cwd = tmp_path_factory.mktemp("formats")
+    (cwd / "artifacts").mkdir()
+    shutil.copy(trained_model_path, cwd / "artifacts")
+    result = run_chapter_here(
+        "compare_formats.py", "--size-mb", HERE_SIZE_MB, "--repeat", "1", "--json", "rows.json", cwd=cwd
+    )
+    assert result.returncode == 0, result.stderr
+    return result, cwd
+
+
+@pytest.fixture(scope="module")
+def ns(here) -> dict:
+    return here[0].namespace
 
 
 @pytest.fixture
-def iris(trained_model_path) -> cf.Subject:
-    return cf.iris_subject(load_model(trained_model_path))
+def trained(trained_model_path: Path) -> Multiclass:
+    model = Multiclass()
+    model.load_state_dict(torch.load(trained_model_path, weights_only=True))
+    return model.eval()
 
 
-@pytest.mark.parametrize("fmt", FORMATS, ids=FORMAT_NAMES)
-def test_every_format_round_trips_every_tensor_exactly(fmt, iris, tmp_path):
-    path = tmp_path / f"model{fmt.suffix}"
-    fmt.save(iris, path)
-    loaded = fmt.load(iris, path)
-    tensors = dict(loaded.state_dict) if fmt.name == "torch.export" else loaded
-    assert sorted(tensors) == sorted(iris.state)  # safetensors stores names sorted
-    assert all(torch.equal(tensors[name], tensor) for name, tensor in iris.state.items())
-    assert cf.predicts_the_same(fmt, iris, path)
+def predictions(model: torch.nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(load_iris_split().X_test)
+
+
+# %%
+# Every format, round trip
+
+
+def test_the_chapter_measures_the_formats_in_table_order(ns):
+    assert list(ns["FORMATS"]) == FORMAT_NAMES
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_every_format_round_trips_every_tensor_exactly(name, ns, trained, tmp_path):
+    save, load, suffix, _, _ = ns["FORMATS"][name]
+    path = tmp_path / f"model{suffix}"
+    save(ns["trained"], path)  # the chapter's object: torch.export saves the program traced from it
+    loaded = load(path, ns["iris_build"])
+    tensors = loaded.state_dict()
+    assert sorted(tensors) == sorted(trained.state_dict())
+    assert all(torch.equal(tensors[key], tensor) for key, tensor in trained.state_dict().items())
+    assert torch.equal(predictions(loaded), predictions(trained))
+
+
+def test_the_raw_file_is_the_tensor_bytes_and_nothing_else(ns, trained, tmp_path):
+    ns["save_raw"](trained, tmp_path / "model.bin")
+    expected = b"".join(tensor.numpy().tobytes() for tensor in trained.state_dict().values())
+    assert (tmp_path / "model.bin").read_bytes() == expected
+
+
+# %%
+# The table and its JSON rows
 
 
 def test_json_has_a_sane_row_per_model_and_format(rows):
-    assert {row["model"] for row in rows} == {"iris", "synthetic 32 MiB"}
-    for model in ("iris", "synthetic 32 MiB"):
-        assert [row["format"] for row in rows if row["model"] == model] == FORMAT_NAMES
+    assert [row["model"] for row in rows] == ["iris"] * len(FORMAT_NAMES) + [SYNTHETIC] * len(FORMAT_NAMES)
+    assert [row["format"] for row in rows] == FORMAT_NAMES * 2
     for row in rows:
         assert row["bytes"] > 0 and row["save_s"] > 0 and row["load_s"] > 0
         assert row["same_predictions"] is True
@@ -49,9 +116,9 @@ def test_json_has_a_sane_row_per_model_and_format(rows):
 
 
 def test_json_sizes_and_labels_match_what_the_formats_are(rows):
-    synthetic = {row["format"]: row for row in rows if row["model"] == "synthetic 32 MiB"}
+    synthetic = {row["format"]: row for row in rows if row["model"] == SYNTHETIC}
     raw_bytes = synthetic["raw"]["bytes"]
-    assert raw_bytes == 16 * 2**20 * 2 + 2 * 2048 * 4  # two 2048x2048 float32 layers and biases
+    assert raw_bytes == 2 * 2048 * 2048 * 4 + 2 * 2048 * 4  # two 2048x2048 float32 layers and biases
     for row in synthetic.values():
         assert raw_bytes <= row["bytes"] < raw_bytes * 1.01  # every format stores the bytes once
     assert {name for name, row in synthetic.items() if row["safe_for_untrusted"] == "no"} == {
@@ -61,74 +128,265 @@ def test_json_sizes_and_labels_match_what_the_formats_are(rows):
     assert {name for name, row in synthetic.items() if not row["needs_model_code"]} == {"torch.export"}
 
 
-def test_hostile_file_runs_in_unsafe_loaders_only(walkthrough):
-    stdout = walkthrough.stdout("compare_formats.py")
-    assert "  pickle.load                     -> RAN the file's code" in stdout
-    assert "  torch.load(weights_only=False)  -> RAN the file's code" in stdout
-    assert (
-        "  torch.load(weights_only=True)   -> ran nothing; UnpicklingError: Unsupported global: GLOBAL exec"
-    ) in stdout
-    assert "  get_unsafe_globals_in_checkpoint -> ['builtins.exec'], without loading it" in stdout
-    if HAS_SAFETENSORS:
-        refusal = (
-            "  safetensors save_file           -> ValueError: Key `weight` is invalid, expected torch.Tensor"
+def test_the_printed_table_shows_the_json_rows(formats_run, rows):
+    for row in rows:
+        peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
+        start = f"{row['format']:<16} "
+        line = next(
+            line
+            for line in formats_run.stdout.split(f"## {row['model']}: median of 3 runs\n")[1].splitlines()
+            if line.startswith(start)
         )
-        assert refusal in stdout
-
-
-def test_pt2_runs_in_a_process_without_the_project(walkthrough):
-    assert "45 flowers, batch size not seen at export: same predictions True" in walkthrough.stdout(
-        "compare_formats.py"
-    )
-    assert 'find_spec("build_model") is None' in cf.RUN_PT2_ELSEWHERE  # the child checks it cannot see us
-
-
-@pytest.mark.skipif(not HAS_SAFETENSORS, reason=NO_SAFETENSORS)
-def test_safetensors_reads_one_tensor_and_the_model_args(iris, tmp_path):
-    name, metadata, exact = cf.read_one_tensor(iris, tmp_path)
-    assert exact and name == "hidden.weight"
-    assert json.loads(metadata["model_args"]) == {"n_features": 4, "n_hidden": 8, "n_classes": 3}
-
-
-def test_without_safetensors_its_rows_are_skipped_with_a_hint(monkeypatch, capsys):
-    monkeypatch.setattr(cf, "save_file", None)
-    formats = cf.available_formats()
-    assert "safetensors" not in [fmt.name for fmt in formats]
-    assert 'pip install -c constraints.txt ".[formats]"' in capsys.readouterr().out
-
-
-def test_recommendation_follows_the_measurements(rows):
-    synthetic = [cf.Row(**row) for row in rows if row["model"] == "synthetic 32 MiB"]
-    fastest_safe = min(
-        (r for r in synthetic if r.safe_for_untrusted == "yes" and r.format != "raw"), key=lambda r: r.load_s
-    )
-    advice = cf.recommend(synthetic)
-    assert advice[0].startswith(
-        f"Weights you share or download: {fastest_safe.format}, the fastest safe loader"
-    )
-    assert any(line.startswith("Never plain pickle") for line in advice)
-
-
-def test_json_into_a_missing_folder_is_refused_before_any_work(trained_model_path, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stopped:
-        cf.main(["--out-dir", str(trained_model_path.parent), "--json", str(tmp_path / "no" / "rows.json")])
-    assert stopped.value.code == EXIT_BAD_INPUT
-    assert "does not exist" in capsys.readouterr().err
-
-
-def test_without_crc32_torch_load_reads_it_but_zip_tools_cannot_verify_it(iris, tmp_path):
-    checked, unchecked = tmp_path / "checked.pth", tmp_path / "unchecked.pth"
-    cf.save_torch(iris, checked)
-    cf.save_torch_without_crc32(iris, unchecked)
-    assert zipfile.ZipFile(checked).testzip() is None
-    assert zipfile.ZipFile(unchecked).testzip() is not None  # names the first record that fails
-    assert torch.serialization.get_crc32_options() is True  # the global setting was restored
-    loaded = cf.load_torch(iris, unchecked)
-    assert all(torch.equal(loaded[name], tensor) for name, tensor in iris.state.items())
+        assert f" {row['save_s']:.4f} " in line and f" {row['load_s']:.4f} " in line
+        assert line.split()[-4] == peak
+        assert line.endswith(f" {row['safe_for_untrusted']:<4} True")
 
 
 def test_pickle_needs_twice_the_memory_to_load(rows):
-    synthetic = {row["format"]: row for row in rows if row["model"] == "synthetic 32 MiB"}
+    synthetic = {row["format"]: row for row in rows if row["model"] == SYNTHETIC}
     if synthetic["raw"]["peak_mb"] is None:
-        pytest.skip("peak memory is measured on Linux only")
+        pytest.skip("peak memory is measured on Linux only (/proc/self/status)")
     assert synthetic["pickle"]["peak_mb"] >= 1.8 * synthetic["raw"]["peak_mb"]
+    assert synthetic["raw"]["peak_mb"] >= 30  # the 32 MiB of weights, once
+
+
+def test_the_output_says_why_mapped_loads_are_below_raw(here, ns):
+    result, _ = here
+    raw = ns["raw"]
+    assert raw["format"] == "raw" and raw["model"] == HERE_SYNTHETIC
+    expected = [
+        f"{row['format']} {row['load_s'] / raw['load_s']:.2f}x"
+        for row in ns["synthetic_rows"]
+        if row["format"] in ("torch.save+mmap", "safetensors") and row["load_s"] < raw["load_s"]
+    ]
+    assert ns["below"] == expected
+    line = f"Loads below 1x raw ({', '.join(expected)}): they map the cached file instead of copying it."
+    assert (line in result.stdout) == bool(expected)
+
+
+def test_the_recommendation_follows_the_measurements(ns):
+    synthetic = [row for row in ns["rows"] if row["model"] == HERE_SYNTHETIC]
+    fastest_safe = min(
+        (row for row in synthetic if row["safe_for_untrusted"] == "yes" and row["format"] != "raw"),
+        key=lambda row: row["load_s"],
+    )
+    advice = ns["advice"]
+    assert advice[0].startswith(
+        f"Weights you share or download: {fastest_safe['format']}, the fastest safe loader"
+    )
+    assert any(line.startswith("Never plain pickle: it runs code from the file") for line in advice)
+
+
+# %%
+# The picture
+
+
+def test_the_bars_are_the_json_rows(here, ns):
+    result, cwd = here
+    written = json.loads((cwd / "rows.json").read_text())
+    assert written == ns["rows"]
+    synthetic = [row for row in written if row["model"] == HERE_SYNTHETIC]
+    raw = synthetic[-1]
+    assert ns["plotted"] == {
+        "format": FORMAT_NAMES,
+        "save_x_raw": [row["save_s"] / raw["save_s"] for row in synthetic],
+        "load_x_raw": [row["load_s"] / raw["load_s"] for row in synthetic],
+        "peak_mb": [row["peak_mb"] for row in synthetic],
+    }
+    assert "Drew artifacts/formats.png" in result.stdout
+
+
+@pytest.mark.parametrize("which", ["real run", "in-process run"])
+def test_the_picture_is_real(which, formats_run, here):
+    from PIL import Image
+
+    folder = formats_run.artifacts if which == "real run" else here[1] / "artifacts"
+    with Image.open(folder / "formats.png") as picture:
+        assert picture.format == "PNG"
+        assert (picture.height, picture.width) == PICTURE_PIXELS
+        grey = picture.convert("L")
+        assert sum(count > 0 for count in grey.histogram()) > 20  # bars, hatching, text: not blank
+        assert grey.getextrema() == (0, 255)
+
+
+# %%
+# Files left for the reader, and nothing else
+
+
+def test_the_iris_pt2_and_safetensors_stay_in_out_dir_and_work(formats_run, trained):
+    artifacts = formats_run.artifacts
+    assert sorted(path.name for path in artifacts.iterdir()) == sorted(
+        ["iris-model.pth", "iris.pt2", "formats.json", "formats.png"]
+        + (["iris.safetensors"] if load_file else [])
+    )
+    program = torch.export.load(artifacts / "iris.pt2").module()
+    assert torch.equal(predictions(program), predictions(trained))
+    if load_file:
+        with safe_open(artifacts / "iris.safetensors", framework="pt") as f:
+            model_args = json.loads(f.metadata()["model_args"])
+        rebuilt = Multiclass(**model_args)
+        rebuilt.load_state_dict(load_file(artifacts / "iris.safetensors"))
+        assert torch.equal(predictions(rebuilt.eval()), predictions(trained))
+
+
+@pytest.mark.skipif(safe_open is None, reason=NO_SAFETENSORS)
+def test_safe_open_reads_one_tensor_and_the_model_args(ns, trained):
+    assert ns["exact"] is True
+    assert torch.equal(ns["hidden_weight"], trained.hidden.weight)
+    assert json.loads(ns["metadata"]["model_args"]) == {"n_features": 4, "n_hidden": 8, "n_classes": 3}
+
+
+# %%
+# The .pt2 in a process that cannot import the project
+
+
+def test_pt2_runs_in_a_process_without_the_project(formats_run, ns):
+    assert (
+        "fresh_process/run_pt2.py: (45, 4) -> (45, 3), same predictions True" in formats_run.stdout
+    )  # 45 flowers: a batch size the model was not exported with (5)
+    assert ns["same"] is True
+
+
+def test_the_pt2_program_refuses_to_run_where_it_can_see_the_project(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "fresh_process" / "run_pt2.py"), "x.pt2", "in.pt", "out.pt"],
+        cwd=tmp_path,
+        env={**SCRIPT_ENV, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "this process can import the project's model code" in result.stderr
+
+
+# %%
+# The hostile file
+
+
+def test_hostile_file_runs_in_unsafe_loaders_only(formats_run):
+    stdout = formats_run.stdout
+    assert "  pickle.load                      -> RAN the file's code (in a fresh process)" in stdout
+    assert "  torch.load(weights_only=False)   -> RAN the file's code (in a fresh process)" in stdout
+    assert (
+        "  torch.load(weights_only=True)    -> ran nothing, refused with UnpicklingError (in this process)"
+    ) in stdout
+    assert "  get_unsafe_globals_in_checkpoint -> ['builtins.exec'], without loading it" in stdout
+    if load_file:
+        assert "  safetensors save_file            -> ValueError: Key `weight` is invalid" in stdout
+
+
+def test_the_safe_load_ran_in_the_chapters_own_process_and_named_exec(ns):
+    assert isinstance(ns["refusal"], pickle.UnpicklingError)
+    assert "GLOBAL exec" in str(ns["refusal"])
+    assert ns["unsafe_globals"] == ["builtins.exec"]
+    assert ns["verdict"] == "ran nothing"  # the marker was absent right after the safe load
+
+
+def test_the_unsafe_load_program_runs_the_files_code(tmp_path):
+    # its torch.load(weights_only=False) branch is shown working by the real run's output
+    marker = tmp_path / "code-from-the-file-ran"
+    (tmp_path / "hostile.pkl").write_bytes(pickle.dumps(Hostile(marker)))
+    result = run_fresh_python(REPO / "fresh_process" / "unsafe_load.py", "pickle", "hostile.pkl", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert marker.exists()
+
+
+# %%
+# CRC32: what torch.save writes and what torch.load checks
+
+
+def test_without_crc32_zip_tools_report_bad_crcs_and_torch_load_still_reads_it(ns, trained, tmp_path):
+    checked, unchecked = tmp_path / "checked.pth", tmp_path / "unchecked.pth"
+    ns["save_torch"](trained, checked)
+    ns["save_torch_without_crc32"](trained, unchecked)
+    assert torch.serialization.get_crc32_options() is True  # the global setting was restored
+    assert zipfile.ZipFile(checked).testzip() is None
+    assert all(info.CRC == 0 for info in zipfile.ZipFile(unchecked).infolist())
+    assert zipfile.ZipFile(unchecked).testzip() is not None  # names the first record that fails
+    loaded = torch.load(unchecked, weights_only=True)
+    assert all(torch.equal(loaded[key], tensor) for key, tensor in trained.state_dict().items())
+    if shutil.which("unzip") is None:
+        return  # the zipfile check above says the same
+    listing = subprocess.run(["unzip", "-t", str(unchecked)], capture_output=True, text=True, check=False)
+    assert "bad CRC" in listing.stdout
+
+
+def test_torch_load_never_checks_crcs_a_flipped_byte_loads_silently(trained, tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save(trained.state_dict(), path)
+    archive = zipfile.ZipFile(path)
+    record = next(info for info in archive.infolist() if info.filename.endswith("/data/0"))
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack(
+        "<HH", data[record.header_offset + 26 : record.header_offset + 30]
+    )
+    data[record.header_offset + 30 + name_length + extra_length] ^= 0x01  # first byte of hidden.weight
+    path.write_bytes(data)
+    loaded = torch.load(path, weights_only=True)  # no error
+    assert not torch.equal(loaded["hidden.weight"], trained.hidden.weight)
+    assert zipfile.ZipFile(path).testzip() == record.filename  # the checksum would have told
+
+
+# %%
+# Flags and bad input: one line, before any work
+
+
+def test_help_states_the_16_mib_rounding(tmp_path):
+    result = run_chapter_here("compare_formats.py", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "rounded to whole 16 MiB layers" in " ".join(result.stdout.split())
+
+
+def test_the_output_states_the_rounding(formats_run, here):
+    rounded = "rounded to whole 16 MiB layers"
+    assert (
+        f"synthetic 32 MiB: 2 Linear layers of 2048x2048 float32 (--size-mb 32, {rounded})"
+        in formats_run.stdout
+    )
+    assert (
+        f"synthetic 16 MiB: 1 Linear layer of 2048x2048 float32 (--size-mb 20, {rounded})" in here[0].stdout
+    )
+
+
+def test_a_size_beyond_the_machines_memory_is_refused(trained_model_path, tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    shutil.copy(trained_model_path, tmp_path / "artifacts")
+    result = run_chapter_here("compare_formats.py", "--size-mb", str(2**40), cwd=tmp_path)
+    assert_one_line_refusal(result, f"--size-mb {2**40}", "MiB are available")
+    assert result.stdout == ""
+    assert sorted(path.name for path in (tmp_path / "artifacts").iterdir()) == ["iris-model.pth"]
+
+
+@pytest.mark.parametrize(
+    ("json_path", "reason"),
+    [
+        ("no/rows.json", "does not exist"),
+        (".", "it is a folder"),
+        pytest.param(
+            "/proc/rows.json",  # a filesystem that takes no new files, even from root
+            "No such file or directory",
+            marks=pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc"),
+        ),
+    ],
+)
+def test_an_unwritable_json_path_is_refused_before_any_work(json_path, reason, trained_model_path, tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    shutil.copy(trained_model_path, tmp_path / "artifacts")
+    result = run_chapter_here("compare_formats.py", "--json", json_path, cwd=tmp_path)
+    assert_one_line_refusal(result, "cannot write", reason)
+    assert result.stdout == ""
+
+
+def test_a_missing_model_file_is_one_line_naming_the_command(tmp_path):
+    result = run_chapter_here("compare_formats.py", cwd=tmp_path)
+    assert_one_line_refusal(result, "iris-model.pth", "not found", "python train_iris.py")
+
+
+def test_a_hostile_model_file_is_refused_and_runs_nothing(tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    marker = tmp_path / "code-from-the-file-ran"
+    torch.save({"hidden.weight": Hostile(marker)}, tmp_path / "artifacts" / "iris-model.pth")
+    result = run_chapter_here("compare_formats.py", cwd=tmp_path)
+    assert_one_line_refusal(result, "refused", "exec")
+    assert not marker.exists()
