@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from build_model import Multiclass, load_iris_split
-from lab_tools import Hostile, run_fresh_python
+from lab_tools import FRESH_PROCESS, Hostile, run_fresh_python
 from tests.helpers import REPO, SCRIPT_ENV, ChapterResult, assert_one_line_refusal, run_chapter_here
 
 try:
@@ -287,7 +287,7 @@ def test_the_unsafe_load_program_runs_the_files_code(tmp_path):
     # its torch.load(weights_only=False) branch is shown working by the real run's output
     marker = tmp_path / "code-from-the-file-ran"
     (tmp_path / "hostile.pkl").write_bytes(pickle.dumps(Hostile(marker)))
-    result = run_fresh_python(REPO / "fresh_process" / "unsafe_load.py", "pickle", "hostile.pkl", cwd=tmp_path)
+    result = run_fresh_python(FRESH_PROCESS / "unsafe_load.py", "pickle", "hostile.pkl", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert marker.exists()
 
