@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import build_model
 from build_model import (
     LEARNING_RATE,
     SEED,
@@ -67,7 +68,7 @@ CHECKPOINT_FILE = "iris-checkpoint.pth"
 EPOCHS = 100  # as in chapter 2
 INTERRUPT_AT = 60  # the demonstration's second run stops here, as if the machine had died
 SAVE_EVERY = 10  # epochs between checkpoints: a crash loses at most this much work
-SCRIPT = Path(globals().get("__file__", "checkpoint_resume.py")).resolve()  # no __file__ in a notebook
+SCRIPT = Path(build_model.__file__).with_name("checkpoint_resume.py")  # this file, in a notebook too
 
 parser = chapter_parser(__doc__)
 parser.add_argument(
@@ -243,7 +244,8 @@ def resume_from(checkpoint: dict[str, Any]) -> tuple[Multiclass, torch.optim.Opt
 #
 # So a file you did not make is checked before the recipe touches it. `read_untrusted`
 # opens only a regular file of a sane size, checks every record's CRC32 (`torch.load`
-# does not), and loads it with `weights_only=True`. `check_checkpoint` then checks every
+# does not) and that its data is not nested absurdly deep, and loads it with
+# `weights_only=True`. `check_checkpoint` then checks every
 # field against the model: the keys, the epoch (a whole number, at most --epochs), the
 # loss, `model_args`, the shape, dtype and layout of every tensor, the optimizer's
 # settings and moments, and the generator states. A bad file gets one line and exit 2.
@@ -265,7 +267,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 #
 # With `--resume` the chapter is a training run you can stop at any moment (Ctrl-C, a
 # crash, a power cut) and start again with the same command. It carries on from the last
-# checkpoint, or starts fresh if there is none, up to `--epochs` in all. The demonstration
+# checkpoint, or starts fresh if there is none, up to `--epochs` in all; Ctrl-C ends it
+# with one line saying which epoch's checkpoint is on disk. The demonstration
 # below runs exactly this in a new process. Without `--resume`, this cell does nothing.
 
 if args.resume:
@@ -352,7 +355,7 @@ resumed_run = subprocess.run(
     [sys.executable, str(SCRIPT), *resume_flags], capture_output=True, text=True, check=False
 )
 if resumed_run.returncode != 0:
-    fail(f"the resumed run failed: {resumed_run.stderr.strip().splitlines()[-1:]}")
+    fail(f"the resumed run failed: {(resumed_run.stderr.strip().splitlines() or ['no message'])[-1]}")
 for line in resumed_run.stdout.splitlines():
     print(f"  {line}")
 

@@ -3,6 +3,7 @@ and bad checkpoints, flags, folders and Ctrl-C each ending in one line."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing
 import os
@@ -40,6 +41,7 @@ from chapter_support import (
     save_atomically,
 )
 from tests.helpers import (
+    REPO,
     SCRIPT_ENV,
     ChapterResult,
     assert_one_line_refusal,
@@ -50,9 +52,10 @@ from tests.helpers import (
 CHAPTER = "checkpoint_resume.py"
 CHECKPOINT = "iris-checkpoint.pth"
 DATA_ARGS = {"n_features": 4, "n_classes": 3}
-SMALL = ["--epochs", "30", "--interrupt-at", "20", "--save-every", "7"]  # the demonstration, shorter
+SMALL = ["--epochs", "12", "--interrupt-at", "8", "--save-every", "5"]  # the demonstration, shorter
 
 
+@functools.cache
 def independent_run(epochs: int) -> tuple[list[float], dict[str, torch.Tensor]]:
     """The uninterrupted run, computed here with build_model alone: losses and every tensor."""
     split = load_iris_split()
@@ -141,6 +144,20 @@ def test_the_reader_run_writes_its_files_and_a_real_picture(checkpoint_run):
     assert ink.mean() > 0.005  # coloured lines, not only grey axes
 
 
+@pytest.mark.skipif(
+    torch.__version__.split("+")[0]
+    != re.search(r"^torch==(\S+)$", (REPO / "constraints.txt").read_text(), re.M)[1],
+    reason="the README shows the numbers the pinned torch computes; other versions may differ",
+)
+def test_the_readme_shows_this_chapters_output_line_for_line(checkpoint_run):
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### 5. ") : readme.index("### 6. ")]
+    excerpts = re.findall(r"```text\n(.*?)```", section, flags=re.DOTALL)
+    assert excerpts
+    for excerpt in excerpts:
+        assert excerpt in checkpoint_run.stdout, excerpt
+
+
 def test_help_says_what_each_flag_does(tmp_path):
     result = run_chapter_here(CHAPTER, "--help", cwd=tmp_path)
     assert result.returncode == 0
@@ -158,7 +175,7 @@ def test_help_says_what_each_flag_does(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> tuple[Path, ChapterResult]:
-    """The demonstration with 30 epochs, interrupted at 20, saving every 7, without matplotlib."""
+    """The demonstration with 12 epochs, interrupted at 8, saving every 5, without matplotlib."""
     folder = tmp_path_factory.mktemp("small")
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
@@ -170,22 +187,22 @@ def small_run(tmp_path_factory) -> tuple[Path, ChapterResult]:
 def test_the_numbers_behind_the_picture(small_run):
     _, result = small_run
     names = result.namespace
-    losses, _ = independent_run(30)
+    losses, _ = independent_run(12)
     assert names["uninterrupted_losses"] == losses  # the reference is the real uninterrupted run
     resumes = names["resumes"]
-    assert resumes["Everything restored"][0] == losses[20:]  # exactly, at every epoch after the stop
+    assert resumes["Everything restored"][0] == losses[8:]  # exactly, at every epoch after the stop
     for control in ("Without the optimizer state", "Without the RNG state"):
         control_losses = resumes[control][0]
-        assert len(control_losses) == 10
-        assert all(a != b for a, b in zip(control_losses, losses[20:], strict=True)), control
+        assert len(control_losses) == 4
+        assert all(a != b for a, b in zip(control_losses, losses[8:], strict=True)), control
 
 
 def test_the_printed_resume_command_is_the_one_run(small_run):
     out_dir, result = small_run
-    assert "$ python checkpoint_resume.py --resume --epochs 30 --save-every 7 --out-dir out" in result.stdout
-    assert "  Training epochs 21 to 30, saving a checkpoint every 7" in result.stdout  # said by the child
+    assert "$ python checkpoint_resume.py --resume --epochs 12 --save-every 5 --out-dir out" in result.stdout
+    assert "  Training epochs 9 to 12, saving a checkpoint every 5" in result.stdout  # said by the child
     assert "Every model and optimizer tensor bit-identical: True (16 tensors)" in result.stdout
-    assert (out_dir / "iris-checkpoint-epoch20.pth").exists()
+    assert (out_dir / "iris-checkpoint-epoch8.pth").exists()
 
 
 def test_without_matplotlib_one_line_and_everything_else(small_run):
@@ -754,10 +771,10 @@ def test_ctrl_c_during_the_demonstration(tmp_path):
     _, stderr = interrupt_after(process, "$ python checkpoint_resume.py --resume")
     assert process.returncode == EXIT_INTERRUPTED
     assert stderr.strip() == (
-        "interrupted (Ctrl-C); saved before that: out/iris-checkpoint-epoch20.pth (a copy), "
-        "out/iris-checkpoint.pth (epoch 20, or later if the resumed run saved)"
+        "interrupted (Ctrl-C); saved before that: out/iris-checkpoint-epoch8.pth (a copy), "
+        "out/iris-checkpoint.pth (epoch 8, or later if the resumed run saved)"
     )
-    assert_valid_checkpoint(tmp_path / "out" / CHECKPOINT, max_epoch=30)
+    assert_valid_checkpoint(tmp_path / "out" / CHECKPOINT, max_epoch=12)
 
 
 def test_ctrl_c_during_resume_says_which_epoch_was_saved(tmp_path):
