@@ -9,7 +9,8 @@ module holds what would clutter them:
   Ctrl-C with one line saying what was saved and exit status 130, never a traceback;
 - crash-safe writing: `save_atomically`, which chapter 5 explains;
 - files you did not make: `read_untrusted` opens only regular files, bounds what a load may
-  allocate, checks every zip record's CRC32 and then loads with `weights_only=True`;
+  allocate and how deeply its data may nest, checks every zip record's CRC32 and then loads
+  with `weights_only=True`;
   `check_state_dict_fits` and `check_checkpoint` check what was loaded against the model
   before anything uses it. Every refusal is a `ModelFileError` of one line.
 """
@@ -650,9 +651,9 @@ def check_rng_state(rng: Any) -> None:
         if ok:
             for name, tensor in (("torch", torch_state), ("numpy.keys", keys), ("python.internal", internal)):
                 check_plain_tensor(f"rng_state.{name}", tensor)
-            ok = bool(((keys >= 0) & (keys < 2**32)).all())
+            ok = torch_state.is_contiguous() and bool(((keys >= 0) & (keys < 2**32)).all())
         if ok:  # the same conversions chapter 5's restore makes, on generators nobody uses
-            torch.Generator().set_state(torch_state.contiguous())
+            torch.Generator().set_state(torch_state)
             np.random.RandomState().set_state(
                 (
                     "MT19937",

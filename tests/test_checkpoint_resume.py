@@ -468,6 +468,10 @@ BAD_CHECKPOINTS: dict[str, tuple[Callable[[dict], object], str]] = {
         lambda good: with_rng(good, "torch", "", torch.zeros(5056, dtype=torch.uint8)),
         "rng_state",
     ),
+    "torch RNG state not contiguous": (
+        lambda good: with_rng(good, "torch", "", torch.stack([good["rng_state"]["torch"]] * 2, dim=1)[:, 0]),
+        "rng_state",
+    ),
     "NumPy position past its keys": (lambda good: with_rng(good, "numpy", "pos", 700), "rng_state"),
     "NumPy keys out of range": (
         lambda good: with_rng(good, "numpy", "keys", torch.full((624,), -1, dtype=torch.int64)),
