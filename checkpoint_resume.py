@@ -465,7 +465,7 @@ if plt:
     )
     loss_axes.legend(loc="lower left")
     gap_axes.set(
-        title="Difference from the uninterrupted run",
+        title="Difference from the uninterrupted run (log scale)",
         xlabel="epoch",
         yscale="log",
         ylabel="|loss - uninterrupted loss|",

@@ -195,6 +195,12 @@ def test_the_numbers_behind_the_picture(small_run):
         control_losses = resumes[control][0]
         assert len(control_losses) == 4
         assert all(a != b for a, b in zip(control_losses, losses[8:], strict=True)), control
+    # The printed table says what these runs did to the weights, against the independent run.
+    _, uninterrupted = independent_run(12)
+    for name, (run_losses, weights) in resumes.items():
+        difference = max((weights[key] - uninterrupted[f"model.{key}"]).abs().max().item() for key in weights)
+        assert f"{name:<28}{run_losses[-1]:>20.4f}{difference:>26.2e}" in result.stdout.splitlines()
+        assert (difference == 0) == (name == "Everything restored")
 
 
 def test_the_printed_resume_command_is_the_one_run(small_run):
@@ -779,6 +785,19 @@ def test_ctrl_c_during_the_demonstration(tmp_path):
         "out/iris-checkpoint.pth (epoch 8, or later if the resumed run saved)"
     )
     assert_valid_checkpoint(tmp_path / "out" / CHECKPOINT, max_epoch=12)
+    assert processes_in(tmp_path) == []  # the resuming child was stopped with its parent
+
+
+def processes_in(folder: Path) -> list[int]:
+    """The processes whose working folder is `folder` (Linux: /proc/PID/cwd)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cwd").readlink() == folder:
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
 
 
 def test_ctrl_c_during_resume_says_which_epoch_was_saved(tmp_path):
