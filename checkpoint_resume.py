@@ -411,7 +411,7 @@ for name, (losses, weights) in resumes.items():
 # The loss per epoch of all four runs. The resumed run, dashed, lies exactly on the
 # uninterrupted one: below, its difference from it is zero at every epoch, which a log
 # scale cannot draw. The two runs that left a piece out leave it right after the
-# interruption, and the gap grows.
+# interruption and never come back to it.
 
 picture = out_dir / "resume.png"
 plt = import_pyplot(picture)
