@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import random
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -356,15 +357,20 @@ def shared_moments(optimizer: dict) -> None:
     optimizer["state"][0]["exp_avg"] = optimizer["state"][0]["exp_avg_sq"]
 
 
+def deeply_nested_pickle(depth: int) -> bytes:
+    """A pickle of {((((),),),): 1} whose key is a tuple nested `depth` levels deep: Python
+    hashes it recursively in C, so unchecked it crashes torch.load itself (SIGSEGV)."""
+    return b"\x80\x02}" + b")" + b"\x85" * depth + b"K\x01s."
+
+
 def deeply_nested(depth: int) -> bytes:
-    """A torch.save file holding {'k': 1} whose dict key is a tuple nested `depth` levels deep:
-    Python hashes it recursively in C, so unchecked it crashes torch.load itself."""
+    """The same pickle as the data of a torch.save zip file."""
     import io
     import zipfile
 
     plain = io.BytesIO()
     torch.save({"k": 1}, plain)
-    body = b"\x80\x02}" + b")" + b"\x85" * depth + b"K\x01s."  # {((((),),),): 1}
+    body = deeply_nested_pickle(depth)
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(plain.getvalue())) as source, zipfile.ZipFile(out, "w") as target:
         for info in source.infolist():
@@ -496,6 +502,7 @@ RAW_FILES: dict[str, tuple[bytes, str]] = {
     "an empty file": (b"", "empty or cut short"),
     "a text file": (b"hello\n", "not a PyTorch weights file"),
     "a deeply nested key": (deeply_nested(300_000), "nested more than 200 levels deep"),
+    "a deeply nested key, not zipped": (deeply_nested_pickle(300_000), "nested more than 200 levels deep"),
 }
 
 
@@ -511,12 +518,16 @@ def good_checkpoint(tmp_path_factory) -> dict:
     return torch.load(folder / CHECKPOINT, weights_only=True)
 
 
-def resume_in_fork(folder: Path, *flags: str) -> ChapterResult:
+def resume_in_fork(folder: Path, *flags: str, max_file_bytes: int | None = None) -> ChapterResult:
     """`--resume` on `folder`, run by the chapter in a forked process: a crash (a signal)
-    shows as a negative return code instead of taking the test run down with it."""
+    shows as a negative return code instead of taking the test run down with it. With
+    `max_file_bytes`, a write past that size fails (EFBIG) as on a full disk."""
     receive, send = multiprocessing.get_context("fork").Pipe(duplex=False)
 
     def child(connection: Connection) -> None:
+        if max_file_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
         result = run_chapter_here(CHAPTER, "--resume", *flags, "--out-dir", str(folder), cwd=folder)
         connection.send((result.returncode, result.stdout, result.stderr))
 
@@ -558,6 +569,17 @@ def test_truncated_checkpoint_is_refused_in_one_line(good_checkpoint, tmp_path):
     data = (tmp_path / CHECKPOINT).read_bytes()
     (tmp_path / CHECKPOINT).write_bytes(data[: len(data) // 3])
     assert_refused_and_untouched(tmp_path, "truncated")
+
+
+def test_a_failing_save_is_one_line_and_keeps_the_previous_checkpoint(good_checkpoint, tmp_path):
+    torch.save(good_checkpoint, tmp_path / CHECKPOINT)
+    data = (tmp_path / CHECKPOINT).read_bytes()
+    result = resume_in_fork(tmp_path, "--epochs", "3", max_file_bytes=len(data) // 2)
+    assert_one_line_refusal(
+        result, f"cannot write {tmp_path / CHECKPOINT}", "the previous file, if any, is unchanged"
+    )
+    assert (tmp_path / CHECKPOINT).read_bytes() == data
+    assert sorted(path.name for path in tmp_path.iterdir()) == [CHECKPOINT]  # the partial file removed
 
 
 @pytest.mark.parametrize("kind", ["a folder", "a FIFO"])
