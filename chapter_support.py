@@ -191,8 +191,8 @@ def save_atomically(obj: object, path: Path, what: str = "") -> Path:
 
 def record_saved(path: Path, what: str = "") -> None:
     """Note `path` for the Ctrl-C line; a newer note on the same path replaces the older one."""
-    SAVED[:] = [entry for entry in SAVED if entry != str(path) and not entry.startswith(f"{path} (")]
-    SAVED.append(f"{path}{f' ({what})' if what else ''}")
+    kept = [entry for entry in SAVED if entry != str(path) and not entry.startswith(f"{path} (")]
+    SAVED[:] = [*kept, f"{path}{f' ({what})' if what else ''}"]  # one step: a Ctrl-C sees old or new
 
 
 def remove_abandoned_partials(path: Path) -> None:
