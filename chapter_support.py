@@ -9,7 +9,8 @@ module holds what would clutter them:
   Ctrl-C with one line saying what was saved and exit status 130, never a traceback;
 - crash-safe writing: `save_atomically`, which chapter 5 explains;
 - files you did not make: `read_untrusted` opens only regular files, bounds what a load may
-  allocate, checks every zip record's CRC32 and then loads with `weights_only=True`;
+  allocate and how deeply its data may nest, checks every zip record's CRC32 and then loads
+  with `weights_only=True`;
   `check_state_dict_fits` and `check_checkpoint` check what was loaded against the model
   before anything uses it. Every refusal is a `ModelFileError` of one line.
 """
@@ -17,8 +18,11 @@ module holds what would clutter them:
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
+import pickletools
+import random
 import re
 import signal
 import stat
@@ -32,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -195,6 +200,7 @@ def save_atomically(obj: object, path: Path, what: str = "") -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)  # noqa: PTH105 -- the atomic rename is the point
+        record_saved(path, what)  # at once, so a Ctrl-C from here on reports this save
         fsync_folder(path.parent)
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
         partial.unlink(missing_ok=True)
@@ -203,8 +209,13 @@ def save_atomically(obj: object, path: Path, what: str = "") -> Path:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    SAVED.append(f"{path}{f' ({what})' if what else ''}")
     return path
+
+
+def record_saved(path: Path, what: str = "") -> None:
+    """Note `path` for the Ctrl-C line; a newer note on the same path replaces the older one."""
+    kept = [entry for entry in SAVED if entry != str(path) and not entry.startswith(f"{path} (")]
+    SAVED[:] = [*kept, f"{path}{f' ({what})' if what else ''}"]  # one step: a Ctrl-C sees old or new
 
 
 @contextmanager
@@ -223,7 +234,7 @@ def writing(path: Path, what: str = "") -> Iterator[Path]:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    SAVED.append(f"{path}{f' ({what})' if what else ''}")
+    record_saved(path, what)
 
 
 def remove_abandoned_partials(path: Path) -> None:
@@ -355,6 +366,79 @@ def check_zip_records(file: IO[bytes], size: int) -> None:
             ) from None
 
 
+MAX_NESTING = 200  # containers inside containers; a checkpoint here nests about ten levels deep
+LEGACY_PICKLES = 5  # a pre-zip torch.save file: magic number, protocol, sys info, data, storage keys
+MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}  # add to the object below
+
+
+def check_pickle_nesting(file: IO[bytes], is_zip: bool, limit: int = MAX_NESTING) -> None:
+    """Refuse pickled data that nests containers more than `limit` deep, before unpickling it.
+
+    `torch.load` rebuilds any depth without complaint, but Python hashes and compares
+    nested tuples recursively in C: a dict key nested a few hundred thousand levels deep
+    crashes the process (SIGSEGV) instead of raising. The opcodes are only read, not run.
+    """
+    if is_zip:
+        archive = zipfile.ZipFile(file)
+        pickles = [name for name in archive.namelist() if name == "data.pkl" or name.endswith("/data.pkl")]
+        streams = [io.BytesIO(archive.read(name)) for name in pickles[:1]]
+        count = 1
+    else:
+        streams, count = [file], LEGACY_PICKLES
+    for stream in streams:
+        for _ in range(count):
+            try:
+                deepest = pickle_nesting(stream, limit)
+            except (ValueError, IndexError, KeyError, EOFError):
+                return  # not a well-formed pickle: torch.load reports that itself
+            if deepest > limit:
+                raise ModelFileError(f"its data is nested more than {limit} levels deep")
+
+
+def pickle_nesting(stream: IO[bytes], limit: int) -> int:
+    """How deeply the next pickle in `stream` nests its containers (stops counting past `limit`)."""
+    depth: dict[int, int] = {}  # per object made, the containers nested in it, itself included
+    stack: list[int | None] = []  # object numbers; None for a MARK
+    memo: dict[object, int] = {}
+    deepest = 0
+    for opcode, arg, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name == "STOP":
+            break
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET", "DUP"):
+            stack.append(memo[arg] if name != "DUP" else stack[-1])
+            continue
+        if name == "MARK":
+            stack.append(None)
+            continue
+        before = opcode.stack_before
+        popped: list[int] = []
+        if pickletools.markobject in before:
+            while (item := stack.pop()) is not None:
+                popped.append(item)
+            below = before.index(pickletools.markobject)
+        else:
+            below = len(before)
+        popped += [stack.pop() for _ in range(below)]  # the object below the mark comes last
+        if not opcode.stack_after:
+            continue
+        inner = max((depth[item] for item in popped[:-1] if item is not None), default=0)
+        if name in MUTATORS:  # the container stays the same object, now holding more
+            target = popped[-1]
+            depth[target] = max(depth[target], inner + 1)
+        else:
+            target = len(depth)
+            depth[target] = 1 + max((depth[item] for item in popped if item is not None), default=-1)
+        stack.append(target)
+        deepest = max(deepest, depth[target])
+        if deepest > limit:
+            break
+    return deepest
+
+
 def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTES) -> Any:
     """`torch.load(path, map_location="cpu", weights_only=True)`, after checking the file.
 
@@ -367,8 +451,11 @@ def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTE
         if size > max_bytes:
             raise ModelFileError(f"{path} refused: it has {size} bytes, more than the {max_bytes} allowed")
         with refusing(path):
-            if file.read(4) == b"PK\x03\x04":
+            is_zip = file.read(4) == b"PK\x03\x04"
+            file.seek(0)
+            if is_zip:
                 check_zip_records(file, size)
+            check_pickle_nesting(file, is_zip)
             file.seek(0)
         with warnings.catch_warnings():  # the one-line reason below says all that matters
             warnings.simplefilter("ignore")
@@ -482,32 +569,73 @@ def check_model_args(args: Any, expected: Mapping[str, int]) -> dict[str, int]:
     return dict(args)
 
 
+ADAM_SETTINGS = {"lr", "betas", "eps", "weight_decay", "params"}  # what Adam's step reads from a group
+ADAM_FLAGS = (
+    "amsgrad",
+    "maximize",
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+    "decoupled_weight_decay",
+)
+
+
+def is_number(value: object) -> bool:
+    """An int or float (not a bool, not a tensor) that is finite."""
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def check_adam_settings(group: Mapping[Any, Any], n_params: int) -> None:
+    """One Adam parameter group: plain Adam over `n_params` parameters, with sane numbers."""
+    if not ADAM_SETTINGS <= set(group) <= ADAM_SETTINGS | set(ADAM_FLAGS):
+        raise ModelFileError("its optimizer settings are not Adam's")
+    params = group["params"]
+    if (
+        type(params) is not list
+        or [type(i) for i in params] != [int] * n_params
+        or params != [*range(n_params)]
+    ):
+        raise ModelFileError(f"its optimizer state is not for this model's {n_params} parameters")
+    lr, betas, eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    if not (is_number(lr) and 0 < lr <= 1):
+        raise ModelFileError("its optimizer's lr is not a number in (0, 1]")
+    if (
+        type(betas) not in (tuple, list)
+        or len(betas) != 2
+        or not all(is_number(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ModelFileError("its optimizer's betas are not two numbers in [0, 1)")
+    if not (is_number(eps) and 0 < eps < 1):
+        raise ModelFileError("its optimizer's eps is not a number in (0, 1)")
+    if not (is_number(weight_decay) and 0 <= weight_decay < 1):
+        raise ModelFileError("its optimizer's weight_decay is not a number in [0, 1)")
+    for flag in ADAM_FLAGS:
+        value = group.get(flag)
+        if value is not None and value is not False:  # identity: a tensor here must not be compared
+            raise ModelFileError(f"its optimizer asks for {flag} (plain Adam, as saved here, has it off)")
+
+
 def check_optimizer_state(state: Any, model: nn.Module) -> None:
-    """An Adam state_dict for exactly `model`'s parameters: shapes, dtypes and settings sane."""
+    """An Adam state_dict for exactly `model`'s parameters: shapes, dtypes and settings sane.
+
+    Everything Adam's step reads is checked, since a wrong shape, an aliased or negative
+    second moment, or a NaN setting would fail in the middle of training or, worse, train
+    on and save NaN weights.
+    """
     params = list(model.parameters())
     if not isinstance(state, Mapping) or set(state) != {"state", "param_groups"}:
         raise ModelFileError("its optimizer state is not an optimizer's state_dict")
     groups = state["param_groups"]
-    if not isinstance(groups, list) or len(groups) != 1 or not isinstance(groups[0], Mapping):
+    if type(groups) is not list or len(groups) != 1 or not isinstance(groups[0], Mapping):
         raise ModelFileError("its optimizer state does not have one parameter group")
-    group = groups[0]
-    if group.get("params") != list(range(len(params))):
-        raise ModelFileError(f"its optimizer state is not for this model's {len(params)} parameters")
-    lr, betas = group.get("lr"), group.get("betas")
-    if type(lr) is not float or not 0 < lr <= 1:
-        raise ModelFileError("its optimizer's lr is not a number in (0, 1]")
-    if (
-        not isinstance(betas, tuple | list)
-        or len(betas) != 2
-        or not all(type(b) is float and 0 <= b < 1 for b in betas)
-    ):
-        raise ModelFileError("its optimizer's betas are not two numbers in [0, 1)")
-    for flag in ("fused", "foreach", "capturable", "differentiable", "amsgrad", "maximize"):
-        if group.get(flag) not in (None, False):
-            raise ModelFileError(f"its optimizer asks for {flag}={safe_text(group.get(flag))}")
+    check_adam_settings(groups[0], len(params))
     per_param = state["state"]
-    if not isinstance(per_param, Mapping) or not set(per_param) <= set(range(len(params))):
+    if not isinstance(per_param, Mapping) or not all(
+        type(index) is int and 0 <= index < len(params) for index in per_param
+    ):
         raise ModelFileError("its optimizer state refers to parameters this model does not have")
+    storages = set()
     for index, entry in per_param.items():
         if not isinstance(entry, Mapping) or set(entry) != {"step", "exp_avg", "exp_avg_sq"}:
             raise ModelFileError(f"its optimizer state for parameter {index} is not Adam's")
@@ -516,48 +644,112 @@ def check_optimizer_state(state: Any, model: nn.Module) -> None:
         if step.numel() != 1 or not step.is_floating_point() or not 0 <= step.item() < 2**40:
             raise ModelFileError(f"its optimizer step for parameter {index} is not a count")
         for moment in ("exp_avg", "exp_avg_sq"):
-            check_plain_tensor(f"optimizer state[{index}].{moment}", entry[moment], like=params[index])
+            tensor = entry[moment]
+            check_plain_tensor(f"optimizer state[{index}].{moment}", tensor, like=params[index])
+            if not tensor.is_contiguous() or tensor.requires_grad:
+                raise ModelFileError(f"optimizer state[{index}].{moment} is not a plain contiguous tensor")
+            storages.add(tensor.untyped_storage().data_ptr())
+        if (entry["exp_avg_sq"] < 0).any():
+            raise ModelFileError(f"optimizer state[{index}].exp_avg_sq has negative values")
+    if len(storages) != 2 * len(per_param):
+        raise ModelFileError("its optimizer state has tensors that share memory")
+
+
+MT19937_WORDS = 624  # the Mersenne Twister state behind NumPy's and Python's generators
 
 
 def check_rng_state(rng: Any) -> None:
-    """The generator states chapter 5 saves: torch's bytes, NumPy's and Python's as tensors."""
+    """The generator states chapter 5 saves: torch's bytes, NumPy's and Python's as tensors.
+
+    Each is checked for its layout and then tried on a fresh generator of its kind, which
+    rejects a state it cannot use, so restoring the real generators cannot fail later.
+    """
     try:
+        torch_state, numpy_state, python_state = rng["torch"], rng["numpy"], rng["python"]
+        keys, internal = numpy_state["keys"], python_state["internal"]
         ok = (
-            set(rng) == {"torch", "numpy", "python"}
-            and type(rng["torch"]) is Tensor
-            and rng["torch"].dtype == torch.uint8
-            and rng["torch"].dim() == 1
-            and type(rng["numpy"]["keys"]) is Tensor
-            and rng["numpy"]["keys"].shape == (624,)
-            and type(rng["numpy"]["pos"]) is int
-            and type(rng["numpy"]["has_gauss"]) is int
-            and type(rng["numpy"]["cached_gaussian"]) is float
-            and type(rng["python"]["version"]) is int
-            and type(rng["python"]["internal"]) is Tensor
-            and rng["python"]["internal"].shape == (625,)
-            and (rng["python"]["gauss_next"] is None or type(rng["python"]["gauss_next"]) is float)
+            isinstance(rng, Mapping)
+            and set(rng) == {"torch", "numpy", "python"}
+            and set(numpy_state) == {"keys", "pos", "has_gauss", "cached_gaussian"}
+            and set(python_state) == {"version", "internal", "gauss_next"}
+            and type(torch_state) is Tensor
+            and torch_state.dtype == torch.uint8
+            and torch_state.shape == torch.get_rng_state().shape
+            and type(keys) is Tensor
+            and keys.dtype == torch.int64
+            and keys.shape == (MT19937_WORDS,)
+            and type(numpy_state["pos"]) is int
+            and 0 <= numpy_state["pos"] <= MT19937_WORDS  # NumPy does not check: it would read past its keys
+            and type(numpy_state["has_gauss"]) is int
+            and numpy_state["has_gauss"] in (0, 1)
+            and type(numpy_state["cached_gaussian"]) is float
+            and is_number(numpy_state["cached_gaussian"])
+            and type(python_state["version"]) is int
+            and python_state["version"] == 3
+            and type(internal) is Tensor
+            and internal.dtype == torch.int64
+            and internal.shape == (MT19937_WORDS + 1,)
+            and (python_state["gauss_next"] is None or type(python_state["gauss_next"]) is float)
         )
-    except (TypeError, KeyError, AttributeError):
+        if ok:
+            for name, tensor in (("torch", torch_state), ("numpy.keys", keys), ("python.internal", internal)):
+                check_plain_tensor(f"rng_state.{name}", tensor)
+            ok = torch_state.is_contiguous() and bool(((keys >= 0) & (keys < 2**32)).all())
+        if ok:  # the same conversions chapter 5's restore makes, on generators nobody uses
+            torch.Generator().set_state(torch_state)
+            np.random.RandomState().set_state(
+                (
+                    "MT19937",
+                    keys.numpy().astype(np.uint32),
+                    numpy_state["pos"],
+                    numpy_state["has_gauss"],
+                    numpy_state["cached_gaussian"],
+                )
+            )
+            random.Random().setstate(
+                (python_state["version"], tuple(internal.tolist()), python_state["gauss_next"])
+            )
+    except (TypeError, KeyError, AttributeError, ValueError, OverflowError, RuntimeError, IndexError):
         ok = False
     if not ok:
         raise ModelFileError("its rng_state is not the torch, NumPy and Python generator states")
 
 
-def check_checkpoint(checkpoint: Any, model_class: Callable[..., nn.Module], max_epoch: int) -> None:
+def check_checkpoint(
+    checkpoint: Any,
+    model_class: Callable[..., nn.Module],
+    max_epoch: int,
+    fixed_args: Mapping[str, int] | None = None,
+) -> None:
     """Raise ModelFileError unless `checkpoint` is a chapter-5 checkpoint that fits the model.
 
     Everything is checked before use: an optimizer state of the wrong shapes would make a
-    fused optimizer write past its buffers and crash the process, not raise.
+    fused optimizer write past its buffers and crash the process, not raise. `max_epoch` is
+    the last epoch training may reach; `fixed_args` are constructor arguments the data
+    decides (the number of features and classes), which the file must not change.
     """
+    try:
+        check_checkpoint_fields(checkpoint, model_class, max_epoch, fixed_args or {})
+    except RecursionError:
+        raise ModelFileError("its data is nested too deeply") from None
+
+
+def check_checkpoint_fields(
+    checkpoint: Any, model_class: Callable[..., nn.Module], max_epoch: int, fixed_args: Mapping[str, int]
+) -> None:
     if not isinstance(checkpoint, Mapping) or set(checkpoint) != set(CHECKPOINT_KEYS):
         raise ModelFileError(f"not a training checkpoint (it needs the keys {', '.join(CHECKPOINT_KEYS)})")
     epoch = checkpoint["epoch"]
-    if type(epoch) is not int or not 0 <= epoch <= max_epoch:
-        raise ModelFileError(f"its epoch is not a whole number from 0 to {max_epoch}")
+    if type(epoch) is not int or epoch < 0:
+        raise ModelFileError("its epoch is not a whole number >= 0")
+    if epoch > max_epoch:
+        raise ModelFileError(f"it is at epoch {epoch}, beyond the {max_epoch} epochs asked for")
     loss = checkpoint["loss"]
     if type(loss) is not float or not math.isfinite(loss):
         raise ModelFileError("its loss is not a finite number")
     args = check_model_args(checkpoint["model_args"], model_class().constructor_args())
+    if any(args[name] != value for name, value in fixed_args.items()):
+        raise ModelFileError(f"its model_args {args} do not fit the data, which needs {dict(fixed_args)}")
     model = model_class(**args)
     check_state_dict_fits(checkpoint["model_state_dict"], model)
     check_optimizer_state(checkpoint["optimizer_state_dict"], model)
