@@ -345,21 +345,31 @@ def check_zip_records(file: IO[bytes], size: int) -> None:
 def pickle_globals(data: bytes, limit: int = 20) -> list[str]:
     """The `module.name` globals a pickle would import, found by reading its opcodes, not running them.
 
-    Reading stops at the first malformed opcode; a STACK_GLOBAL's names are taken from the
-    two strings pushed before it, as pickle scanners do.
+    Reading stops at the first malformed opcode. A STACK_GLOBAL takes its two names from the
+    stack, so the strings pushed (or fetched from the memo) before it are tracked, as pickle
+    scanners do; anything else pushed counts as a non-string.
     """
     found: list[str] = []
-    strings: list[str] = []
+    pushed: list[str | None] = []  # what each opcode left on the stack, if it was a string
+    memo: dict[int, str | None] = {}
     try:
         for opcode, arg, position in pickletools.genops(data):
-            if opcode.name in ("GLOBAL", "INST"):  # two lines follow: the module, then the name
-                module, name = data[position + 1 :].split(b"\n", 2)[:2]
-                found.append(f"{module.decode(errors='replace')}.{name.decode(errors='replace')}")
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-            elif isinstance(arg, str):
-                strings.append(arg)
-            if opcode.name == "STOP" or len(found) >= limit:
+            name = opcode.name
+            if name in ("GLOBAL", "INST"):  # two lines follow: the module, then the name
+                module, attribute = data[position + 1 :].split(b"\n", 2)[:2]
+                found.append(f"{module.decode(errors='replace')}.{attribute.decode(errors='replace')}")
+            elif name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+                found.append(f"{pushed[-2]}.{pushed[-1]}")
+            if name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(int(arg)))
+            elif name not in ("PROTO", "FRAME"):
+                is_string = isinstance(arg, str) and ("UNICODE" in name or "STRING" in name)
+                pushed.append(arg if is_string else None)
+            if name == "STOP" or len(found) >= limit:
                 break
     except (ValueError, EOFError):  # a malformed or cut-short pickle: report what was found so far
         pass
