@@ -12,7 +12,9 @@ import io
 import os
 import pickle
 import random
+import resource
 import struct
+import sys
 import warnings
 import zipfile
 import zlib
@@ -24,10 +26,13 @@ import torch
 
 import chapter_support
 from build_model import MODEL_FILE, Multiclass
-from lab_tools import Hostile
+from lab_tools import Hostile, memory_mb, reset_peak_memory
 
 # Terminal escape codes that, printed raw, would erase the line and claim success in green.
 ESCAPES = "\x1b[2K\x1b[1G\x1b[32mOK: model loaded fine\x1b[8m"
+MAX_GROWTH_MB = 256  # a refusal may allocate this much at most; the zip bomb alone would take 1024
+HEADROOM = 2 * 2**30  # address space a child may add before allocation fails: the machine stays usable
+EXIT_TOO_MUCH_MEMORY = 3
 BOMB_BYTES = 2**30  # what the zip bomb's one record inflates to
 DEEP = 100_000  # nesting depth of the deeply nested probe
 MANY = 4 * 2**20  # objects the pickle bomb builds: 4 MiB of pickle, about 300 MiB once unpickled
@@ -89,17 +94,17 @@ def torch_like_zip(path: Path, data_pkl: bytes, storages: Iterable[tuple] = ()) 
 
 
 class DeclaredStorage:
-    """Pickles as a reference to storage record `key` declaring `numel` float32 values."""
+    """Pickles as a reference to storage record `key` declaring `numel` float32 values on `location`."""
 
-    def __init__(self, key: str, numel: int) -> None:
-        self.key, self.numel = key, numel
+    def __init__(self, key: str, numel: int, location: str = "cpu") -> None:
+        self.key, self.numel, self.location = key, numel, location
 
 
 class DeclaredTensor:
     """Pickles the way torch.save pickles a 1-d float32 tensor over a DeclaredStorage."""
 
-    def __init__(self, numel: int) -> None:
-        self.storage = DeclaredStorage("0", numel)
+    def __init__(self, numel: int, location: str = "cpu") -> None:
+        self.storage = DeclaredStorage("0", numel, location)
 
     def __reduce__(self) -> tuple:
         size = (self.storage.numel,)
@@ -109,7 +114,7 @@ class DeclaredTensor:
 class TorchLikePickler(pickle.Pickler):
     def persistent_id(self, obj: object) -> tuple | None:
         if isinstance(obj, DeclaredStorage):
-            return ("storage", torch.FloatStorage, obj.key, "cpu", obj.numel)
+            return ("storage", torch.FloatStorage, obj.key, obj.location, obj.numel)
         return None
 
 
@@ -294,3 +299,25 @@ def build_corpus(root: Path, marker: Path) -> dict[str, Path]:
         make(folder / MODEL_FILE)
         corpus[name] = folder
     return corpus
+
+
+# %%
+# # Bounding a child process's memory
+
+
+def limit_memory() -> float:
+    """Cap this process's address space at its current size plus HEADROOM; return its RSS in MiB."""
+    with Path("/proc/self/status").open() as status:
+        size_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    limit = size_kb * 1024 + HEADROOM
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    reset_peak_memory()
+    return memory_mb("VmRSS") or 0.0
+
+
+def grew_too_much(before_mb: float) -> bool:
+    grown = (memory_mb("VmHWM") or 0.0) - before_mb
+    if grown > MAX_GROWTH_MB:
+        print(f"memory grew by {grown:.0f} MiB", file=sys.stderr)
+        return True
+    return False

@@ -7,7 +7,6 @@ meets a handful of them as a reader runs it, and at least one in a real process 
 
 from __future__ import annotations
 
-import resource
 import sys
 from pathlib import Path
 
@@ -24,14 +23,10 @@ from chapter_support import (
     refusing,
     safe_text,
 )
-from lab_tools import memory_mb, reset_peak_memory
-from tests.bad_files import ESCAPES, build_corpus, probes
+from tests.bad_files import ESCAPES, EXIT_TOO_MUCH_MEMORY, build_corpus, grew_too_much, limit_memory, probes
 from tests.helpers import run_chapter_here, run_in_fork, run_script
 
 READERS = ["inspect_state.py", "save_load_demo.py", "load_tips.py", "compare_formats.py"]
-MAX_GROWTH_MB = 256  # a refusal may allocate this much at most; the zip bomb alone would take 1024
-HEADROOM = 2 * 2**30  # address space a child may add before allocation fails: the machine stays usable
-EXIT_TOO_MUCH_MEMORY = 3
 EXIT_LOADED = 4
 TIMEOUT = 60  # seconds; every probe is refused in well under one, so reaching this means a hang
 # The probes each chapter meets in-process: code, a hang, memory, escapes, damage, a misfit.
@@ -104,24 +99,6 @@ def marker(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory, marker: Path) -> dict[str, Path]:
     return build_corpus(tmp_path_factory.mktemp("corpus"), marker)
-
-
-def limit_memory() -> float:
-    """Cap this process's address space at its current size plus HEADROOM; return its RSS in MiB."""
-    with Path("/proc/self/status").open() as status:
-        size_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
-    limit = size_kb * 1024 + HEADROOM
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    reset_peak_memory()
-    return memory_mb("VmRSS") or 0.0
-
-
-def grew_too_much(before_mb: float) -> bool:
-    grown = (memory_mb("VmHWM") or 0.0) - before_mb
-    if grown > MAX_GROWTH_MB:
-        print(f"memory grew by {grown:.0f} MiB", file=sys.stderr)
-        return True
-    return False
 
 
 def load_in_child(path: Path) -> int:
