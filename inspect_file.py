@@ -126,16 +126,17 @@ def zip_layout(archive: zipfile.ZipFile) -> tuple[str, str]:
     return "zip", folder
 
 
-def is_safetensors(head: bytes, size: int) -> bool:
-    return len(head) >= 9 and 0 < struct.unpack("<Q", head[:8])[0] <= size - 8 and head[8:9] == b"{"
+def is_safetensors(head: bytes) -> bool:
+    """8 bytes of header length, then the JSON header: '{"' (its length is checked later)."""
+    return len(head) >= 10 and head[8:10] == b'{"'
 
 
-def sniff(head: bytes, size: int) -> str:
+def sniff(head: bytes) -> str:
     if head.startswith(ZIP_MAGIC):
         return "zip"
     if head.startswith(LEGACY_MAGIC):
         return "legacy-torch"
-    if is_safetensors(head, size):
+    if is_safetensors(head):
         return "safetensors"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
@@ -716,7 +717,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         report = new_report(path, size)
         head = file.read(16)
         file.seek(0)
-        kind = sniff(head, size)
+        kind = sniff(head)
         if kind == "zip":
             shapes = inspect_zip(path, file, size, report)
         elif kind == "safetensors":
