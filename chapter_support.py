@@ -43,6 +43,16 @@ MAX_SEED = 2**32 - 1  # the largest seed NumPy accepts
 MAX_WIDTH = 4096  # refuse constructor arguments that would build an absurdly large model
 MAX_FILE_BYTES = 64 * 2**20  # no file of this walkthrough's models comes near this
 CHUNK = 2**20  # bytes read at a time when checking a file
+# What zipfile raises for a damaged archive (RuntimeError, NotImplementedError: flags it cannot read)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    zlib.error,
+)
 MAX_PICKLE_BYTES = 2**20  # a state_dict's pickle holds names and shapes only; tensors have their own records
 
 
@@ -312,7 +322,7 @@ def check_zip_records(file: IO[bytes], size: int) -> None:
     """
     try:
         archive = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except ZIP_ERRORS:
         raise ModelFileError("the file is truncated or corrupted (its zip archive is incomplete)") from None
     records = archive.infolist()
     folders = {info.filename.partition("/")[0] for info in records}
@@ -336,7 +346,7 @@ def check_zip_records(file: IO[bytes], size: int) -> None:
             with archive.open(info) as record:
                 while record.read(CHUNK):
                     pass
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error):
+        except ZIP_ERRORS:
             raise ModelFileError(
                 f"record {safe_text(info.filename)} fails its CRC32 check: the file is damaged"
             ) from None

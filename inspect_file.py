@@ -32,7 +32,6 @@ import struct
 import sys
 import warnings
 import zipfile
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ from chapter_support import (
     EXIT_BAD_INPUT,
     LEGACY_MAGIC,
     MAX_PICKLE_BYTES,
+    ZIP_ERRORS,
     ZIP_MAGIC,
     ModelFileError,
     describe_load_error,
@@ -154,6 +154,8 @@ def sniff(head: bytes) -> str:
 
 def stored_bytes(file: Any, info: zipfile.ZipInfo) -> bytes:
     """A stored record's bytes as they are, whatever its CRC32 says (that is checked apart)."""
+    if info.header_offset < 0:  # a damaged directory can point before the file's start
+        return b""
     file.seek(info.header_offset)
     header = file.read(30)
     if len(header) < 30 or header[:4] != ZIP_MAGIC:
@@ -187,7 +189,7 @@ def check_records(archive: zipfile.ZipFile, size: int) -> tuple[list[dict[str, A
                 with archive.open(info) as stream:
                     while stream.read(CHUNK):
                         pass
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error):
+            except ZIP_ERRORS:
                 record["crc32"] = "MISMATCH"
                 problems.append(f"record {name} fails its CRC32 check: the file is damaged")
         records.append(record)
@@ -285,8 +287,11 @@ class Listing:
         self.rows.append(row)
         if address and tensor.untyped_storage().nbytes():
             self.storages.setdefault(address, []).append(row)
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            self.non_finite.append(name)
+        try:
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                self.non_finite.append(name)
+        except RuntimeError:  # a dtype isfinite does not support (float8): not checked
+            pass
 
 
 def summary(value: Any) -> str:
@@ -372,17 +377,22 @@ def shape_and_dtype(tensor: Tensor) -> tuple[tuple[int, ...], str]:
 
 
 def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict[str, tuple]:
+    """Rows for the well-formed entries of a safetensors header (the others are problems already)."""
     rows, shapes = [], {}
     for name, entry in header.items():
-        if name == "__metadata__":
+        if name == "__metadata__" and isinstance(entry, dict):
             report["metadata"]["__metadata__"] = {
-                safe_text(k, 40): safe_text(v, 80) for k, v in dict(entry or {}).items()
+                safe_text(k, 40): safe_text(v, 80) for k, v in entry.items()
             }
             continue
-        dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"), (safe_text(entry.get("dtype"), 20), 0))[0]
-        begin, end = entry.get("data_offsets", [0, 0])
-        rows.append(tensor_row(safe_text(name, 80), list(entry.get("shape", [])), dtype, "cpu", end - begin))
-        shapes[name] = (tuple(entry.get("shape", [])), dtype)
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]][0]
+            shape = [int(n) for n in entry["shape"] if type(n) is int]
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        rows.append(tensor_row(safe_text(name, 80), shape, dtype, "cpu", end - begin))
+        shapes[name] = (tuple(shape), dtype)
     report["contents"]["tensors"] = rows
     report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
     return shapes
@@ -405,20 +415,23 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
     if name not in archive.namelist() or archive.getinfo(name).file_size > MAX_HEADER_BYTES:
         return {}
     try:
-        config = json.loads(archive.read(name))["config"]
-    except (ValueError, KeyError, TypeError, zipfile.BadZipFile, OSError):
+        config = dict(json.loads(archive.read(name))["config"])
+    except (KeyError, TypeError, *ZIP_ERRORS):
         report["reasons"].append("its weights config is malformed")
         return {}
     rows, shapes, pickled = [], {}, []
     for key, entry in config.items():
-        meta = entry.get("tensor_meta", {})
-        shape = [size.get("as_int", -1) for size in meta.get("sizes", [])]
-        dtype = PT2_DTYPES.get(meta.get("dtype"), f"code {meta.get('dtype')}")
-        record = f"{folder}/data/weights/{entry.get('path_name', '')}"
+        try:
+            meta = entry["tensor_meta"]
+            shape = [int(size["as_int"]) for size in meta["sizes"]]
+            dtype = PT2_DTYPES.get(meta["dtype"], safe_text(f"code {meta['dtype']}", 20))
+            device = safe_text(meta["device"]["type"], 20)
+            record = f"{folder}/data/weights/{entry['path_name']}"
+        except (KeyError, TypeError, ValueError):
+            report["reasons"].append(f"its weights config entry for {safe_text(key, 80)} is malformed")
+            continue
         nbytes = archive.getinfo(record).file_size if record in archive.namelist() else 0
-        rows.append(
-            tensor_row(safe_text(key, 80), shape, dtype, str(meta.get("device", {}).get("type")), nbytes)
-        )
+        rows.append(tensor_row(safe_text(key, 80), shape, dtype, device, nbytes))
         shapes[key] = (tuple(shape), dtype)
         if entry.get("use_pickle"):
             pickled.append(safe_text(key, 80))
@@ -467,7 +480,7 @@ def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
         unsafe = []
-        report["reasons"].append(f"its pickle cannot be scanned ({error_line(err)})")
+        report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
     note_globals(report, pickle_globals(data_pkl, limit=200), sorted(unsafe))
 
 
@@ -527,14 +540,14 @@ def load_model_class(path: Path, name: str) -> type[nn.Module]:
     return model_class
 
 
-def prefix_fix(file_keys: set[str], model_keys: set[str]) -> str | None:
-    """'strip module.' or 'add _orig_mod.' if that one change makes the names match."""
+def prefix_fix(file_keys: set[str], model_keys: set[str]) -> tuple[str, str] | None:
+    """('strip', 'module.') or ('add', 'net.') if that one change to the file's names makes them match."""
     for keys, others, verb in ((file_keys, model_keys, "strip"), (model_keys, file_keys, "add")):
         first = next(iter(keys), "").split(".")
         for parts in range(1, min(4, len(first))):
             prefix = ".".join(first[:parts]) + "."
             if all(k.startswith(prefix) for k in keys) and {k.removeprefix(prefix) for k in keys} == others:
-                return f"{verb} the prefix '{safe_text(prefix, 60)}'"
+                return verb, safe_text(prefix, 60)
     return None
 
 
@@ -553,7 +566,12 @@ def check_fit(shapes: dict[str, tuple], described: str, model: nn.Module, report
         for k, v in expected.items()
         if k in shapes and (tuple(shapes[k][0]), shapes[k][1]) != v
     ]
-    fix = prefix_fix(set(shapes), set(expected)) if missing and unexpected else None
+    fix, how = None, None
+    if missing and unexpected and (found := prefix_fix(set(shapes), set(expected))):
+        verb, prefix = found
+        fix = f"{verb} the prefix '{prefix}'"
+        renamed = f"k.removeprefix('{prefix}')" if verb == "strip" else f"'{prefix}' + k"
+        how = f"state = {{{renamed}: v for k, v in state.items()}}"
     report["fit"] = {
         "model": described,
         "fits": not (missing or unexpected or mismatched),
@@ -561,6 +579,7 @@ def check_fit(shapes: dict[str, tuple], described: str, model: nn.Module, report
         "unexpected": [safe_text(k, 80) for k in unexpected],
         "mismatched": mismatched,
         "prefix_fix": fix,
+        "prefix_code": how,
     }
     if not report["fit"]["fits"]:
         counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched"
@@ -589,7 +608,7 @@ def new_report(path: Path, size: int) -> dict[str, Any]:
 def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dict[str, tuple]:
     try:
         archive = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except ZIP_ERRORS:
         report["kind"], report["format"] = "zip", "a zip archive, cut short or damaged (no central directory)"
         report["reasons"].append("the file is truncated or corrupted (its zip archive is incomplete)")
         return {}
@@ -605,7 +624,7 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
                 return safe_text(
                     stored_bytes(file, archive.getinfo(full)).decode(errors="replace").strip(), 20
                 )
-        except (KeyError, zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error):
+        except (KeyError, *ZIP_ERRORS):
             pass  # absent, or damaged: the integrity check reports it
         return ""
 
@@ -855,7 +874,7 @@ def print_fit(fit: dict[str, Any] | None) -> None:
             ["mismatch:", f"{item['name']} is {item['file']} in the file, {item['model']} in the model"]
         )
     if fit["prefix_fix"]:
-        lines.append(["fix:", fit["prefix_fix"]])
+        lines += [["fix:", fit["prefix_fix"]], ["", fit["prefix_code"]]]
     for line in aligned(lines) if lines else []:
         print(f"  {line}")
 

@@ -19,7 +19,7 @@ import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -288,6 +288,26 @@ def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
         "larger than the limit": make_too_large,
         "missing": lambda p: None,
     }
+
+
+def damaged_copies(data: bytes, count: int, seed: int = 0) -> Iterator[bytes]:
+    """`count` copies of `data`, each with a few random bytes changed, cut, inserted or dropped."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        copy = bytearray(data)
+        for _ in range(rng.choice([1, 1, 2, 5])):
+            if not copy:
+                break
+            at, choice = rng.randrange(len(copy)), rng.random()
+            if choice < 0.5:
+                copy[at] = rng.randrange(256)
+            elif choice < 0.7:
+                del copy[at : at + rng.randrange(1, 64)]
+            elif choice < 0.85:
+                copy[at:at] = rng.randbytes(rng.randrange(1, 16))
+            else:
+                del copy[at:]
+        yield bytes(copy)
 
 
 def build_corpus(root: Path, marker: Path) -> dict[str, Path]:

@@ -23,7 +23,15 @@ from chapter_support import (
     refusing,
     safe_text,
 )
-from tests.bad_files import ESCAPES, EXIT_TOO_MUCH_MEMORY, build_corpus, grew_too_much, limit_memory, probes
+from tests.bad_files import (
+    ESCAPES,
+    EXIT_TOO_MUCH_MEMORY,
+    build_corpus,
+    damaged_copies,
+    grew_too_much,
+    limit_memory,
+    probes,
+)
 from tests.helpers import run_chapter_here, run_in_fork, run_script
 
 READERS = ["inspect_state.py", "save_load_demo.py", "load_tips.py", "compare_formats.py"]
@@ -207,3 +215,16 @@ def test_training_refuses_a_folder_at_the_model_path_in_one_line(marker, tmp_pat
     )
     assert_clean_refusal(code, stderr, marker)
     assert stderr.startswith(f"error: cannot write {tmp_path / 'artifacts' / MODEL_FILE}")
+
+
+def test_damaged_copies_of_a_good_file_are_refused_in_one_line_or_load(good_model, tmp_path):
+    """A hundred random damages: each is refused with a ModelFileError of one line, or (where
+    it hit bytes no checksum covers, such as the zip's padding) loads as the good file does."""
+    copy = tmp_path / MODEL_FILE
+    good = Multiclass().state_dict().keys()
+    for damaged in damaged_copies(good_model.read_bytes(), 100):
+        copy.write_bytes(damaged)
+        try:
+            assert read_untrusted(copy).keys() == good
+        except ModelFileError as err:
+            assert "\n" not in str(err) and str(err).isprintable()

@@ -21,13 +21,14 @@ from torch import nn
 
 import inspect_file
 from build_model import MODEL_FILE, Multiclass
-from chapter_support import EXIT_BAD_INPUT, MAX_PICKLE_BYTES
+from chapter_support import EXIT_BAD_INPUT, MAX_PICKLE_BYTES, ModelFileError
 from lab_tools import Hostile
 from tests.bad_files import (
     ESCAPES,
     EXIT_TOO_MUCH_MEMORY,
     DeclaredTensor,
     build_corpus,
+    damaged_copies,
     global_pickle,
     grew_too_much,
     limit_memory,
@@ -448,3 +449,18 @@ def test_every_bad_input_of_the_loader_gets_a_refusal_and_nothing_worse(
     assert "\x1b" not in output
     assert not marker.exists()
     assert "Verdict    refused" in output or output.startswith("error: ")
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pth", "model.safetensors", "model.pt2", "hostile.pkl"])
+def test_damaged_copies_of_each_format_get_a_report_or_one_line(name, files, tmp_path, capsys):
+    copy = tmp_path / name
+    for damaged in damaged_copies(files[name].read_bytes(), 50):
+        copy.write_bytes(damaged)
+        try:
+            report = report_on(copy)
+        except ModelFileError as err:
+            assert "\n" not in str(err)
+            continue
+        inspect_file.print_report(report)
+        json.dumps(report)
+    assert "Traceback" not in capsys.readouterr().out
