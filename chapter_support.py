@@ -341,6 +341,8 @@ def check_zip_records(file: IO[bytes], size: int) -> None:
         raise ModelFileError("its records claim more bytes than the file holds")
     if all(info.CRC == 0 for info in records if info.file_size):
         raise ModelFileError("it carries no CRC32 checksums, so it cannot be verified")
+    if any(info.flag_bits & 0x41 for info in records):  # bits 0 and 6: encrypted
+        raise ModelFileError("it has encrypted records; torch.save never writes them")
     for info in records:
         try:
             with archive.open(info) as record:

@@ -220,6 +220,20 @@ def make_flipped_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def make_encrypted_flag(path: Path) -> None:
+    """torch.save's file with the 'encrypted' flag set on one record in the zip's directory."""
+    save(trained_like_state(), path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        names, entry = [info.filename for info in archive.infolist()], archive.start_dir
+    for name in names:  # the directory's entries, in order; each has its flags at +8
+        entry = data.index(b"PK\x01\x02", entry)
+        if name.endswith("/data/0"):
+            data[entry + 8] |= 0x01
+        entry += 4
+    path.write_bytes(bytes(data))
+
+
 def make_no_crc(path: Path) -> None:
     torch.serialization.set_crc32_options(False)
     try:
@@ -278,6 +292,7 @@ def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
         "zip bomb": make_zip_bomb,
         "flipped byte": make_flipped_byte,
         "no CRC32": make_no_crc,
+        "encrypted flag": make_encrypted_flag,
         "escape codes in a GLOBAL (zip)": lambda p: torch_like_zip(p, global_pickle(ESCAPES, "x")),
         "escape codes in a GLOBAL (pickle)": lambda p: p.write_bytes(global_pickle(ESCAPES, "x")),
         "escape codes in a key": make_escaped_key,

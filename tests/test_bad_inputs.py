@@ -76,6 +76,7 @@ REASONS = {
     "zip bomb": "compressed records",
     "flipped byte": "fails its CRC32 check",
     "no CRC32": "no CRC32 checksums",
+    "encrypted flag": "encrypted records",
     "escape codes in a GLOBAL (zip)": f"it refers to {safe_text(ESCAPES)}.x",
     "escape codes in a GLOBAL (pickle)": f"would import {safe_text(ESCAPES)}.x",
     "escape codes in a key": f"unexpected ['{safe_text(ESCAPES)}']",
