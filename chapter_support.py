@@ -17,6 +17,7 @@ module holds what would clutter them:
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import pickletools
@@ -405,6 +406,79 @@ def refuse_other_formats(head: bytes, file: IO[bytes], size: int) -> None:
     raise ModelFileError("not a PyTorch weights file (it is not a torch.save zip archive)")
 
 
+MAX_NESTING = 200  # containers inside containers; a checkpoint here nests about ten levels deep
+LEGACY_PICKLES = 5  # a pre-zip torch.save file: magic number, protocol, sys info, data, storage keys
+MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}  # add to the object below
+
+
+def check_pickle_nesting(file: IO[bytes], is_zip: bool, limit: int = MAX_NESTING) -> None:
+    """Refuse pickled data that nests containers more than `limit` deep, before unpickling it.
+
+    `torch.load` rebuilds any depth without complaint, but Python hashes and compares
+    nested tuples recursively in C: a dict key nested a few hundred thousand levels deep
+    crashes the process (SIGSEGV) instead of raising. The opcodes are only read, not run.
+    """
+    if is_zip:
+        archive = zipfile.ZipFile(file)
+        pickles = [name for name in archive.namelist() if name == "data.pkl" or name.endswith("/data.pkl")]
+        streams = [io.BytesIO(archive.read(name)) for name in pickles[:1]]
+        count = 1
+    else:
+        streams, count = [file], LEGACY_PICKLES
+    for stream in streams:
+        for _ in range(count):
+            try:
+                deepest = pickle_nesting(stream, limit)
+            except (ValueError, IndexError, KeyError, EOFError):
+                return  # not a well-formed pickle: torch.load reports that itself
+            if deepest > limit:
+                raise ModelFileError(f"its data is nested more than {limit} levels deep")
+
+
+def pickle_nesting(stream: IO[bytes], limit: int) -> int:
+    """How deeply the next pickle in `stream` nests its containers (stops counting past `limit`)."""
+    depth: dict[int, int] = {}  # per object made, the containers nested in it, itself included
+    stack: list[int | None] = []  # object numbers; None for a MARK
+    memo: dict[object, int] = {}
+    deepest = 0
+    for opcode, arg, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name == "STOP":
+            break
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET", "DUP"):
+            stack.append(memo[arg] if name != "DUP" else stack[-1])
+            continue
+        if name == "MARK":
+            stack.append(None)
+            continue
+        before = opcode.stack_before
+        popped: list[int] = []
+        if pickletools.markobject in before:
+            while (item := stack.pop()) is not None:
+                popped.append(item)
+            below = before.index(pickletools.markobject)
+        else:
+            below = len(before)
+        popped += [stack.pop() for _ in range(below)]  # the object below the mark comes last
+        if not opcode.stack_after:
+            continue
+        inner = max((depth[item] for item in popped[:-1] if item is not None), default=0)
+        if name in MUTATORS:  # the container stays the same object, now holding more
+            target = popped[-1]
+            depth[target] = max(depth[target], inner + 1)
+        else:
+            target = len(depth)
+            depth[target] = 1 + max((depth[item] for item in popped if item is not None), default=-1)
+        stack.append(target)
+        deepest = max(deepest, depth[target])
+        if deepest > limit:
+            break
+    return deepest
+
+
 def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTES) -> Any:
     """`torch.load(path, map_location="cpu", weights_only=True)`, after checking the file.
 
@@ -426,6 +500,8 @@ def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTE
                 refuse_other_formats(head, file, size)
             file.seek(0)
             check_zip_records(file, size)
+            file.seek(0)
+            check_pickle_nesting(file, is_zip=True)
             file.seek(0)
         with warnings.catch_warnings():  # the one-line reason below says all that matters
             warnings.simplefilter("ignore")

@@ -50,6 +50,7 @@ from chapter_support import (
     ZIP_ERRORS,
     ZIP_MAGIC,
     ModelFileError,
+    check_pickle_nesting,
     describe_load_error,
     error_line,
     fail,
@@ -641,6 +642,12 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
         torch_needs(path, stored_bytes(file, pickle_info), report)
         if problems:
             report["needs"]["weights_only"] = "not tried: the file failed the integrity checks"
+            return {}
+        try:  # a pickle nested thousands of levels deep would crash the load itself
+            check_pickle_nesting(file, is_zip=True)
+        except ModelFileError as err:
+            report["needs"]["weights_only"] = f"not tried: {err}"
+            report["reasons"].append(str(err))
             return {}
         return torch_contents(path, report)
     if kind == "pt2":

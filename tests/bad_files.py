@@ -134,6 +134,11 @@ def nested_dict_pickle(depth: int) -> bytes:
     return b"\x80\x02" + b"}X\x01\x00\x00\x00a" * depth + b"}" + b"s" * depth + b"."
 
 
+def deep_key_pickle(depth: int) -> bytes:
+    """{((...((),)...),): None}: a dict key of tuples `depth` deep. Hashing it recurses in C."""
+    return b"\x80\x02}" + b")" + b"\x85" * depth + b"Ns."
+
+
 def many_lists_pickle(count: int) -> bytes:
     """A list of `count` empty lists: one byte of pickle each, some 64 bytes of memory each."""
     return b"\x80\x02(" + b"]" * count + b"l."
@@ -286,6 +291,7 @@ def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
         "nested tensor": make_nested,
         "malformed _metadata": make_malformed_metadata,
         "deep nesting": lambda p: torch_like_zip(p, nested_dict_pickle(DEEP)),
+        "deeply nested key": lambda p: torch_like_zip(p, deep_key_pickle(3 * DEEP)),
         "huge declared storage": make_huge_storage,
         "pickle bomb": lambda p: torch_like_zip(p, many_lists_pickle(MANY)),
         "legacy format": lambda p: save(state(), p, legacy=True),

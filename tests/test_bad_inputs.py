@@ -69,7 +69,8 @@ REASONS = {
     "sparse tensor": "torch.sparse_coo",
     "nested tensor": "(nested)",
     "malformed _metadata": "metadata is malformed",
-    "deep nesting": "unexpected ['a']",
+    "deep nesting": "its data is nested more than 200 levels deep",
+    "deeply nested key": "its data is nested more than 200 levels deep",  # unchecked, a SIGSEGV
     "huge declared storage": "a tensor claims more bytes than the file stores",
     "pickle bomb": "its data.pkl has",
     "legacy format": "legacy torch.save format",
