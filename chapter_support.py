@@ -392,7 +392,7 @@ def pickle_globals(data: bytes, limit: int = 20) -> list[str]:
 def refuse_other_formats(head: bytes, file: IO[bytes], size: int) -> None:
     """Refuse, in one line, any file that is not torch.save's zip format."""
     if size == 0:
-        raise ModelFileError("the file is empty")
+        raise ModelFileError("the file is empty or cut short (0 bytes)")
     if head.startswith(LEGACY_MAGIC[:4]):
         raise ModelFileError(
             "it is in the legacy torch.save format (before PyTorch 1.6), which carries no checksums; "

@@ -65,19 +65,13 @@ MAX_DEPTH = 32  # containers nested deeper than this are not listed
 MAX_ROWS = 60  # tensors listed in the readable report (all of them in --json)
 # What runs code when unpickled: never allowlist these with safe_globals, whatever the file says.
 RUNS_CODE_MODULES = (
-    "os.",
-    "posix.",
-    "nt.",
-    "subprocess.",
-    "sys.",
-    "importlib.",
-    "runpy.",
-    "shutil.",
-    "socket.",
-)
-RUNS_CODE_MODULES += ("pickle.", "_pickle.", "code.", "pty.", "webbrowser.", "ctypes.", "marshal.", "types.")
-RUNS_CODE_BUILTINS = {"exec", "eval", "compile", "getattr", "setattr", "delattr", "__import__", "open"}
-RUNS_CODE_BUILTINS |= {"breakpoint", "input", "globals", "vars", "apply", "execfile"}
+    "os.", "posix.", "nt.", "subprocess.", "sys.", "importlib.", "runpy.", "shutil.", "socket.",
+    "pickle.", "_pickle.", "code.", "pty.", "webbrowser.", "ctypes.", "marshal.", "types.",
+)  # fmt: skip
+RUNS_CODE_BUILTINS = {
+    "exec", "eval", "compile", "getattr", "setattr", "delattr", "__import__", "open",
+    "breakpoint", "input", "globals", "vars", "apply", "execfile",
+}  # fmt: skip
 SAFETENSORS_DTYPES = {  # safetensors' dtype name -> torch's, and bytes per value
     "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
     "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
@@ -506,6 +500,8 @@ def build_model(args: argparse.Namespace) -> tuple[str, nn.Module | None]:
             kwargs[name] = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             kwargs[name] = text
+    if args.model_args and not (args.model or args.model_file):
+        fail("--model-args needs --model or --model-file")
     if args.model_file:
         if not args.model_class:
             fail("--model-file needs --model-class NAME")
@@ -921,4 +917,5 @@ if __name__ == "__main__":
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
-    sys.exit(0 if report["ok"] else EXIT_BAD_INPUT)
+    if not report["ok"]:
+        raise SystemExit(EXIT_BAD_INPUT)

@@ -49,7 +49,7 @@ SUBPROCESS_PROBE = {
 
 # What each refusal says, in a word or two (escaped text appears escaped).
 REASONS = {
-    "empty": "the file is empty",
+    "empty": "the file is empty or cut short (0 bytes)",
     "truncated": "truncated or corrupted",
     "random bytes": "not a PyTorch weights file",
     "text": "not a PyTorch weights file",

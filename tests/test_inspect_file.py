@@ -411,7 +411,8 @@ def test_a_fifo_is_refused_in_one_line_without_hanging(files, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--model-args", "n_hidden"], "--model-args takes NAME=VALUE"),
+        (["--model", "Multiclass", "--model-args", "n_hidden"], "--model-args takes NAME=VALUE"),
+        (["--model-args", "n_hidden=8"], "--model-args needs --model or --model-file"),
         (["--model", "Multiclass", "--model-args", "n_hidden=-1"], "cannot build Multiclass(n_hidden=-1)"),
         (["--model-file", "nowhere.py", "--model-class", "Net"], "is not a Python file"),
     ],
