@@ -728,7 +728,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
     except OSError:
         is_folder = False  # open_regular_file below says why in one line
     if is_folder:
-        if not (path / ".metadata").is_file():
+        if not os.path.lexists(path / ".metadata"):
             raise ModelFileError(f"{path} is a folder without a .metadata file: not a DCP checkpoint")
         report = new_report(path, 0)
         inspect_dcp(path, report)
@@ -913,9 +913,13 @@ if __name__ == "__main__":
     except (OSError, RecursionError, MemoryError) as err:
         fail(f"cannot inspect {args.path}: {error_line(err)}")
     report["ok"] = not report["reasons"]
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
+    try:
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_report(report)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `python inspect_file.py FILE | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if not report["ok"]:
         raise SystemExit(EXIT_BAD_INPUT)
