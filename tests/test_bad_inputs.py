@@ -7,10 +7,16 @@ meets a handful of them as a reader runs it, and at least one in a real process 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import shutil
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from build_model import MODEL_FILE, Multiclass
 from chapter_support import (
@@ -22,6 +28,7 @@ from chapter_support import (
     read_untrusted,
     refusing,
     safe_text,
+    save_atomically,
 )
 from tests.bad_files import (
     ESCAPES,
@@ -230,3 +237,64 @@ def test_damaged_copies_of_a_good_file_are_refused_in_one_line_or_load(good_mode
             assert read_untrusted(copy).keys() == good
         except ModelFileError as err:
             assert "\n" not in str(err) and str(err).isprintable()
+
+
+# %%
+# Writers killed mid-save, and two writers at once: the model file is always a whole one
+
+
+def train_dying_inside_torch_save(out_dir: Path, cwd: Path) -> int:
+    """Chapter 2 in this forked child, killed (SIGKILL) halfway through writing the model."""
+
+    def dying_save(obj: object, f: Any, *args: object, **kwargs: object) -> None:
+        f.write(b"PK\x03\x04 half a file")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.save = dying_save  # this child's torch only
+    return train_in_child(out_dir, cwd)
+
+
+def test_a_kill_inside_torch_save_leaves_the_previous_model_whole(good_model, tmp_path):
+    out_dir = tmp_path / "artifacts"
+    out_dir.mkdir()
+    shutil.copy(good_model, out_dir / MODEL_FILE)
+    before = (out_dir / MODEL_FILE).read_bytes()
+    code, _ = run_in_fork(train_dying_inside_torch_save, out_dir, tmp_path, cwd=tmp_path, timeout=TIMEOUT)
+    assert code == -signal.SIGKILL
+    assert (out_dir / MODEL_FILE).read_bytes() == before
+    assert len(list(out_dir.glob(".*.partial"))) == 1  # the dead writer's temporary file
+    code, stderr = run_in_fork(train_in_child, out_dir, tmp_path, cwd=tmp_path, timeout=TIMEOUT)
+    assert code == 0, stderr
+    assert list(out_dir.glob(".*.partial")) == []  # the next run cleared it
+    load_untrusted_model(out_dir / MODEL_FILE, Multiclass)
+
+
+def write_again_and_again(path: Path, seed: int) -> int:
+    for step in range(300):
+        torch.manual_seed(seed * 10_000 + step)
+        save_atomically(Multiclass().state_dict(), path)
+    return 0
+
+
+def test_two_writers_and_a_kill_never_leave_a_broken_file(tmp_path):
+    """Two processes save to one path as fast as they can; one is killed mid-way. Every read
+    in between, and the file left at the end, is a whole model."""
+    path = tmp_path / MODEL_FILE
+    save_atomically(Multiclass().state_dict(), path)
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=write_again_and_again, args=(path, seed)) for seed in (1, 2)]
+    for writer in writers:
+        writer.start()
+    for read in range(40):
+        load_untrusted_model(path, Multiclass)  # raises if a read ever saw a partial file
+        if read == 20:
+            os.kill(writers[0].pid, signal.SIGKILL)
+    for writer in writers:
+        writer.join(TIMEOUT)
+    assert writers[0].exitcode == -signal.SIGKILL and writers[1].exitcode == 0
+    load_untrusted_model(path, Multiclass)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] in (
+        [],
+        [f".{MODEL_FILE}.{writers[0].pid}.partial"],
+    )
