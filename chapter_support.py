@@ -47,6 +47,17 @@ MAX_SEED = 2**32 - 1  # the largest seed NumPy accepts
 MAX_WIDTH = 4096  # refuse constructor arguments that would build an absurdly large model
 MAX_FILE_BYTES = 64 * 2**20  # no file of this walkthrough's models comes near this
 CHUNK = 2**20  # bytes read at a time when checking a file
+# What zipfile raises for a damaged archive (RuntimeError, NotImplementedError: flags it cannot read)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    zlib.error,
+)
+MAX_PICKLE_BYTES = 2**20  # a state_dict's pickle holds names and shapes only; tensors have their own records
 
 
 class ChapterError(Exception):
@@ -320,50 +331,131 @@ def save_figure(fig: Any, path: Path) -> None:
 # %%
 # # Reading a file you did not make
 
+ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's files (and every zip archive) begin
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch.save before PyTorch 1.6
+PICKLE_PROTOCOL = 0x80  # a pickle of protocol 2 or later starts with this byte
+FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
 
 def open_regular_file(path: Path, made_by: str = "") -> IO[bytes]:
-    """Open `path` for reading if it is a regular file (after links); never block on a FIFO."""
+    """Open `path` for reading if it is a regular file (after links); never block on a FIFO.
+
+    The type is checked before opening (opening a FIFO or a device can block or have
+    effects) and again on what was opened, in case the path changed in between.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        mode = Path(path).stat().st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                os.close(fd)
     except FileNotFoundError:
         hint = f"; create it with: {made_by}" if made_by else ""
         raise ModelFileError(f"{path} not found{hint}") from None
     except OSError as err:
         raise ModelFileError(f"{path} cannot be read: {err.strerror}") from None
-    mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO, device or socket"
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a file")
         raise ModelFileError(f"{path} cannot be read: Is {kind}, not a regular file")
     return os.fdopen(fd, "rb")
 
 
 def check_zip_records(file: IO[bytes], size: int) -> None:
-    """For a torch.save zip: every record stored (not compressed), inside the file, CRC32 right.
+    """For a torch.save zip: its layout, every record stored (not compressed), inside the file, CRC32 right.
 
     `torch.load` checks none of this: a flipped bit in the weights loads silently, and a
     compressed record may inflate to far more than the file's size.
     """
     try:
         archive = zipfile.ZipFile(file)
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except ZIP_ERRORS:
         raise ModelFileError("the file is truncated or corrupted (its zip archive is incomplete)") from None
     records = archive.infolist()
+    folders = {info.filename.partition("/")[0] for info in records}
+    folder = folders.pop() if len(folders) == 1 else ""
+    if f"{folder}/data.pkl" not in archive.namelist():
+        raise ModelFileError("it is a zip archive, but not one that torch.save wrote (no folder/data.pkl)")
+    pickle_size = archive.getinfo(f"{folder}/data.pkl").file_size
+    if pickle_size > MAX_PICKLE_BYTES:
+        raise ModelFileError(
+            f"its data.pkl has {pickle_size} bytes, more than the {MAX_PICKLE_BYTES} allowed for "
+            "names and shapes (unpickled, each byte can cost 64)"
+        )
     if any(info.compress_type != zipfile.ZIP_STORED for info in records):
         raise ModelFileError("it has compressed records; torch.save never writes them (a zip bomb?)")
     if sum(info.file_size for info in records) > size:
         raise ModelFileError("its records claim more bytes than the file holds")
     if all(info.CRC == 0 for info in records if info.file_size):
         raise ModelFileError("it carries no CRC32 checksums, so it cannot be verified")
+    if any(info.flag_bits & 0x41 for info in records):  # bits 0 and 6: encrypted
+        raise ModelFileError("it has encrypted records; torch.save never writes them")
     for info in records:
         try:
             with archive.open(info) as record:
                 while record.read(CHUNK):
                     pass
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error):
+        except ZIP_ERRORS:
             raise ModelFileError(
                 f"record {safe_text(info.filename)} fails its CRC32 check: the file is damaged"
             ) from None
+
+
+def pickle_globals(data: bytes, limit: int = 20) -> list[str]:
+    """The `module.name` globals a pickle would import, found by reading its opcodes, not running them.
+
+    Reading stops at the first malformed opcode. A STACK_GLOBAL takes its two names from the
+    stack, so the strings pushed (or fetched from the memo) before it are tracked, as pickle
+    scanners do; anything else pushed counts as a non-string.
+    """
+    found: list[str] = []
+    pushed: list[str | None] = []  # what each opcode left on the stack, if it was a string
+    memo: dict[int, str | None] = {}
+    try:
+        for opcode, arg, position in pickletools.genops(data):
+            name = opcode.name
+            if name in ("GLOBAL", "INST"):  # two lines follow: the module, then the name
+                module, attribute = data[position + 1 :].split(b"\n", 2)[:2]
+                found.append(f"{module.decode(errors='replace')}.{attribute.decode(errors='replace')}")
+            elif name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+                found.append(f"{pushed[-2]}.{pushed[-1]}")
+            if name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(int(arg)))
+            elif name not in ("PROTO", "FRAME"):
+                is_string = isinstance(arg, str) and ("UNICODE" in name or "STRING" in name)
+                pushed.append(arg if is_string else None)
+            if name == "STOP" or len(found) >= limit:
+                break
+    except (ValueError, EOFError):  # a malformed or cut-short pickle: report what was found so far
+        pass
+    return list(dict.fromkeys(found))
+
+
+def refuse_other_formats(head: bytes, file: IO[bytes], size: int) -> None:
+    """Refuse, in one line, any file that is not torch.save's zip format."""
+    if size == 0:
+        raise ModelFileError("the file is empty or cut short (0 bytes)")
+    if head.startswith(LEGACY_MAGIC[:4]):
+        raise ModelFileError(
+            "it is in the legacy torch.save format (before PyTorch 1.6), which carries no checksums; "
+            "re-save it with a current PyTorch"
+        )
+    if head[:1] == bytes([PICKLE_PROTOCOL]):
+        file.seek(0)
+        names = pickle_globals(file.read(size))
+        imports = f"; unpickling it would import {safe_text(', '.join(names), 120)}" if names else ""
+        raise ModelFileError(f"it is a plain pickle, not a torch.save file{imports}; nothing in it was run")
+    raise ModelFileError("not a PyTorch weights file (it is not a torch.save zip archive)")
 
 
 MAX_NESTING = 200  # containers inside containers; a checkpoint here nests about ten levels deep
@@ -442,20 +534,26 @@ def pickle_nesting(stream: IO[bytes], limit: int) -> int:
 def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTES) -> Any:
     """`torch.load(path, map_location="cpu", weights_only=True)`, after checking the file.
 
-    A regular file of at most `max_bytes`, and for a zip archive every record intact; then
-    PyTorch's restricted unpickler, which rebuilds tensors and plain containers only and
-    runs nothing from the file. Every failure is one ModelFileError that names the file.
+    A regular file of at most `max_bytes` in torch.save's zip format, every record intact;
+    then PyTorch's restricted unpickler, which rebuilds tensors and plain containers only
+    and runs nothing from the file. What the load may allocate is bounded by the file's real
+    size: no record is compressed, and together they fit in the file. Every failure is one
+    ModelFileError that names the file.
     """
     with open_regular_file(path, made_by) as file:
         size = os.fstat(file.fileno()).st_size
         if size > max_bytes:
-            raise ModelFileError(f"{path} refused: it has {size} bytes, more than the {max_bytes} allowed")
+            raise ModelFileError(
+                f"{path} refused: it has {size} bytes, more than the {max_bytes} this load allows"
+            )
         with refusing(path):
-            is_zip = file.read(4) == b"PK\x03\x04"
+            head = file.read(len(LEGACY_MAGIC))
+            if not head.startswith(ZIP_MAGIC):
+                refuse_other_formats(head, file, size)
             file.seek(0)
-            if is_zip:
-                check_zip_records(file, size)
-            check_pickle_nesting(file, is_zip)
+            check_zip_records(file, size)
+            file.seek(0)
+            check_pickle_nesting(file, is_zip=True)
             file.seek(0)
         with warnings.catch_warnings():  # the one-line reason below says all that matters
             warnings.simplefilter("ignore")
@@ -468,13 +566,15 @@ def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTE
 def describe_load_error(err: Exception) -> str:
     """Turn torch.load's long, multi-line errors into one short reason."""
     text = str(err)
-    if found := re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", text):
+    if found := re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (.+?)(?: was not|\n|$)", text):
         name = safe_text(found.group(1), limit=80)
         return f"it refers to {name}, not just tensors; weights_only loading ran none of it"
     if isinstance(err, EOFError):
         return "the file is empty or cut short"
     if isinstance(err, RecursionError):
         return "its data is nested too deeply"
+    if "does not match expected size" in text:
+        return "a tensor claims more bytes than the file stores for it (the file is damaged or forged)"
     if isinstance(err, OSError) or "central directory" in text or "zip archive" in text:
         return "the file is truncated or corrupted (its zip archive is incomplete)"
     if "Weights only load failed" in text:
@@ -523,10 +623,10 @@ def check_state_dict_fits(state: Any, model: nn.Module) -> None:
         raise ModelFileError("its state_dict metadata is malformed")
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
-    unexpected = [safe_text(key) for key in state if key not in expected]
+    unexpected = [key for key in state if key not in expected]
     if missing or unexpected:
         raise ModelFileError(
-            f"its keys do not fit {name}: missing {missing or 'none'}, unexpected {unexpected or 'none'}"
+            f"its keys do not fit {name}: missing {key_list(missing)}, unexpected {key_list(unexpected)}"
         )
     for key, tensor in state.items():
         try:
@@ -535,10 +635,29 @@ def check_state_dict_fits(state: Any, model: nn.Module) -> None:
             raise ModelFileError(str(err).replace(", expected ", f", {name} expects ")) from None
 
 
+def key_list(keys: list[str], shown: int = 5) -> str:
+    """['a', 'b', ... 3 more], each key escaped once; or 'none'."""
+    if not keys:
+        return "none"
+    more = [f"... {len(keys) - shown} more"] if len(keys) > shown else []
+    return "[" + ", ".join([f"'{safe_text(key, 60)}'" for key in keys[:shown]] + more) + "]"
+
+
+def file_bytes_for(model: nn.Module) -> int:
+    """The most a torch.save file of `model`'s state_dict can reasonably take: twice its
+    tensors' bytes, plus room for the zip's headers and the pickle (generously)."""
+    state = model.state_dict()
+    return 2 * sum(t.numel() * t.element_size() for t in state.values()) + 64 * 1024 + 1024 * len(state)
+
+
 def load_untrusted_model(path: Path, model_class: Callable[[], nn.Module], made_by: str = "") -> nn.Module:
-    """A model in eval mode with the checked weights from `path`, or ModelFileError."""
-    state = read_untrusted(path, made_by)
+    """A model in eval mode with the checked weights from `path`, or ModelFileError.
+
+    The file may be no larger than a state_dict of this model needs, so a forged one cannot
+    make the load build much more than the model itself.
+    """
     model = model_class()
+    state = read_untrusted(path, made_by, max_bytes=min(MAX_FILE_BYTES, file_bytes_for(model)))
     with refusing(path):
         check_state_dict_fits(state, model)
     model.load_state_dict(dict(state))

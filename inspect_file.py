@@ -1,0 +1,925 @@
+"""Chapter 9: inspect any model file without running it.
+
+A `.pth` from a colleague, last month's checkpoint, a `.safetensors` download, a `.pt2`
+program or a DCP folder: what is it, what does it hold, what would loading it import, is
+it intact, and does it fit your model? Everything here is read from the bytes. Nothing in
+the file is executed: a plain pickle is never unpickled, and `torch.load` is only ever
+called with `weights_only=True`, after the file's checksums and sizes have been checked.
+
+Run:
+
+    python inspect_file.py [PATH] [--model Multiclass [--model-args n_hidden=8]] [--json]
+    python inspect_file.py PATH --model-file my_model.py --model-class Net [--model-args ...]
+
+PATH defaults to artifacts/iris-model.pth (chapter 2's model); a DCP checkpoint is a
+folder. Reads PATH only and writes nothing. Exit status 0: intact, and loads with
+`torch.load(weights_only=True)` (safetensors: with safetensors) and fits the model if one
+was named; 2: anything else, with the reasons listed.
+"""
+
+# %%
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import math
+import os
+import pickletools
+import stat
+import struct
+import sys
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from build_model import MODEL_FILE, Multiclass
+from chapter_support import (
+    CHUNK,
+    DEFAULT_OUT_DIR,
+    EXIT_BAD_INPUT,
+    LEGACY_MAGIC,
+    MAX_PICKLE_BYTES,
+    ZIP_ERRORS,
+    ZIP_MAGIC,
+    ModelFileError,
+    check_pickle_nesting,
+    describe_load_error,
+    error_line,
+    fail,
+    open_regular_file,
+    parse_chapter_args,
+    pickle_globals,
+    safe_text,
+)
+
+MAX_HEADER_BYTES = 100 * 2**20  # safetensors refuses larger JSON headers too
+MAX_DEPTH = 32  # containers nested deeper than this are not listed
+MAX_ROWS = 60  # tensors listed in the readable report (all of them in --json)
+# What runs code when unpickled: never allowlist these with safe_globals, whatever the file says.
+RUNS_CODE_MODULES = (
+    "os.", "posix.", "nt.", "subprocess.", "sys.", "importlib.", "runpy.", "shutil.", "socket.",
+    "pickle.", "_pickle.", "code.", "pty.", "webbrowser.", "ctypes.", "marshal.", "types.",
+)  # fmt: skip
+RUNS_CODE_BUILTINS = {
+    "exec", "eval", "compile", "getattr", "setattr", "delattr", "__import__", "open",
+    "breakpoint", "input", "globals", "vars", "apply", "execfile",
+}  # fmt: skip
+SAFETENSORS_DTYPES = {  # safetensors' dtype name -> torch's, and bytes per value
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
+    "U64": ("uint64", 8), "U32": ("uint32", 4), "U16": ("uint16", 2), "U8": ("uint8", 1),
+    "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
+}  # fmt: skip
+PT2_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32"}
+PT2_DTYPES |= {8: "float64", 12: "bool", 13: "bfloat16"}
+
+parser = argparse.ArgumentParser(
+    description=__doc__.splitlines()[0],
+    epilog="--model-file imports and runs that Python file: it must be your own code. "
+    "The file being inspected is never run.",
+)
+parser.add_argument(
+    "path", nargs="?", type=Path, default=DEFAULT_OUT_DIR / MODEL_FILE, help="file or DCP folder to inspect"
+)
+parser.add_argument("--model", choices=["Multiclass"], help="check the file against this walkthrough's model")
+parser.add_argument("--model-file", type=Path, help="YOUR Python file defining the model class (it is run)")
+parser.add_argument("--model-class", help="the class in --model-file to check against")
+parser.add_argument(
+    "--model-args", nargs="*", default=[], metavar="NAME=VALUE", help="constructor arguments, e.g. n_hidden=8"
+)
+parser.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
+
+
+# %%
+# # What kind of file is it?
+#
+# The first bytes decide, not the extension: a zip archive (torch.save since PyTorch 1.6,
+# TorchScript and torch.export's .pt2 are all zips, told apart by their records), the
+# legacy torch.save magic number, a pickle's protocol byte, or safetensors' 8-byte header
+# length followed by JSON. A DCP checkpoint is a folder with a `.metadata` file.
+
+
+def zip_layout(archive: zipfile.ZipFile) -> tuple[str, str]:
+    """(kind, top folder) of a zip: torch-zip, torchscript, pt2, or zip (someone else's)."""
+    names = archive.namelist()
+    folders = {name.partition("/")[0] for name in names}
+    folder = folders.pop() if len(folders) == 1 else ""
+    if f"{folder}/archive_format" in names:
+        return "pt2", folder
+    if f"{folder}/constants.pkl" in names or any(name.startswith(f"{folder}/code/") for name in names):
+        return "torchscript", folder
+    if f"{folder}/data.pkl" in names:
+        return "torch-zip", folder
+    return "zip", folder
+
+
+def is_safetensors(head: bytes) -> bool:
+    """8 bytes of header length, then the JSON header: '{"' (its length is checked later)."""
+    return len(head) >= 10 and head[8:10] == b'{"'
+
+
+def sniff(head: bytes) -> str:
+    if head.startswith(ZIP_MAGIC):
+        return "zip"
+    if head.startswith(LEGACY_MAGIC):
+        return "legacy-torch"
+    if is_safetensors(head):
+        return "safetensors"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    return "unknown"
+
+
+# %%
+# # Is it intact?
+#
+# torch.load never checks a zip record's CRC32: one flipped bit loads silently. Every record
+# is read in 1 MiB pieces and checked; compressed records (torch.save never writes them) are
+# listed but not inflated, so a zip bomb costs nothing. A safetensors header must describe
+# tensors that tile its data area exactly; anything past the end means the file was cut short.
+
+
+def stored_bytes(file: Any, info: zipfile.ZipInfo) -> bytes:
+    """A stored record's bytes as they are, whatever its CRC32 says (that is checked apart)."""
+    if info.header_offset < 0:  # a damaged directory can point before the file's start
+        return b""
+    file.seek(info.header_offset)
+    header = file.read(30)
+    if len(header) < 30 or header[:4] != ZIP_MAGIC:
+        return b""
+    name_length, extra_length = struct.unpack("<2H", header[26:30])
+    file.seek(info.header_offset + 30 + name_length + extra_length)
+    return file.read(info.file_size)
+
+
+def check_records(archive: zipfile.ZipFile, size: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each record's name, size and CRC32 verdict, and the reasons the archive is not intact."""
+    records, problems = [], []
+    infos = archive.infolist()
+    if sum(info.file_size for info in infos) > size:
+        problems.append("its records claim more bytes than the file holds")
+    if all(info.CRC == 0 for info in infos if info.file_size):
+        problems.append("it carries no CRC32 checksums (saved with set_crc32_options(False))")
+        return [
+            {"name": safe_text(i.filename, 120), "bytes": i.file_size, "crc32": "none"} for i in infos
+        ], problems
+    for info in infos:
+        name = safe_text(info.filename, 120)
+        record = {"name": name, "bytes": info.file_size, "crc32": "ok"}
+        if info.compress_type != zipfile.ZIP_STORED:
+            record["crc32"] = "not checked (compressed; not inflated)"
+            problems.append(f"record {name} is compressed ({info.file_size} bytes once inflated)")
+        elif info.file_size > size:
+            record["crc32"] = "not checked (larger than the file)"
+        else:
+            try:
+                with archive.open(info) as stream:
+                    while stream.read(CHUNK):
+                        pass
+            except ZIP_ERRORS:
+                record["crc32"] = "MISMATCH"
+                problems.append(f"record {name} fails its CRC32 check: the file is damaged")
+        records.append(record)
+    return records, problems
+
+
+def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]:
+    """The parsed JSON header, and what is wrong with it or with the data it describes."""
+    header_size = struct.unpack("<Q", file.read(8))[0]
+    if header_size > min(size - 8, MAX_HEADER_BYTES):
+        return {}, [f"its header claims {header_size} bytes; the file has {size}"]
+    try:
+        header = json.loads(file.read(header_size))
+    except (ValueError, UnicodeDecodeError) as err:
+        return {}, [f"its JSON header is malformed ({safe_text(err, 80)})"]
+    if not isinstance(header, dict):
+        return {}, ["its header is not a JSON object"]
+    data_size, problems, spans = size - 8 - header_size, [], []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        shown = safe_text(name, 80)
+        try:
+            width = SAFETENSORS_DTYPES[entry["dtype"]][1]
+            begin, end = entry["data_offsets"]
+            numel = math.prod(entry["shape"])
+            valid = all(type(n) is int and n >= 0 for n in [*entry["shape"], begin, end]) and begin <= end
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"tensor {shown} has a malformed entry")
+            continue
+        if not valid or end - begin != numel * width:
+            problems.append(
+                f"tensor {shown}: its shape and dtype need {numel * width} bytes, not {end - begin}"
+            )
+        elif end > data_size:
+            problems.append(f"tensor {shown} ends at byte {end} of a data area of {data_size}: truncated")
+        spans.append((begin, end))
+    covered = 0
+    for begin, end in sorted(spans):
+        if begin != covered:
+            problems.append(f"its tensors overlap or leave a gap at byte {covered} of the data area")
+            break
+        covered = end
+    if not problems and covered != data_size:
+        problems.append(f"{data_size - covered} bytes after the last tensor belong to none")
+    return header, problems
+
+
+# %%
+# # What does it hold?
+#
+# For a torch.save file, `torch.load(weights_only=True, mmap=True)` rebuilds tensors and
+# plain containers only, and maps the weights from the file instead of reading them in;
+# a `map_location` function notes the device each storage was saved from. For safetensors
+# and .pt2 the JSON describes every tensor, so no tensor is loaded at all.
+
+
+def tensor_row(name: str, shape: list[int], dtype: str, device: str, nbytes: int) -> dict[str, Any]:
+    return {"name": name, "shape": shape, "dtype": dtype, "device": device, "bytes": nbytes, "shares": None}
+
+
+@dataclass
+class Listing:
+    """The tensors found in a loaded file, and the storages they view."""
+
+    locations: dict[int, str]  # storage address -> the device it was saved from
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    storages: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    odd: list[str] = field(default_factory=list)  # tensors that are not plain, dense, with data
+    non_finite: list[str] = field(default_factory=list)
+    too_deep: bool = False
+
+    def add(self, obj: Any, name: str = "", depth: int = 0) -> None:
+        if isinstance(obj, Tensor):
+            self.add_tensor(obj, name)
+        elif depth >= MAX_DEPTH:
+            self.too_deep = True
+        elif isinstance(obj, Mapping | list | tuple):
+            items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
+            for key, value in items:
+                shown = safe_text(key if isinstance(key, str) else repr(key), 80)
+                self.add(value, f"{name}.{shown}" if name else shown, depth + 1)
+
+    def add_tensor(self, tensor: Tensor, name: str) -> None:
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        if tensor.is_nested or tensor.layout != torch.strided or tensor.device.type == "meta":
+            kind = "nested" if tensor.is_nested else "meta" if tensor.device.type == "meta" else tensor.layout
+            shape = [] if tensor.is_nested else list(tensor.shape)
+            self.rows.append(tensor_row(name, shape, f"{dtype} ({str(kind).removeprefix('torch.')})", "", 0))
+            self.odd.append(f"{name} ({str(kind).removeprefix('torch.')})")
+            return
+        address = tensor.untyped_storage().data_ptr()
+        row = tensor_row(name, list(tensor.shape), dtype, self.locations.get(address, str(tensor.device)), 0)
+        row["bytes"] = tensor.numel() * tensor.element_size()
+        self.rows.append(row)
+        if address and tensor.untyped_storage().nbytes():
+            self.storages.setdefault(address, []).append(row)
+        try:
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                self.non_finite.append(name)
+        except RuntimeError:  # a dtype isfinite does not support (float8): not checked
+            pass
+
+
+def summary(value: Any) -> str:
+    """A checkpoint value in a few words: small values as they are."""
+    if isinstance(value, Tensor):
+        return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, Mapping):
+        tensors = sum(isinstance(v, Tensor) for v in value.values())
+        return f"dict of {len(value)} ({tensors} tensors)" if tensors else f"dict of {len(value)}"
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__} of {len(value)}"
+    if value is None or isinstance(value, bool | int | float | str):
+        text = repr(value)
+        return safe_text(text, 60) if len(text) <= 60 else f"{type(value).__name__} of {len(text)} characters"
+    return safe_text(type(value).__name__)
+
+
+def state_dict_in(obj: Any) -> tuple[str, Mapping[str, Tensor] | None]:
+    """The state_dict in a loaded file: the file itself, or a checkpoint's entry for the model."""
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+        return "", obj
+    if isinstance(obj, Mapping):
+        for key in ("model_state_dict", "state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+                return key, inner
+    return "", None
+
+
+def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
+    """Load with weights_only=True (safe: nothing runs), fill in the contents; its state_dict's shapes."""
+    locations: dict[int, str] = {}
+
+    def note_device(storage: Any, location: str) -> Any:
+        locations[storage.data_ptr()] = location
+        return storage
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=note_device, weights_only=True, mmap=True)
+    except Exception as err:  # any failure of a file from anywhere is a finding, not a crash
+        report["needs"]["weights_only"] = f"refused: {describe_load_error(err)}"
+        report["reasons"].append(f"torch.load(weights_only=True) refuses it: {describe_load_error(err)}")
+        return {}
+    report["needs"]["weights_only"] = "loads"
+    listing = Listing(locations)
+    listing.add(obj)
+    for group in listing.storages.values():
+        for row in group:
+            row["shares"] = [other["name"] for other in group if other is not row] or None
+    report["contents"]["tensors"] = listing.rows
+    # a view's bytes are part of its storage's; the largest view stands for the storage
+    report["contents"]["storage_bytes"] = sum(
+        max(r["bytes"] for r in group) for group in listing.storages.values()
+    )
+    if listing.too_deep:
+        report["contents"]["note"] = f"containers nested deeper than {MAX_DEPTH} levels are not listed"
+    if listing.odd:
+        report["reasons"].append(f"not plain dense tensors with data: {', '.join(listing.odd[:5])}")
+    if listing.non_finite:
+        report["reasons"].append(f"NaN or infinite values in {', '.join(listing.non_finite[:5])}")
+    key, state = state_dict_in(obj)
+    if isinstance(obj, Mapping) and (state is None or key):
+        report["contents"]["top_level"] = {safe_text(k, 60): summary(v) for k, v in list(obj.items())[:40]}
+    for holder in (obj, state):
+        args = holder.get("model_args") if isinstance(holder, Mapping) else None
+        if isinstance(args, Mapping):
+            report["metadata"]["model_args"] = {safe_text(k, 40): summary(v) for k, v in args.items()}
+        versions = getattr(holder, "_metadata", None)
+        if isinstance(versions, Mapping) and all(isinstance(v, Mapping) for v in versions.values()):
+            report["metadata"]["_metadata"] = f"module versions for {len(versions)} modules"
+        elif versions is not None:
+            report["reasons"].append("its state_dict's _metadata is malformed: load_state_dict would fail")
+    if key:
+        report["contents"]["state_dict_key"] = key
+    return {k: shape_and_dtype(v) for k, v in (state or {}).items()}
+
+
+def shape_and_dtype(tensor: Tensor) -> tuple[tuple[int, ...], str]:
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    return ((), f"{dtype} (nested)") if tensor.is_nested else (tuple(tensor.shape), dtype)
+
+
+def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict[str, tuple]:
+    """Rows for the well-formed entries of a safetensors header (the others are problems already)."""
+    rows, shapes = [], {}
+    for name, entry in header.items():
+        if name == "__metadata__" and isinstance(entry, dict):
+            report["metadata"]["__metadata__"] = {
+                safe_text(k, 40): safe_text(v, 80) for k, v in entry.items()
+            }
+            continue
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]][0]
+            shape = [int(n) for n in entry["shape"] if type(n) is int]
+            begin, end = (int(n) for n in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        rows.append(tensor_row(safe_text(name, 80), shape, dtype, "cpu", end - begin))
+        shapes[name] = (tuple(shape), dtype)
+    report["contents"]["tensors"] = rows
+    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    return shapes
+
+
+def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
+    """Let safetensors itself validate the header (it reads no tensor data to do so)."""
+    from safetensors import safe_open  # the `formats` extra; without it, the checks above stand alone
+
+    try:
+        with safe_open(path, framework="pt") as opened:
+            opened.keys()
+    except Exception as err:  # safetensors raises its own error types for a bad header
+        report["reasons"].append(f"safetensors refuses it: {error_line(err)}")
+
+
+def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> dict[str, tuple]:
+    """torch.export's weights, from the JSON config that describes them."""
+    name = f"{folder}/data/weights/model_weights_config.json"
+    if name not in archive.namelist() or archive.getinfo(name).file_size > MAX_HEADER_BYTES:
+        return {}
+    try:
+        config = dict(json.loads(archive.read(name))["config"])
+    except (KeyError, TypeError, *ZIP_ERRORS):
+        report["reasons"].append("its weights config is malformed")
+        return {}
+    rows, shapes, pickled = [], {}, []
+    for key, entry in config.items():
+        try:
+            meta = entry["tensor_meta"]
+            shape = [int(size["as_int"]) for size in meta["sizes"]]
+            dtype = PT2_DTYPES.get(meta["dtype"], safe_text(f"code {meta['dtype']}", 20))
+            device = safe_text(meta["device"]["type"], 20)
+            record = f"{folder}/data/weights/{entry['path_name']}"
+        except (KeyError, TypeError, ValueError):
+            report["reasons"].append(f"its weights config entry for {safe_text(key, 80)} is malformed")
+            continue
+        nbytes = archive.getinfo(record).file_size if record in archive.namelist() else 0
+        rows.append(tensor_row(safe_text(key, 80), shape, dtype, device, nbytes))
+        shapes[key] = (tuple(shape), dtype)
+        if entry.get("use_pickle"):
+            pickled.append(safe_text(key, 80))
+    report["contents"]["tensors"] = rows
+    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    if pickled:
+        report["needs"]["pickled_weights"] = pickled
+    return shapes
+
+
+# %%
+# # What would loading it need?
+#
+# `torch.serialization.get_unsafe_globals_in_checkpoint` lists, without running anything,
+# the classes and functions a torch.save file names beyond what `weights_only=True`
+# allows; those are what `torch.serialization.safe_globals([...])` would have to allow.
+# Only allow classes you trust: a name like `builtins.exec` is code, not data. A plain
+# pickle gets the same answer from a scan of its opcodes.
+
+
+def runs_code(name: str) -> bool:
+    """True for a global that runs code (or is no plain `module.name` at all)."""
+    module, _, attribute = name.replace("__builtin__.", "builtins.", 1).rpartition(".")
+    if not all(part.isidentifier() for part in name.split(".")) or not module:
+        return True
+    return (module == "builtins" and attribute in RUNS_CODE_BUILTINS) or f"{module}.".startswith(
+        RUNS_CODE_MODULES
+    )
+
+
+def note_globals(report: dict[str, Any], found: list[str], unsafe: list[str] | None) -> None:
+    """Record the globals found; `unsafe` (those weights_only would refuse) is None where
+    weights_only does not apply at all (a plain pickle, DCP's .metadata)."""
+    needs = report["needs"]
+    needs["globals"] = sorted(safe_text(name, 100) for name in found)
+    needs["never_allow"] = [
+        safe_text(name, 100) for name in (found if unsafe is None else unsafe) if runs_code(name)
+    ]
+    if unsafe is not None:
+        needs["not_allowed_by_weights_only"] = [safe_text(name, 100) for name in unsafe]
+        needs["safe_globals_needed"] = [safe_text(name, 100) for name in unsafe if not runs_code(name)]
+
+
+def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
+        unsafe = []
+        report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
+    note_globals(report, pickle_globals(data_pkl, limit=200), sorted(unsafe))
+
+
+# %%
+# # Does it fit your model?
+#
+# The report `load_state_dict` would give, without loading anything into the model: the
+# model is built on the meta device (shapes only, no memory), and the file's names and
+# shapes are compared with the model's. When every name differs by the same prefix, such
+# as `module.` (DataParallel/DDP) or `_orig_mod.` (torch.compile), the report says which
+# prefix to strip or add.
+
+
+def build_model(args: argparse.Namespace) -> tuple[str, nn.Module | None]:
+    """The model named on the command line, built on the meta device; fails in one line."""
+    kwargs = {}
+    for item in args.model_args:
+        name, equals, text = item.partition("=")
+        if not equals or not name.isidentifier():
+            fail(f"--model-args takes NAME=VALUE, got {item!r}")
+        try:
+            kwargs[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            kwargs[name] = text
+    if args.model_args and not (args.model or args.model_file):
+        fail("--model-args needs --model or --model-file")
+    if args.model_file:
+        if not args.model_class:
+            fail("--model-file needs --model-class NAME")
+        model_class = load_model_class(args.model_file, args.model_class)
+    elif args.model:
+        model_class = Multiclass
+    else:
+        return "", None
+    described = f"{model_class.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    try:
+        with torch.device("meta"):
+            return described, model_class(**kwargs)
+    except Exception as err:  # the reader's own constructor, with the reader's arguments
+        fail(f"cannot build {safe_text(described)}: {error_line(err)}")
+
+
+def load_model_class(path: Path, name: str) -> type[nn.Module]:
+    """Import the reader's own model file (this runs it) and return the class `name`."""
+    spec = importlib.util.spec_from_file_location("reader_model", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        fail(f"--model-file {path} is not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))  # so it can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the reader's code: report its failure in one line
+        fail(f"--model-file {path} failed: {error_line(err)}")
+    finally:
+        sys.path.pop(0)
+    model_class = getattr(module, name, None)
+    if not (isinstance(model_class, type) and issubclass(model_class, nn.Module)):
+        fail(f"{path} defines no nn.Module class named {name}")
+    return model_class
+
+
+def prefix_fix(file_keys: set[str], model_keys: set[str]) -> tuple[str, str] | None:
+    """('strip', 'module.') or ('add', 'net.') if that one change to the file's names makes them match."""
+    for keys, others, verb in ((file_keys, model_keys, "strip"), (model_keys, file_keys, "add")):
+        first = next(iter(keys), "").split(".")
+        for parts in range(1, min(4, len(first))):
+            prefix = ".".join(first[:parts]) + "."
+            if all(k.startswith(prefix) for k in keys) and {k.removeprefix(prefix) for k in keys} == others:
+                return verb, safe_text(prefix, 60)
+    return None
+
+
+def tensor_text(shape: tuple[int, ...], dtype: str) -> str:
+    return f"{shape_text(list(shape))} {dtype}"
+
+
+def check_fit(shapes: dict[str, tuple], described: str, model: nn.Module, report: dict[str, Any]) -> None:
+    expected = {
+        k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()
+    }
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    mismatched = [
+        {"name": safe_text(k, 80), "file": tensor_text(*shapes[k]), "model": tensor_text(*v)}
+        for k, v in expected.items()
+        if k in shapes and (tuple(shapes[k][0]), shapes[k][1]) != v
+    ]
+    fix, how = None, None
+    if missing and unexpected and (found := prefix_fix(set(shapes), set(expected))):
+        verb, prefix = found
+        fix = f"{verb} the prefix '{prefix}'"
+        renamed = f"k.removeprefix('{prefix}')" if verb == "strip" else f"'{prefix}' + k"
+        how = f"state = {{{renamed}: v for k, v in state.items()}}"
+    report["fit"] = {
+        "model": described,
+        "fits": not (missing or unexpected or mismatched),
+        "missing": [safe_text(k, 80) for k in missing],
+        "unexpected": [safe_text(k, 80) for k in unexpected],
+        "mismatched": mismatched,
+        "prefix_fix": fix,
+        "prefix_code": how,
+    }
+    if not report["fit"]["fits"]:
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched"
+        report["reasons"].append(f"it does not fit {described}: {counts}{f'; {fix}' if fix else ''}")
+
+
+# %%
+# # Putting the report together
+
+
+def new_report(path: Path, size: int) -> dict[str, Any]:
+    return {
+        "path": safe_text(path, 300),
+        "bytes": size,
+        "format": "",
+        "kind": "",
+        "integrity": {"records": [], "problems": [], "notes": []},
+        "contents": {},
+        "metadata": {},
+        "needs": {},
+        "fit": None,
+        "reasons": [],
+    }
+
+
+def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dict[str, tuple]:
+    try:
+        archive = zipfile.ZipFile(file)
+    except ZIP_ERRORS:
+        report["kind"], report["format"] = "zip", "a zip archive, cut short or damaged (no central directory)"
+        report["reasons"].append("the file is truncated or corrupted (its zip archive is incomplete)")
+        return {}
+    kind, folder = zip_layout(archive)
+    records, problems = check_records(archive, size)
+    report["integrity"].update(records=records, problems=problems)
+    report["reasons"] += problems
+
+    def text_of(name: str) -> str:
+        full = f"{folder}/{name}"
+        try:
+            if archive.getinfo(full).file_size <= 64:
+                return safe_text(
+                    stored_bytes(file, archive.getinfo(full)).decode(errors="replace").strip(), 20
+                )
+        except (KeyError, *ZIP_ERRORS):
+            pass  # absent, or damaged: the integrity check reports it
+        return ""
+
+    report["kind"] = kind
+    version = text_of("version") or text_of(".data/version") or "?"
+    byteorder = text_of("byteorder") or "not recorded (little-endian assumed)"
+    if kind == "torch-zip":
+        report["format"] = f"torch.save zip archive, format version {version}, byte order {byteorder}"
+        pickle_info = archive.getinfo(f"{folder}/data.pkl")
+        if pickle_info.file_size > MAX_PICKLE_BYTES or pickle_info.compress_type != zipfile.ZIP_STORED:
+            report["reasons"].append(f"its data.pkl has {pickle_info.file_size} bytes: not scanned or loaded")
+            report["needs"]["weights_only"] = f"not tried: data.pkl is over {MAX_PICKLE_BYTES} bytes"
+            return {}
+        torch_needs(path, stored_bytes(file, pickle_info), report)
+        if problems:
+            report["needs"]["weights_only"] = "not tried: the file failed the integrity checks"
+            return {}
+        try:  # a pickle nested thousands of levels deep would crash the load itself
+            check_pickle_nesting(file, is_zip=True)
+        except ModelFileError as err:
+            report["needs"]["weights_only"] = f"not tried: {err}"
+            report["reasons"].append(str(err))
+            return {}
+        return torch_contents(path, report)
+    if kind == "pt2":
+        report["format"] = f"torch.export program (.pt2), archive format {text_of('archive_format')}"
+        report["reasons"].append(
+            "a torch.export program, not a weights file: torch.export.load may fall back to "
+            "torch.load(weights_only=False) on its pickled parts; load it only if you trust its source"
+        )
+        report["needs"]["weights_only"] = "not applicable: torch.export.load reads it, not torch.load"
+        return pt2_contents(archive, folder, report)
+    if kind == "torchscript":
+        report["format"] = "TorchScript archive (torch.jit.save)"
+        report["reasons"].append("TorchScript: torch.jit.load runs the code stored in it")
+        report["needs"]["weights_only"] = "not applicable: torch.jit.load reads it, not torch.load"
+        return {}
+    report["format"] = "a zip archive, but not one that torch.save wrote"
+    report["reasons"].append("not a model file")
+    return {}
+
+
+def inspect_pickle_file(data: bytes, report: dict[str, Any]) -> None:
+    names = pickle_globals(data, limit=200)
+    note_globals(report, names, None)
+    complete = any(op.name == "STOP" for op, _, _ in safe_ops(data))
+    if not complete:
+        report["integrity"]["problems"].append("the pickle is cut short or malformed (no STOP)")
+    else:
+        report["integrity"]["notes"].append("the pickle reads through to its STOP opcode: not cut short")
+    report["needs"]["weights_only"] = "no: torch.load cannot read a plain pickle; pickle.load would run it"
+    report["reasons"] += report["integrity"]["problems"]
+    report["reasons"].append("a plain pickle: only pickle.load reads it, and that runs whatever it names")
+
+
+def legacy_globals(data: bytes) -> list[str]:
+    """The globals of the object pickle in a legacy file: the 4th, after magic, protocol and sys info."""
+    start = 0
+    for _ in range(3):
+        ops = safe_ops(data[start:])
+        if not ops or ops[-1][0].name != "STOP":
+            return []
+        start += ops[-1][2] + 1
+    return pickle_globals(data[start:], limit=200)
+
+
+def safe_ops(data: bytes) -> list[tuple]:
+    """The opcodes of the first pickle in `data`, up to the first malformed one."""
+    ops = []
+    try:
+        for op in pickletools.genops(data):
+            ops.append(op)
+            if op[0].name == "STOP":
+                break
+    except (ValueError, EOFError):
+        pass
+    return ops
+
+
+def inspect_dcp(folder: Path, report: dict[str, Any]) -> None:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink())
+    report["kind"], report["format"] = "dcp", "torch.distributed.checkpoint folder"
+    report["integrity"]["records"] = [
+        {"name": safe_text(p.name, 80), "bytes": p.stat().st_size} for p in files
+    ]
+    report["bytes"] = sum(p.stat().st_size for p in files)
+    metadata = folder / ".metadata"
+    if metadata.stat().st_size <= MAX_PICKLE_BYTES:
+        with open_regular_file(metadata) as f:
+            names = pickle_globals(f.read(MAX_PICKLE_BYTES), limit=200)
+        note_globals(report, names, None)
+    report["needs"]["weights_only"] = "no: torch.distributed.checkpoint reads .metadata with pickle.load"
+    report["integrity"]["notes"].append("DCP stores no checksums: damage cannot be detected")
+    report["reasons"].append(
+        "DCP reads its .metadata with pickle.load, which runs any code in it; "
+        "load it only if you trust its source"
+    )
+
+
+def inspect_path(path: Path, described: str = "", model: nn.Module | None = None) -> dict[str, Any]:
+    """The whole report for `path`, as a dict; raises ModelFileError only if it cannot be read."""
+    try:
+        is_folder = stat.S_ISDIR(path.stat().st_mode)
+    except OSError:
+        is_folder = False  # open_regular_file below says why in one line
+    if is_folder:
+        if not os.path.lexists(path / ".metadata"):
+            raise ModelFileError(f"{path} is a folder without a .metadata file: not a DCP checkpoint")
+        report = new_report(path, 0)
+        inspect_dcp(path, report)
+        return report
+    shapes: dict[str, tuple] = {}
+    with open_regular_file(path) as file:
+        size = os.fstat(file.fileno()).st_size
+        report = new_report(path, size)
+        head = file.read(16)
+        file.seek(0)
+        kind = sniff(head)
+        if kind == "zip":
+            shapes = inspect_zip(path, file, size, report)
+        elif kind == "safetensors":
+            report["kind"], report["format"] = (
+                "safetensors",
+                "safetensors (a JSON header, then raw tensor bytes)",
+            )
+            header, problems = safetensors_header(file, size)
+            report["integrity"]["problems"] = problems
+            report["reasons"] += problems
+            shapes = safetensors_contents(header, report) if header else {}
+            report["needs"] = {"globals": [], "weights_only": "not needed: safetensors holds no code"}
+            if not problems:
+                safetensors_opens(path, report)
+        elif kind == "legacy-torch":
+            report["kind"], report["format"] = kind, "legacy torch.save format (before PyTorch 1.6)"
+            note_globals(report, legacy_globals(file.read(min(size, MAX_PICKLE_BYTES))), None)
+            report["needs"]["weights_only"] = "not tried: the legacy format has no checksums to verify first"
+            report["reasons"].append("legacy format: it carries no checksums; re-save it with torch.save")
+            report["integrity"]["notes"].append(
+                "the legacy format has no checksums: damage cannot be detected"
+            )
+        elif kind == "pickle":
+            report["kind"], report["format"] = kind, f"plain pickle, protocol {head[1]}"
+            inspect_pickle_file(file.read(min(size, MAX_PICKLE_BYTES)), report)
+        else:
+            report["kind"] = "unknown"
+            report["format"] = (
+                "empty" if size == 0 else f"not a model file (it starts with {safe_text(head[:8])})"
+            )
+            report["reasons"].append("not a model file")
+    if model is not None and shapes:
+        check_fit(shapes, described, model, report)
+    elif model is not None and not report["reasons"]:
+        report["reasons"].append(f"it holds no state_dict to check against {described}")
+    return report
+
+
+# %%
+# # The readable report
+
+
+def shape_text(shape: list[int]) -> str:
+    return f"({shape[0]},)" if len(shape) == 1 else f"({', '.join(map(str, shape))})"
+
+
+def aligned(cells: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
+    """Rows of cells as lines with aligned columns; columns in `right` right-aligned."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = []
+    for row in cells:
+        padded = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(padded).rstrip())
+    return lines
+
+
+def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
+    rows = contents.get("tensors")
+    if rows is None:
+        return
+    where = (
+        f" (the state_dict is under '{contents['state_dict_key']}')" if contents.get("state_dict_key") else ""
+    )
+    print(f"\nContents   {len(rows)} tensors{where}")
+    cells = [["name", "shape", "dtype", "device", "bytes", ""]]
+    for row in rows[:MAX_ROWS]:
+        shares = f"shares storage with {', '.join(row['shares'][:3])}" if row["shares"] else ""
+        cells.append(
+            [row["name"], shape_text(row["shape"]), row["dtype"], row["device"], str(row["bytes"]), shares]
+        )
+    for line in aligned(cells, right=(4,)):
+        print(f"  {line}")
+    if len(rows) > MAX_ROWS:
+        print(f"  ... {len(rows) - MAX_ROWS} more (all of them with --json)")
+    values = sum(math.prod(row["shape"]) for row in rows)
+    print(f"  total: {values} values in {contents['storage_bytes']} bytes")
+    if contents.get("note"):
+        print(f"  ({contents['note']})")
+    if contents.get("top_level"):
+        print("\nTop-level keys")
+        for line in aligned([[f"{key}:", value] for key, value in contents["top_level"].items()]):
+            print(f"  {line}")
+    if metadata:
+        print("\nMetadata")
+        for key, value in metadata.items():
+            shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+            print(f"  {key}: {shown}")
+
+
+def print_needs(needs: dict[str, Any]) -> None:
+    print("\nNeeds")
+    lines = []
+    if "globals" in needs:
+        lines.append(["imports:", ", ".join(needs["globals"]) or "nothing"])
+    if "not_allowed_by_weights_only" in needs:
+        lines.append(["beyond weights_only:", ", ".join(needs["not_allowed_by_weights_only"]) or "nothing"])
+    if needs.get("safe_globals_needed"):
+        names = ", ".join(needs["safe_globals_needed"])
+        lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])
+    if needs.get("never_allow"):
+        lines.append(["never allow:", f"{', '.join(needs['never_allow'])} (these run code)"])
+    if needs.get("pickled_weights"):
+        lines.append(["pickled weights:", ", ".join(needs["pickled_weights"])])
+    lines.append(["weights_only=True:", needs.get("weights_only", "not applicable")])
+    for line in aligned(lines):
+        print(f"  {line}")
+
+
+def print_integrity(report: dict[str, Any]) -> None:
+    print("\nIntegrity")
+    records, problems = report["integrity"]["records"], report["integrity"]["problems"]
+    if records and "crc32" in records[0]:
+        passed = sum(r["crc32"] == "ok" for r in records)
+        print(f"  {len(records)} zip records, {passed} pass their CRC32 check")
+    elif records:
+        print(f"  {len(records)} files: {', '.join(r['name'] for r in records[:6])}")
+    for note in report["integrity"]["notes"]:
+        print(f"  {note}")
+    for problem in problems:
+        print(f"  problem: {problem}")
+    if not problems and report["kind"] in ("torch-zip", "pt2", "safetensors", "torchscript"):
+        print("  intact")
+
+
+def print_fit(fit: dict[str, Any] | None) -> None:
+    if not fit:
+        return
+    print(f"\nFit        {fit['model']}: {'fits' if fit['fits'] else 'does NOT fit'}")
+    lines = [[f"{label}:", ", ".join(fit[label])] for label in ("missing", "unexpected") if fit[label]]
+    for item in fit["mismatched"]:
+        lines.append(
+            ["mismatch:", f"{item['name']} is {item['file']} in the file, {item['model']} in the model"]
+        )
+    if fit["prefix_fix"]:
+        lines += [["fix:", fit["prefix_fix"]], ["", fit["prefix_code"]]]
+    for line in aligned(lines) if lines else []:
+        print(f"  {line}")
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"File       {report['path']} ({report['bytes']} bytes)")
+    print(f"Format     {report['format']}")
+    print_contents(report["contents"], report["metadata"])
+    print_needs(report["needs"])
+    print_integrity(report)
+    print_fit(report["fit"])
+    if report["reasons"]:
+        print(f"\nVerdict    refused (exit {EXIT_BAD_INPUT}):")
+        for reason in dict.fromkeys(report["reasons"]):
+            print(f"  - {reason}")
+    else:
+        loads = (
+            "with safetensors" if report["kind"] == "safetensors" else "with torch.load(weights_only=True)"
+        )
+        print(f"\nVerdict    intact, and loads {loads} (exit 0)")
+
+
+# %%
+# # Inspect the file named on the command line
+
+if __name__ == "__main__":
+    args = parse_chapter_args(parser)
+    described, model = build_model(args)
+    try:
+        report = inspect_path(args.path, described, model)
+    except ModelFileError as err:
+        fail(err)
+    except (OSError, RecursionError, MemoryError) as err:
+        fail(f"cannot inspect {args.path}: {error_line(err)}")
+    report["ok"] = not report["reasons"]
+    try:
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_report(report)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `python inspect_file.py FILE | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if not report["ok"]:
+        raise SystemExit(EXIT_BAD_INPUT)

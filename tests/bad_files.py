@@ -1,0 +1,364 @@
+"""A corpus of bad model files, built at test time: what an attacker or an unlucky reader hands over.
+
+Each probe is one file (or FIFO, link, folder) at `FOLDER/iris-model.pth`, where a chapter
+looks for the trained model. Built once per test session; the few that would be large
+(a zip bomb, a file past the size limit) stay small on disk: the bomb is ~1 MB of deflate
+blocks, the oversized file is sparse.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import resource
+import struct
+import sys
+import warnings
+import zipfile
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import torch
+
+import chapter_support
+from build_model import MODEL_FILE, Multiclass
+from lab_tools import Hostile, memory_mb, reset_peak_memory
+
+# Terminal escape codes that, printed raw, would erase the line and claim success in green.
+ESCAPES = "\x1b[2K\x1b[1G\x1b[32mOK: model loaded fine\x1b[8m"
+MAX_GROWTH_MB = 256  # a refusal may allocate this much at most; the zip bomb alone would take 1024
+HEADROOM = 2 * 2**30  # address space a child may add before allocation fails: the machine stays usable
+EXIT_TOO_MUCH_MEMORY = 3
+BOMB_BYTES = 2**30  # what the zip bomb's one record inflates to
+DEEP = 100_000  # nesting depth of the deeply nested probe
+MANY = 4 * 2**20  # objects the pickle bomb builds: 4 MiB of pickle, about 300 MiB once unpickled
+
+
+# %%
+# # Writing zip archives and pickles by hand, as an attacker would
+
+
+def local_header(name: bytes, method: int, crc: int, packed: int, size: int) -> bytes:
+    fields = (0, method, 0, 0x21, crc, packed, size, len(name), 0)  # flags, method, time, date, ...
+    return struct.pack("<4s2B4HL2L2H", b"PK\x03\x04", 20, 0, *fields)
+
+
+def central_header(name: bytes, method: int, crc: int, packed: int, size: int, offset: int) -> bytes:
+    fields = (0, method, 0, 0x21, crc, packed, size, len(name), 0, 0, 0, 0, 0, offset)
+    return struct.pack("<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, *fields)
+
+
+def write_zip(path: Path, records: list[tuple[str, int, int, int, Iterable[bytes]]]) -> None:
+    """A zip of (name, method, crc, inflated size, chunks of stored bytes) records, streamed."""
+    central = []
+    with path.open("wb") as f:
+        for name, method, crc, size, chunks in records:
+            offset = f.tell()
+            header_at = f.tell()
+            f.write(local_header(name.encode(), method, crc, 0, size))
+            f.write(name.encode())
+            start = f.tell()
+            for chunk in chunks:
+                f.write(chunk)
+            packed = f.tell() - start
+            f.seek(header_at)
+            f.write(local_header(name.encode(), method, crc, packed, size))
+            f.seek(0, os.SEEK_END)
+            central.append(central_header(name.encode(), method, crc, packed, size, offset) + name.encode())
+        directory_at = f.tell()
+        f.write(b"".join(central))
+        directory_size = f.tell() - directory_at
+        count = len(central)
+        f.write(struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, count, count, directory_size, directory_at, 0))
+
+
+def stored(name: str, data: bytes) -> tuple[str, int, int, int, list[bytes]]:
+    return (name, zipfile.ZIP_STORED, zlib.crc32(data), len(data), [data])
+
+
+def torch_like_zip(path: Path, data_pkl: bytes, storages: Iterable[tuple] = ()) -> None:
+    """The layout torch.save writes (archive/data.pkl, data/N, version, byteorder)."""
+    write_zip(
+        path,
+        [
+            stored("archive/data.pkl", data_pkl),
+            *storages,
+            stored("archive/version", b"3\n"),
+            stored("archive/byteorder", b"little"),
+        ],
+    )
+
+
+class DeclaredStorage:
+    """Pickles as a reference to storage record `key` declaring `numel` float32 values on `location`."""
+
+    def __init__(self, key: str, numel: int, location: str = "cpu") -> None:
+        self.key, self.numel, self.location = key, numel, location
+
+
+class DeclaredTensor:
+    """Pickles the way torch.save pickles a 1-d float32 tensor over a DeclaredStorage."""
+
+    def __init__(self, numel: int, location: str = "cpu") -> None:
+        self.storage = DeclaredStorage("0", numel, location)
+
+    def __reduce__(self) -> tuple:
+        size = (self.storage.numel,)
+        return (torch._utils._rebuild_tensor_v2, (self.storage, 0, size, (1,), False, OrderedDict()))
+
+
+class TorchLikePickler(pickle.Pickler):
+    def persistent_id(self, obj: object) -> tuple | None:
+        if isinstance(obj, DeclaredStorage):
+            return ("storage", torch.FloatStorage, obj.key, obj.location, obj.numel)
+        return None
+
+
+def torch_pickle(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    TorchLikePickler(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+def global_pickle(module: str, name: str) -> bytes:
+    """A pickle that imports module.name and calls it: GLOBAL, EMPTY_TUPLE, REDUCE, STOP."""
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b")R."
+
+
+def nested_dict_pickle(depth: int) -> bytes:
+    """{'a': {'a': ... {} ...}} `depth` levels deep, built by the unpickler's stack, no recursion."""
+    return b"\x80\x02" + b"}X\x01\x00\x00\x00a" * depth + b"}" + b"s" * depth + b"."
+
+
+def deep_key_pickle(depth: int) -> bytes:
+    """{((...((),)...),): None}: a dict key of tuples `depth` deep. Hashing it recurses in C."""
+    return b"\x80\x02}" + b")" + b"\x85" * depth + b"Ns."
+
+
+def many_lists_pickle(count: int) -> bytes:
+    """A list of `count` empty lists: one byte of pickle each, some 64 bytes of memory each."""
+    return b"\x80\x02(" + b"]" * count + b"l."
+
+
+def deflated_zeros(size: int) -> tuple[int, list[bytes]]:
+    """CRC32 and deflate blocks of `size` zero bytes (1 MiB at a time: one block, repeated)."""
+    chunk = bytes(2**20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(size // len(chunk)):
+        crc = zlib.crc32(chunk, crc)
+    return crc, [block] * (size // len(chunk)) + [zlib.compressobj(9, zlib.DEFLATED, -15).flush()]
+
+
+# %%
+# # The probes
+
+
+def trained_like_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return Multiclass().state_dict()
+
+
+def save(obj: object, path: Path, legacy: bool = False) -> None:
+    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+
+
+def make_truncated(path: Path) -> None:
+    save(trained_like_state(), path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def make_foreign_zip(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("README.txt", "not a model")
+
+
+def make_malformed_metadata(path: Path) -> None:
+    state = OrderedDict(trained_like_state())
+    state._metadata = 5  # type: ignore[attr-defined] -- load_state_dict would call 5.get(...)
+    save(state, path)
+
+
+def make_sparse(path: Path) -> None:
+    state = trained_like_state()
+    state["hidden.weight"] = state["hidden.weight"].to_sparse()
+    save(state, path)
+
+
+def make_nested(path: Path) -> None:
+    state = trained_like_state()
+    rows = list(state["hidden.weight"])
+    with warnings.catch_warnings():  # "nested tensors are a prototype": that is the point
+        warnings.simplefilter("ignore")
+        state["hidden.weight"] = torch.nested.nested_tensor(rows)
+    save(state, path)
+
+
+def make_huge_storage(path: Path) -> None:
+    """A tensor declaring 2**40 float32 values (4 TiB) over a 16-byte record."""
+    forged = torch_pickle({"hidden.weight": DeclaredTensor(2**40)})
+    torch_like_zip(path, forged, [stored("archive/data/0", bytes(16))])
+
+
+def make_zip_bomb(path: Path) -> None:
+    """One deflated record that inflates to BOMB_BYTES, from a file of about 1 MB."""
+    crc, blocks = deflated_zeros(BOMB_BYTES)
+    bomb = ("archive/data/0", zipfile.ZIP_DEFLATED, crc, BOMB_BYTES, blocks)
+    torch_like_zip(path, torch_pickle({"hidden.weight": DeclaredTensor(BOMB_BYTES // 4)}), [bomb])
+
+
+def make_flipped_byte(path: Path) -> None:
+    """torch.save's file with one byte of the first weight changed: its CRC32 no longer matches."""
+    save(trained_like_state(), path)
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("/data/0"))
+    data = bytearray(path.read_bytes())
+    name_length, extra_length = struct.unpack("<2H", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + 1] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def make_encrypted_flag(path: Path) -> None:
+    """torch.save's file with the 'encrypted' flag set on one record in the zip's directory."""
+    save(trained_like_state(), path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        names, entry = [info.filename for info in archive.infolist()], archive.start_dir
+    for name in names:  # the directory's entries, in order; each has its flags at +8
+        entry = data.index(b"PK\x01\x02", entry)
+        if name.endswith("/data/0"):
+            data[entry + 8] |= 0x01
+        entry += 4
+    path.write_bytes(bytes(data))
+
+
+def make_no_crc(path: Path) -> None:
+    torch.serialization.set_crc32_options(False)
+    try:
+        save(trained_like_state(), path)
+    finally:
+        torch.serialization.set_crc32_options(True)
+
+
+def make_escaped_key(path: Path) -> None:
+    state = trained_like_state()
+    state[ESCAPES] = state.pop("hidden.weight")
+    save(state, path)
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_too_large(path: Path) -> None:
+    with path.open("wb") as f:
+        f.truncate(chapter_support.MAX_FILE_BYTES + 1)  # sparse: no disk used
+
+
+def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
+    """Probe name -> a function that writes that probe at the path it is given."""
+    state = trained_like_state
+
+    def with_weight(tensor: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Path], None]:
+        return lambda p: save({k: tensor(v) if k == "hidden.weight" else v for k, v in state().items()}, p)
+
+    return {
+        "empty": lambda p: p.write_bytes(b""),
+        "truncated": make_truncated,
+        "random bytes": lambda p: p.write_bytes(random.Random(0).randbytes(4096)),
+        "text": lambda p: p.write_text("fc1.weight = [[0.1, 0.2]]\n"),
+        "foreign zip": make_foreign_zip,
+        "hostile torch.save": lambda p: save({"hidden.weight": Hostile(marker)}, p),
+        "hostile pickle": lambda p: p.write_bytes(pickle.dumps(Hostile(marker))),
+        "hostile legacy torch.save": lambda p: save(Hostile(marker), p, legacy=True),
+        "whole model": lambda p: save(Multiclass(), p),
+        "list of tensors": lambda p: save(list(state().values()), p),
+        "wrong shape": lambda p: save(Multiclass(n_hidden=2).state_dict(), p),
+        "missing key": lambda p: save({k: v for k, v in state().items() if k != "output.bias"}, p),
+        "extra key": lambda p: save({**state(), "extra.weight": torch.zeros(3)}, p),
+        "NaN weights": with_weight(lambda t: torch.full_like(t, float("nan"))),
+        "int weights": with_weight(lambda t: t.to(torch.int64)),
+        "float16 weights": with_weight(lambda t: t.half()),
+        "meta tensors": lambda p: save({k: v.to("meta") for k, v in state().items()}, p),
+        "sparse tensor": make_sparse,
+        "nested tensor": make_nested,
+        "malformed _metadata": make_malformed_metadata,
+        "deep nesting": lambda p: torch_like_zip(p, nested_dict_pickle(DEEP)),
+        "deeply nested key": lambda p: torch_like_zip(p, deep_key_pickle(3 * DEEP)),
+        "huge declared storage": make_huge_storage,
+        "pickle bomb": lambda p: torch_like_zip(p, many_lists_pickle(MANY)),
+        "legacy format": lambda p: save(state(), p, legacy=True),
+        "zip bomb": make_zip_bomb,
+        "flipped byte": make_flipped_byte,
+        "no CRC32": make_no_crc,
+        "encrypted flag": make_encrypted_flag,
+        "escape codes in a GLOBAL (zip)": lambda p: torch_like_zip(p, global_pickle(ESCAPES, "x")),
+        "escape codes in a GLOBAL (pickle)": lambda p: p.write_bytes(global_pickle(ESCAPES, "x")),
+        "escape codes in a key": make_escaped_key,
+        "FIFO": make_fifo,
+        "link to /dev/urandom": lambda p: p.symlink_to("/dev/urandom"),
+        "link to /dev/zero": lambda p: p.symlink_to("/dev/zero"),
+        "directory": lambda p: p.mkdir(),
+        "larger than the limit": make_too_large,
+        "missing": lambda p: None,
+    }
+
+
+def damaged_copies(data: bytes, count: int, seed: int = 0) -> Iterator[bytes]:
+    """`count` copies of `data`, each with a few random bytes changed, cut, inserted or dropped."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        copy = bytearray(data)
+        for _ in range(rng.choice([1, 1, 2, 5])):
+            if not copy:
+                break
+            at, choice = rng.randrange(len(copy)), rng.random()
+            if choice < 0.5:
+                copy[at] = rng.randrange(256)
+            elif choice < 0.7:
+                del copy[at : at + rng.randrange(1, 64)]
+            elif choice < 0.85:
+                copy[at:at] = rng.randbytes(rng.randrange(1, 16))
+            else:
+                del copy[at:]
+        yield bytes(copy)
+
+
+def build_corpus(root: Path, marker: Path) -> dict[str, Path]:
+    """Probe name -> its folder, holding the probe as MODEL_FILE."""
+    corpus = {}
+    for index, (name, make) in enumerate(probes(marker).items()):
+        folder = root / f"{index:02d}"
+        folder.mkdir()
+        make(folder / MODEL_FILE)
+        corpus[name] = folder
+    return corpus
+
+
+# %%
+# # Bounding a child process's memory
+
+
+def limit_memory() -> float:
+    """Cap this process's address space at its current size plus HEADROOM; return its RSS in MiB."""
+    with Path("/proc/self/status").open() as status:
+        size_kb = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+    limit = size_kb * 1024 + HEADROOM
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    reset_peak_memory()
+    return memory_mb("VmRSS") or 0.0
+
+
+def grew_too_much(before_mb: float) -> bool:
+    grown = (memory_mb("VmHWM") or 0.0) - before_mb
+    if grown > MAX_GROWTH_MB:
+        print(f"memory grew by {grown:.0f} MiB", file=sys.stderr)
+        return True
+    return False

@@ -1,0 +1,467 @@
+"""inspect_file.py states facts about any model file, and each fact it states is true.
+
+One file of each format, good, hostile and damaged, is built once; the report on each is
+checked against what went into it. The reports come from inspect_path in this process,
+the printed output from the script run as a reader runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import inspect_file
+from build_model import MODEL_FILE, Multiclass
+from chapter_support import EXIT_BAD_INPUT, MAX_PICKLE_BYTES, ModelFileError
+from lab_tools import Hostile
+from tests.bad_files import (
+    ESCAPES,
+    EXIT_TOO_MUCH_MEMORY,
+    DeclaredTensor,
+    build_corpus,
+    damaged_copies,
+    global_pickle,
+    grew_too_much,
+    limit_memory,
+    make_flipped_byte,
+    make_no_crc,
+    make_zip_bomb,
+    many_lists_pickle,
+    nested_dict_pickle,
+    probes,
+    stored,
+    torch_like_zip,
+    torch_pickle,
+)
+from tests.helpers import run_chapter_here, run_in_fork, run_script
+
+# A reader's own model file, for --model-file: the walkthrough's model wrapped in another module.
+READER_MODEL = """
+from torch import nn
+from build_model import MODEL_FILE, Multiclass
+
+class Wrapped(nn.Module):
+    def __init__(self, n_hidden=8):
+        super().__init__()
+        self.net = Multiclass(n_hidden=n_hidden)
+"""
+
+
+def state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return Multiclass().state_dict()
+
+
+def write_dcp(folder: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # "no process group: saving as a single process" is the point
+        warnings.simplefilter("ignore")
+        dcp.save(state(), checkpoint_id=folder)
+
+
+def write_pt2(path: Path) -> None:
+    program = torch.export.export(Multiclass().eval(), (torch.randn(2, 4),))
+    torch.export.save(program, path)
+
+
+def write_checkpoint(path: Path) -> None:
+    model = Multiclass()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    checkpoint = {
+        "epoch": 7,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "loss": 0.25,
+        "model_args": model.constructor_args(),
+    }
+    torch.save(checkpoint, path)
+
+
+def cut(path: Path, to: int) -> None:
+    path.write_bytes(path.read_bytes()[:to])
+
+
+def write_safetensors_header_overflow(path: Path) -> None:
+    save_file(state(), path)
+    data = bytearray(path.read_bytes())
+    data[:8] = (len(data) * 2).to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def marker(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("marker") / "code-ran"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, marker: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("files")
+    view = torch.arange(6.0)
+    makers = {
+        "state_dict.pth": lambda p: torch.save(state(), p),
+        "checkpoint.pth": write_checkpoint,
+        "shared.pth": lambda p: torch.save({"full": view, "view": view[2:]}, p),
+        "ddp.pth": lambda p: torch.save({f"module.{k}": v for k, v in state().items()}, p),
+        "compiled.pth": lambda p: torch.save(torch.compile(Multiclass()).state_dict(), p),
+        "cuda.pth": lambda p: torch_like_zip(
+            p, torch_pickle({"weight": DeclaredTensor(4, "cuda:0")}), [stored("archive/data/0", bytes(16))]
+        ),
+        "whole_model.pth": lambda p: torch.save(Multiclass(), p),
+        "hostile.pth": lambda p: torch.save({"hidden.weight": Hostile(marker)}, p),
+        "hostile.pkl": lambda p: p.write_bytes(pickle.dumps(Hostile(marker))),
+        "legacy.pth": lambda p: torch.save(state(), p, _use_new_zipfile_serialization=False),
+        "model.safetensors": lambda p: save_file(state(), p, metadata={"trained_by": "chapter 2"}),
+        "cut.safetensors": lambda p: (save_file(state(), p), cut(p, p.stat().st_size - 10)),
+        "overflow.safetensors": write_safetensors_header_overflow,
+        "model.pt2": write_pt2,
+        "dcp": write_dcp,
+        "flipped.pth": make_flipped_byte,
+        "no_crc.pth": make_no_crc,
+        "bomb.pth": make_zip_bomb,
+        "pickle_bomb.pth": lambda p: torch_like_zip(p, many_lists_pickle(MAX_PICKLE_BYTES + 1)),
+        "deep.pth": lambda p: torch_like_zip(p, nested_dict_pickle(100)),
+        "escapes.pth": lambda p: torch_like_zip(p, global_pickle(ESCAPES, "x")),
+        "nan.pth": lambda p: torch.save({**state(), "hidden.bias": torch.full((8,), float("nan"))}, p),
+        "meta.pth": lambda p: torch.save({k: v.to("meta") for k, v in state().items()}, p),
+        "cut.pth": lambda p: (torch.save(state(), p), cut(p, p.stat().st_size // 2)),
+        "notes.txt": lambda p: p.write_text("hidden.weight = [[0.1, 0.2]]\n"),
+        "fifo": lambda p: __import__("os").mkfifo(p),
+        "wrapped.py": lambda p: p.write_text(READER_MODEL),
+    }
+    paths = {}
+    for name, make in makers.items():
+        make(root / name)
+        paths[name] = root / name
+    return paths
+
+
+def report_on(path: Path, model: nn.Module | None = None, described: str = "") -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return inspect_file.inspect_path(path, described, model)
+
+
+def on_meta(model_class: type[nn.Module], **kwargs: int) -> nn.Module:
+    with torch.device("meta"):
+        return model_class(**kwargs)
+
+
+# %%
+# What the report says of a good file, printed as a reader sees it
+
+
+def test_a_good_state_dict_is_reported_exactly_and_exits_0(files, tmp_path):
+    result = run_script(
+        "inspect_file.py", str(files["state_dict.pth"]), "--model", "Multiclass", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Format     torch.save zip archive, format version 3, byte order little" in out
+    for name, tensor in state().items():
+        shape = f"({tensor.shape[0]},)" if tensor.dim() == 1 else str(tuple(tensor.shape))
+        assert any(
+            line.split() == [name, *shape.split(), "float32", "cpu", str(tensor.nbytes)]
+            for line in out.splitlines()
+        ), name
+    assert f"total: {sum(t.numel() for t in state().values())} values in 268 bytes" in out
+    with zipfile.ZipFile(files["state_dict.pth"]) as archive:
+        records = len(archive.namelist())
+    assert f"{records} zip records, {records} pass their CRC32 check" in out
+    assert "beyond weights_only:  nothing" in out
+    assert "weights_only=True:    loads" in out
+    assert "Fit        Multiclass(): fits" in out
+    assert out.endswith("Verdict    intact, and loads with torch.load(weights_only=True) (exit 0)\n")
+
+
+def test_the_report_names_every_tensor_with_shape_dtype_and_bytes(files):
+    report = report_on(files["state_dict.pth"])
+    expected = [[k, list(v.shape), "float32", "cpu", v.nbytes] for k, v in state().items()]
+    assert [
+        [r["name"], r["shape"], r["dtype"], r["device"], r["bytes"]] for r in report["contents"]["tensors"]
+    ] == (expected)
+    assert report["contents"]["storage_bytes"] == sum(v.nbytes for v in state().values())
+    assert report["metadata"]["_metadata"] == "module versions for 5 modules"
+    assert report["reasons"] == []
+
+
+def test_a_checkpoint_shows_its_keys_small_values_and_where_the_state_dict_is(files):
+    report = report_on(files["checkpoint.pth"], on_meta(Multiclass), "Multiclass()")
+    top = report["contents"]["top_level"]
+    assert top["epoch"] == "7" and top["loss"] == "0.25"
+    assert top["model_state_dict"] == "dict of 4 (4 tensors)"
+    assert report["contents"]["state_dict_key"] == "model_state_dict"
+    assert report["metadata"]["model_args"] == {"n_features": "4", "n_hidden": "8", "n_classes": "3"}
+    names = [row["name"] for row in report["contents"]["tensors"]]
+    assert "optimizer_state_dict.state.0.exp_avg" in names
+    assert report["fit"]["fits"] and report["reasons"] == []
+
+
+def test_shared_storage_is_named_and_counted_once(files):
+    report = report_on(files["shared.pth"])
+    rows = {row["name"]: row for row in report["contents"]["tensors"]}
+    assert rows["full"]["shares"] == ["view"] and rows["view"]["shares"] == ["full"]
+    assert report["contents"]["storage_bytes"] == 6 * 4  # one storage of 6 floats, not 6 + 4
+
+
+def test_the_device_a_tensor_was_saved_from_is_read_without_that_device(files):
+    report = report_on(files["cuda.pth"])
+    assert [row["device"] for row in report["contents"]["tensors"]] == ["cuda:0"]
+
+
+# %%
+# Needs: what loading would import, and what must never be allowed
+
+
+def test_a_whole_model_needs_its_classes_in_safe_globals(files):
+    report = report_on(files["whole_model.pth"])
+    needs = report["needs"]
+    assert "build_model.Multiclass" in needs["not_allowed_by_weights_only"]
+    assert "build_model.Multiclass" in needs["safe_globals_needed"]
+    assert needs["never_allow"] == []
+    assert needs["weights_only"].startswith("refused: it refers to build_model.Multiclass")
+
+
+@pytest.mark.parametrize("name", ["hostile.pth", "hostile.pkl"])
+def test_a_hostile_file_is_reported_never_run_and_exits_2(name, files, marker, tmp_path):
+    result = run_chapter_here("inspect_file.py", str(files[name]), "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    report = json.loads(result.stdout)
+    assert report["needs"]["never_allow"] == ["builtins.exec"]
+    assert report["kind"] == ("torch-zip" if name.endswith(".pth") else "pickle")
+    assert report["ok"] is False and report["reasons"]
+    assert not marker.exists()
+
+
+def test_a_dcp_folder_lists_its_files_and_the_classes_its_metadata_pickle_imports(files):
+    report = report_on(files["dcp"])
+    assert report["kind"] == "dcp"
+    assert {".metadata", "__0_0.distcp"} <= {r["name"] for r in report["integrity"]["records"]}
+    assert "torch.distributed.checkpoint.metadata.Metadata" in report["needs"]["globals"]
+    assert any("pickle.load" in reason for reason in report["reasons"])
+
+
+# %%
+# Other formats: safetensors, .pt2, legacy
+
+
+def test_safetensors_tensors_and_metadata_come_from_its_header(files):
+    report = report_on(files["model.safetensors"], on_meta(Multiclass), "Multiclass()")
+    assert report["kind"] == "safetensors"
+    rows = {r["name"]: (r["shape"], r["dtype"], r["bytes"]) for r in report["contents"]["tensors"]}
+    assert rows == {k: (list(v.shape), "float32", v.nbytes) for k, v in state().items()}
+    assert report["metadata"]["__metadata__"] == {"trained_by": "chapter 2"}
+    assert report["fit"]["fits"] and report["reasons"] == []
+
+
+def test_a_cut_safetensors_file_is_truncated_and_a_forged_header_is_out_of_bounds(files):
+    assert any("truncated" in p for p in report_on(files["cut.safetensors"])["integrity"]["problems"])
+    assert report_on(files["overflow.safetensors"])["integrity"]["problems"][0].startswith(
+        "its header claims"
+    )
+
+
+def test_a_pt2_program_lists_its_weights_and_is_not_a_weights_file(files):
+    report = report_on(files["model.pt2"], on_meta(Multiclass), "Multiclass()")
+    assert report["kind"] == "pt2"
+    assert {r["name"]: r["shape"] for r in report["contents"]["tensors"]} == {
+        k: list(v.shape) for k, v in state().items()
+    }
+    assert report["fit"]["fits"]
+    assert any("torch.export program" in reason for reason in report["reasons"])
+
+
+def test_a_legacy_file_is_named_and_refused_for_want_of_checksums(files):
+    report = report_on(files["legacy.pth"])
+    assert report["kind"] == "legacy-torch"
+    assert "collections.OrderedDict" in report["needs"]["globals"]
+    assert any("no checksums" in reason for reason in report["reasons"])
+
+
+# %%
+# Integrity and damage
+
+
+def test_a_flipped_byte_fails_the_crc_of_its_record_only(files):
+    report = report_on(files["flipped.pth"])
+    verdicts = {r["name"].rpartition("/")[2]: r["crc32"] for r in report["integrity"]["records"]}
+    assert verdicts.pop("0") == "MISMATCH"
+    assert set(verdicts.values()) == {"ok"}
+    assert report["needs"]["weights_only"].startswith("not tried")
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("no_crc.pth", "no CRC32 checksums"),
+        ("cut.pth", "truncated or corrupted"),
+        ("notes.txt", "not a model file"),
+        ("pickle_bomb.pth", "its data.pkl has"),
+        ("nan.pth", "NaN or infinite values in hidden.bias"),
+        ("meta.pth", "not plain dense tensors with data: hidden.weight (meta)"),
+    ],
+)
+def test_each_kind_of_damage_is_a_reason_to_refuse(name, problem, files):
+    reasons = report_on(files[name])["reasons"]
+    assert any(problem in reason for reason in reasons), reasons
+
+
+def bomb_in_child(path: Path) -> int:
+    before = limit_memory()
+    report = inspect_file.inspect_path(path)
+    print(report["integrity"]["problems"], file=sys.stderr)
+    return EXIT_TOO_MUCH_MEMORY if grew_too_much(before) else 0
+
+
+def test_a_zip_bomb_is_listed_not_inflated(files, tmp_path):
+    code, stderr = run_in_fork(bomb_in_child, files["bomb.pth"], cwd=tmp_path, timeout=60)
+    assert code == 0, stderr
+    assert "record archive/data/0 is compressed (1073741824 bytes once inflated)" in stderr
+
+
+def test_deep_nesting_is_cut_off_not_a_crash(files):
+    report = report_on(files["deep.pth"])
+    assert (
+        report["contents"]["note"]
+        == f"containers nested deeper than {inspect_file.MAX_DEPTH} levels are not listed"
+    )
+
+
+# %%
+# Fit: the load_state_dict report, and the prefix that fixes it
+
+
+@pytest.mark.parametrize(("name", "prefix"), [("ddp.pth", "module."), ("compiled.pth", "_orig_mod.")])
+def test_a_wrapped_models_file_gets_the_prefix_to_strip(name, prefix, files):
+    fit = report_on(files[name], on_meta(Multiclass), "Multiclass()")["fit"]
+    assert fit["missing"] == list(state())
+    assert fit["unexpected"] == [f"{prefix}{k}" for k in state()]
+    assert fit["prefix_fix"] == f"strip the prefix '{prefix}'"
+
+
+def test_a_wider_model_gets_every_shape_mismatch(files):
+    fit = report_on(files["state_dict.pth"], on_meta(Multiclass, n_hidden=16), "Multiclass(n_hidden=16)")[
+        "fit"
+    ]
+    assert fit["mismatched"][0] == {
+        "name": "hidden.weight",
+        "file": "(8, 4) float32",
+        "model": "(16, 4) float32",
+    }
+    assert [m["name"] for m in fit["mismatched"]] == ["hidden.weight", "hidden.bias", "output.weight"]
+
+
+def test_a_readers_own_model_file_is_checked_and_told_the_prefix_to_add(files, tmp_path):
+    args = [
+        "--model-file",
+        str(files["wrapped.py"]),
+        "--model-class",
+        "Wrapped",
+        "--model-args",
+        "n_hidden=8",
+    ]
+    result = run_chapter_here("inspect_file.py", str(files["state_dict.pth"]), *args, cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "Fit        Wrapped(n_hidden=8): does NOT fit" in result.stdout
+    assert "  fix:         add the prefix 'net.'" in result.stdout
+
+
+# %%
+# The command line: one line for what it cannot inspect, no escape codes, no hang
+
+
+def test_help_says_that_a_model_file_is_run(tmp_path):
+    result = run_chapter_here("inspect_file.py", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "--model-file imports and runs that Python file" in " ".join(result.stdout.split())
+
+
+def test_names_with_escape_codes_are_printed_escaped(files, tmp_path):
+    result = run_chapter_here("inspect_file.py", str(files["escapes.pth"]), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "\x1b" not in result.stdout
+    assert f"never allow:          {inspect_file.safe_text(ESCAPES)}.x (these run code)" in result.stdout
+
+
+def inspect_in_child(path: Path, cwd: Path) -> int:
+    result = run_chapter_here("inspect_file.py", str(path), cwd=cwd)
+    sys.stderr.write(result.stderr)
+    return result.returncode
+
+
+def test_a_fifo_is_refused_in_one_line_without_hanging(files, tmp_path):
+    code, stderr = run_in_fork(inspect_in_child, files["fifo"], tmp_path, cwd=tmp_path, timeout=60)
+    assert (code, stderr) == (
+        EXIT_BAD_INPUT,
+        f"error: {files['fifo']} cannot be read: Is a FIFO, not a regular file\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "Multiclass", "--model-args", "n_hidden"], "--model-args takes NAME=VALUE"),
+        (["--model-args", "n_hidden=8"], "--model-args needs --model or --model-file"),
+        (["--model", "Multiclass", "--model-args", "n_hidden=-1"], "cannot build Multiclass(n_hidden=-1)"),
+        (["--model-file", "nowhere.py", "--model-class", "Net"], "is not a Python file"),
+    ],
+)
+def test_bad_model_flags_get_one_line(args, message, files, tmp_path):
+    result = run_chapter_here("inspect_file.py", str(files["state_dict.pth"]), *args, cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+
+
+def inspect_probe_in_child(path: Path, cwd: Path) -> int:
+    """Inspect `path` against Multiclass in this forked child; report and refusal both on stderr."""
+    before = limit_memory()
+    result = run_chapter_here("inspect_file.py", str(path), "--model", "Multiclass", cwd=cwd)
+    sys.stderr.write(result.stdout + result.stderr)
+    return EXIT_TOO_MUCH_MEMORY if grew_too_much(before) else result.returncode
+
+
+@pytest.fixture(scope="module")
+def probe_corpus(tmp_path_factory: pytest.TempPathFactory, marker: Path) -> dict[str, Path]:
+    return build_corpus(tmp_path_factory.mktemp("probes"), marker)
+
+
+@pytest.mark.parametrize("probe", list(probes(Path("unused"))))
+def test_every_bad_input_of_the_loader_gets_a_refusal_and_nothing_worse(
+    probe, probe_corpus, marker, tmp_path
+):
+    """The bad-input corpus of the safe loader: exit 2, no traceback, no escape codes, no code
+    run, bounded memory, no hang."""
+    path = probe_corpus[probe] / MODEL_FILE
+    code, output = run_in_fork(inspect_probe_in_child, path, tmp_path, cwd=tmp_path, timeout=60)
+    assert code == EXIT_BAD_INPUT, output
+    assert "Traceback" not in output
+    assert "\x1b" not in output
+    assert not marker.exists()
+    assert "Verdict    refused" in output or output.startswith("error: ")
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pth", "model.safetensors", "model.pt2", "hostile.pkl"])
+def test_damaged_copies_of_each_format_get_a_report_or_one_line(name, files, tmp_path, capsys):
+    copy = tmp_path / name
+    for damaged in damaged_copies(files[name].read_bytes(), 50):
+        copy.write_bytes(damaged)
+        try:
+            report = report_on(copy)
+        except ModelFileError as err:
+            assert "\n" not in str(err)
+            continue
+        inspect_file.print_report(report)
+        json.dumps(report)
+    assert "Traceback" not in capsys.readouterr().out
