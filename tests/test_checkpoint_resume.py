@@ -780,11 +780,13 @@ def start_chapter(*args: str, cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, as a command started from a shell
     )
 
 
 def interrupt_after(process: subprocess.Popen[str], line_start: str) -> tuple[str, str]:
-    """Send SIGINT once the process has printed a line starting with `line_start`."""
+    """Press Ctrl-C once the process has printed a line starting with `line_start`: SIGINT to
+    its whole process group, as a terminal sends it."""
     assert process.stdout is not None
     seen = []
     for line in process.stdout:
@@ -793,7 +795,7 @@ def interrupt_after(process: subprocess.Popen[str], line_start: str) -> tuple[st
             break
     else:
         pytest.fail(f"never printed {line_start!r}: {''.join(seen)}")
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     return "".join(seen) + stdout, stderr
 
