@@ -160,7 +160,7 @@ def train_and_save(rank: int, world_size: int) -> None:
             f"hidden.weight is a {type(model.hidden.weight).__name__} of shape {tuple(model.hidden.weight.shape)}"
         )
         for other, shape in enumerate(shard_shapes):
-            print(f"  rank {other} holds {shape}")
+            print(f"  rank {other} holds {shape}", flush=True)  # shown now, even when piped
 
     split = load_iris_split()
     per_rank = len(split.X_train) // world_size  # drop the remainder: every rank takes as many steps
@@ -561,7 +561,9 @@ def load_resharded(rank: int, world_size: int) -> None:
 
 
 if under_torchrun:
-    print("\n(torchrun fixed the number of ranks; to load onto another number: python distributed_checkpoint.py --load-only)")
+    print(
+        "\n(torchrun fixed the number of ranks; to load onto another number: python distributed_checkpoint.py --load-only)"
+    )
 elif failure := start_ranks(load_resharded, world_size + 1):
     if "ModelFileError: " in failure:  # the checkpoint was refused: bad input, exit status 2
         fail(failure.split("ModelFileError: ", 1)[1].split(" (", 1)[0])
