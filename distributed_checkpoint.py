@@ -152,12 +152,13 @@ def train_and_save(rank: int, world_size: int) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     loss_fn = nn.NLLLoss()
 
+    weight = model.hidden.weight  # a DTensor: the full shape, and this rank's rows in .to_local()
     shard_shapes = [None] * world_size
-    dist.all_gather_object(shard_shapes, tuple(model.hidden.weight.to_local().shape))
+    dist.all_gather_object(shard_shapes, tuple(weight.to_local().shape))
     if rank == 0:
         heading(f"Training on {world_size} ranks: FSDP2 (fully_shard), gloo, CPU")
         print(
-            f"hidden.weight is a {type(model.hidden.weight).__name__} of shape {tuple(model.hidden.weight.shape)}"
+            f"hidden.weight is a {type(weight).__name__} of shape {tuple(weight.shape)}; each rank has rows:"
         )
         for other, shape in enumerate(shard_shapes):
             print(f"  rank {other} holds {shape}", flush=True)  # shown now, even when piped
@@ -176,9 +177,7 @@ def train_and_save(rank: int, world_size: int) -> None:
     with torch.no_grad():  # every rank scores the same test set: the forward pass is collective
         test_accuracy = (model(split.X_test).argmax(dim=1) == split.y_test).float().mean().item()
     if rank == 0:
-        print(
-            f"{per_rank} training flowers on each rank; after {args.epochs} epochs, test acc {test_accuracy:.3f}"
-        )
+        print(f"{per_rank} training flowers on each rank, {args.epochs} epochs: test acc {test_accuracy:.3f}")
     if rank == args.fail_rank:
         raise RuntimeError(f"simulated crash on rank {rank} (--fail-rank)")
 
@@ -225,19 +224,13 @@ def train_and_save(rank: int, world_size: int) -> None:
         )
         save_atomically({"at_save": full_at_save, "after_async": full_after_async}, out_dir / FULL_FILE)
 
-    # Pitfall 1: a plain tensor under one key is taken to be the same on every rank.
+    # The two pitfalls of the end of the chapter: a plain tensor under one key, saved by
+    # every rank; and the FSDP2 model's own state_dict, saved with plain torch.save on rank 0.
     if rank == 0:
         shutil.rmtree(out_dir / PITFALL_DIR, ignore_errors=True)
     dist.barrier()
     dcp.save({"rank_id": torch.tensor([rank])}, checkpoint_id=out_dir / PITFALL_DIR)
-    loaded = {"rank_id": torch.tensor([-1])}
-    dcp.load(loaded, checkpoint_id=out_dir / PITFALL_DIR)
-    loaded_back = [None] * world_size
-    dist.all_gather_object(loaded_back, int(loaded["rank_id"]))
-
-    # Pitfall 2: model.state_dict() of an FSDP2 model, saved with plain torch.save on rank 0.
     if rank == 0:
-        print(f"Each rank saved its rank number under one key; loaded back on each rank: {loaded_back}")
         torch.save(model.state_dict(), out_dir / PITFALL_FILE)
     dist.barrier()
 
@@ -561,9 +554,7 @@ def load_resharded(rank: int, world_size: int) -> None:
 
 
 if under_torchrun:
-    print(
-        "\n(torchrun fixed the number of ranks; to load onto another number: python distributed_checkpoint.py --load-only)"
-    )
+    print("\n(torchrun fixed the number of ranks; to load onto more: run this script with --load-only)")
 elif failure := start_ranks(load_resharded, world_size + 1):
     if "ModelFileError: " in failure:  # the checkpoint was refused: bad input, exit status 2
         fail(failure.split("ModelFileError: ", 1)[1].split(" (", 1)[0])
@@ -582,14 +573,11 @@ model = Multiclass()
 optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
 model_state, optimizer_state = get_state_dict(model, optimizer)
 state = {"model": model_state, "optimizer": optimizer_state}
-with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-    warnings.filterwarnings("ignore", message=".*load in a single process.*")
-    try:
-        dcp.load(
-            state, storage_reader=TrustedMetadataReader(out_dir / DCP_DIR), planner=WeightsOnlyLoadPlanner()
-        )
-    except (Exception, CheckpointException) as err:
-        fail(f"{out_dir / DCP_DIR} refused: {one_line(err)}")
+warnings.filterwarnings("ignore", message=".*in a single process.*")  # DCP noting there is no group
+try:
+    dcp.load(state, storage_reader=TrustedMetadataReader(out_dir / DCP_DIR), planner=WeightsOnlyLoadPlanner())
+except (Exception, CheckpointException) as err:
+    fail(f"{out_dir / DCP_DIR} refused: {one_line(err)}")
 set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 saved = torch.load(out_dir / FULL_FILE, weights_only=True)
@@ -627,25 +615,21 @@ if not args.load_only:
         "model": async_model.state_dict(),
         "optimizer": get_state_dict(async_model, async_optimizer)[1],
     }
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*load in a single process.*")
-        try:
-            dcp.load(
-                async_state,
-                storage_reader=TrustedMetadataReader(out_dir / ASYNC_DIR),
-                planner=WeightsOnlyLoadPlanner(),
-            )
-        except (Exception, CheckpointException) as err:
-            fail(f"{out_dir / ASYNC_DIR} refused: {one_line(err)}")
+    try:
+        dcp.load(
+            async_state,
+            storage_reader=TrustedMetadataReader(out_dir / ASYNC_DIR),
+            planner=WeightsOnlyLoadPlanner(),
+        )
+    except (Exception, CheckpointException) as err:
+        fail(f"{out_dir / ASYNC_DIR} refused: {one_line(err)}")
     in_async = flat_tensors(async_state)
     at_call = all(torch.equal(in_async[name], saved["at_save"][name]) for name in saved["at_save"])
     changed = sum(
         not torch.equal(saved["after_async"][name], saved["at_save"][name]) for name in saved["at_save"]
     )
     heading(f"Saved with dcp.async_save to {out_dir / ASYNC_DIR}")
-    print(
-        f"It holds the state at the call: {at_call} ({changed} of {len(in_async)} tensors changed while it wrote)"
-    )
+    print(f"It holds the state at the call: {at_call} ({changed} of {len(in_async)} tensors changed since)")
 
 
 # %%
@@ -653,8 +637,8 @@ if not args.load_only:
 #
 # DCP knows a tensor is split across ranks only when it is a DTensor (FSDP2, tensor
 # parallelism) or a ShardedTensor. A plain tensor under one key is taken to be the same
-# on every rank and written once: each rank saved its own rank number under one key,
-# and every rank loaded back rank 0's (printed above).
+# on every rank and written once. Each rank saved its own rank number under one key:
+# the checkpoint kept one of them, and every rank that loads it gets that one.
 #
 # And `model.state_dict()` of an FSDP2 model holds DTensors, each with only this rank's
 # rows. Saved with plain `torch.save` on rank 0, it is not a model file. In a fresh
@@ -663,19 +647,27 @@ if not args.load_only:
 # 0's half of every weight, which a plain model will not take.
 
 if not args.load_only:
+    pitfall = read_dcp_metadata(out_dir / PITFALL_DIR)
+    kept = {"rank_id": torch.tensor([-1])}
+    dcp.load(
+        kept, storage_reader=TrustedMetadataReader(out_dir / PITFALL_DIR), planner=WeightsOnlyLoadPlanner()
+    )
+    heading("Two pitfalls")
+    print(
+        f"{world_size} ranks saved their rank number under one key; the checkpoint holds "
+        f"{len(pitfall.state_dict_metadata['rank_id'].chunks)} chunk, rank_id = {kept['rank_id'].tolist()}"
+    )
     rank0_state = torch.load(out_dir / PITFALL_FILE, weights_only=True)
     weight = rank0_state["hidden.weight"]
     print(
-        f"The FSDP2 state_dict rank 0 saved holds {type(weight).__name__}s: hidden.weight {tuple(weight.shape)}, "
-        f"of which the file has rows {tuple(weight.to_local().shape)}"
+        f"model.state_dict() saved on rank 0: {type(weight).__name__}s; hidden.weight {tuple(weight.shape)} "
+        f"with rows {tuple(weight.to_local().shape)} in the file"
     )
     try:
         Multiclass().load_state_dict(rank0_state)
     except RuntimeError as err:
         reason = re.search(r"got mixed torch.Tensor and DTensor", str(err))
-        print(
-            f"Multiclass().load_state_dict(it): RuntimeError: ... {reason.group(0) if reason else one_line(err)}"
-        )
+        print(f"Multiclass().load_state_dict(it): RuntimeError: ... {reason[0] if reason else one_line(err)}")
 
 
 # %%
