@@ -186,6 +186,7 @@ def test_the_chapter_refuses_a_hostile_checkpoint_in_one_line_and_runs_none_of_i
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:.*in a single process")
 def test_the_load_only_run_reshards_and_its_reader_and_planner_refuse_hostile_files(
     distributed_run, tmp_path
 ):
@@ -382,24 +383,36 @@ def torchrun_nodes(cwd: Path, *args: str) -> list[subprocess.Popen[str]]:
     ]
 
 
-def test_the_two_machine_torchrun_command_trains_and_saves(tmp_path):
-    first, second = (node.communicate(timeout=120) for node in torchrun_nodes(tmp_path, "--epochs", "1"))
-    assert "  rank 0 holds (4, 4)\n  rank 1 holds (4, 4)\n" in first[0], first[1]
-    assert "Tensors equal to the full ones at save time: 16 of 16" in first[0]
-    assert (
-        "torchrun fixed the number of ranks; to load onto more: run this script with --load-only" in first[0]
-    )
-    assert second[0] == ""  # what runs on one process runs on global rank 0 only
-    files = sorted(path.name for path in (tmp_path / "artifacts" / "dcp-checkpoint").iterdir())
+@pytest.fixture(scope="module")
+def torchrun_runs(tmp_path_factory):
+    """The README's two torchrun commands, side by side: on two machines, and on one with rank 1 failing."""
+    two, one = tmp_path_factory.mktemp("torchrun-two-nodes"), tmp_path_factory.mktemp("torchrun-one-node")
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    single = [torchrun, "--nproc-per-node", "2", str(REPO / CHAPTER), "--epochs", "1", "--fail-rank", "1"]
+    launched = [
+        *torchrun_nodes(two, "--epochs", "1"),
+        subprocess.Popen(
+            single, cwd=one, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ),
+    ]
+    results = [(*process.communicate(timeout=120), process.returncode) for process in launched]
+    return two, results[:2], results[2]
+
+
+def test_the_two_machine_torchrun_command_trains_and_saves(torchrun_runs):
+    cwd, ((first, first_err, first_status), (second, second_err, second_status)), _ = torchrun_runs
+    assert (first_status, second_status) == (0, 0), first_err + second_err
+    assert "  rank 0 holds (4, 4)\n  rank 1 holds (4, 4)\n" in first
+    assert "Tensors equal to the full ones at save time: 16 of 16" in first
+    assert "torchrun fixed the number of ranks; to load onto more: run this script with --load-only" in first
+    assert second == ""  # what runs on one process runs on global rank 0 only
+    files = sorted(path.name for path in (cwd / "artifacts" / "dcp-checkpoint").iterdir())
     assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
-def test_a_failing_rank_under_torchrun_ends_both_machines_runs(tmp_path):
-    nodes = torchrun_nodes(tmp_path, "--epochs", "1", "--fail-rank", "1")
-    results = [node.communicate(timeout=60) for node in nodes]
-    assert [node.returncode for node in nodes] == [1, 1]
-    assert results[1][1].startswith(
-        "error: rank 1 failed: RuntimeError: simulated crash on rank 1 (--fail-rank)\n"
-    )
-    assert results[0][1].startswith("error: rank 0 failed: ")  # it lost rank 1; torchrun's report follows
-    assert all(f'{CHAPTER}", line' not in stderr for _, stderr in results)  # no traceback of ours
+def test_a_failing_rank_under_torchrun_ends_the_run_with_its_line(torchrun_runs):
+    _, _, (_, stderr, status) = torchrun_runs
+    assert status == 1
+    ours = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert "error: rank 1 failed: RuntimeError: simulated crash on rank 1 (--fail-rank)" in ours
+    assert f'{CHAPTER}", line' not in stderr  # no traceback of ours; torchrun adds its own report
