@@ -81,6 +81,7 @@ from chapter_support import (
 from lab_tools import private_folder
 
 NPROC = 2  # ranks started by this script
+MAX_NPROC = 7  # hidden.weight has 8 rows: beyond N+1 = 8 ranks, some would hold none
 EPOCHS = 100  # as in chapter 2
 BATCH_SIZE = 5  # flowers per step, per rank
 TIMEOUT = 10  # seconds a rank waits in a collective before the run is ended as hung
@@ -96,7 +97,7 @@ parser = chapter_parser(__doc__)
 parser.add_argument(
     "--nproc",
     type=positive_int,
-    help=f"ranks this script starts (default: {NPROC}); under torchrun, use its flags",
+    help=f"ranks this script starts, 1 to {MAX_NPROC} (default: {NPROC}); under torchrun, use its flags",
 )
 parser.add_argument(
     "--epochs", type=positive_int, default=EPOCHS, help=f"epochs to train (default: {EPOCHS})"
@@ -122,6 +123,8 @@ if under_torchrun and args.nproc is not None:
     fail("--nproc does not apply under torchrun, which starts the ranks: use torchrun --nproc-per-node")
 if under_torchrun and args.load_only:
     fail("--load-only starts its own ranks: run it without torchrun")
+if args.nproc is not None and args.nproc > MAX_NPROC:
+    fail(f"--nproc {args.nproc} is too many: at most {MAX_NPROC}, as the reload onto N+1 ranks splits 8 rows")
 world_size = int(os.environ["WORLD_SIZE"]) if under_torchrun else (args.nproc or NPROC)
 if args.fail_rank is not None and not 0 <= args.fail_rank < world_size:
     fail(f"--fail-rank {args.fail_rank} is not a rank: the ranks are 0 to {world_size - 1}")
@@ -141,7 +144,9 @@ out_dir = prepare_out_dir(args.out_dir)
 # `get_state_dict` gives the model's and the optimizer's state under the plain names
 # (`hidden.weight`, not a wrapper's prefix), still sharded. `dcp.save` is called on
 # every rank: each writes its slices into its own `.distcp` file, and rank 0 writes
-# `.metadata`, the index of every slice.
+# `.metadata`, the index of every slice. Then the same state is saved once more with
+# `dcp.async_save`, which copies it and writes in the background while training goes
+# on; its own cell, further down, checks what it wrote.
 
 
 def train_and_save(rank: int, world_size: int) -> None:
@@ -295,6 +300,8 @@ def start_ranks(work: Callable[[int, int], None], world_size: int) -> str | None
     """Run `work` on `world_size` forked ranks; None when all succeed, else one line naming the rank."""
     init_method = f"tcp://127.0.0.1:{free_port()}"
     context = multiprocessing.get_context("fork")
+    import torch._dynamo  # noqa: F401 -- each rank's first optimizer imports it: once here instead
+
     sys.stdout.flush()  # a fork copies unwritten output: write it once, here
     with tempfile.TemporaryDirectory() as folder:
         reports = Path(folder)
