@@ -348,8 +348,7 @@ def blame(ranks: list[multiprocessing.Process], reports: Path, failed: list[int]
     first = (
         min(said, key=lambda rank: (reports / f"rank-{rank}.txt").stat().st_mtime_ns) if said else failed[0]
     )
-    others = f" ({len(said) - 1} other rank(s) failed after it)" if len(said) > 1 else ""
-    return f"rank {first} failed: {said.get(first, f'exit status {ranks[first].exitcode}')}{others}"
+    return f"rank {first} failed: {said.get(first, f'exit status {ranks[first].exitcode}')}"
 
 
 def run_under_torchrun(work: Callable[[int, int], None]) -> None:
