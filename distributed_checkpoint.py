@@ -57,7 +57,12 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    MetadataIndex,
+    TensorStorageMetadata,
+)
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -72,6 +77,7 @@ from chapter_support import (
     fail,
     heading,
     load_untrusted_model,
+    open_regular_file,
     parse_chapter_args,
     positive_int,
     prepare_out_dir,
@@ -423,20 +429,29 @@ class DCPMetadataUnpickler(pickle.Unpickler):
 
 def read_dcp_metadata(folder: Path) -> Metadata:
     """`.metadata`, through the allowlist, checked to be an index of files inside `folder`."""
-    try:
-        with (folder / ".metadata").open("rb") as file:
+    with open_regular_file(
+        folder / ".metadata", made_by="python distributed_checkpoint.py"
+    ) as file:  # a regular file, not a FIFO that would block
+        try:
             metadata = DCPMetadataUnpickler(file).load()
-    except ModelFileError as err:
-        raise ModelFileError(f"{folder} refused: {err}") from None
-    except OSError as err:
-        raise ModelFileError(f"{folder} is not a DCP checkpoint: .metadata {err.strerror}") from None
-    except Exception as err:  # a damaged pickle can fail in many ways
-        raise ModelFileError(f"{folder} refused: .metadata is damaged ({error_line(err)})") from None
-    if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
+        except ModelFileError as err:
+            raise ModelFileError(f"{folder} refused: {err}") from None
+        except Exception as err:  # a damaged pickle can fail in many ways
+            raise ModelFileError(f"{folder} refused: .metadata is damaged ({error_line(err)})") from None
+    if not (
+        isinstance(metadata, Metadata)
+        and isinstance(metadata.state_dict_metadata, dict)
+        and isinstance(metadata.storage_data, dict)
+        and all(isinstance(index, MetadataIndex) for index in metadata.storage_data)
+    ):
         raise ModelFileError(f"{folder} refused: .metadata is not DCP's index")
     for info in metadata.storage_data.values():
         if not re.fullmatch(r"__\d+_\d+\.distcp", str(getattr(info, "relative_path", ""))):
             raise ModelFileError(f"{folder} refused: .metadata points outside its .distcp files")
+        if not (
+            type(info.offset) is int and type(info.length) is int and info.offset >= 0 and info.length >= 0
+        ):
+            raise ModelFileError(f"{folder} refused: .metadata has a bad offset or length")
         if info.transform_descriptors:
             raise ModelFileError(
                 f"{folder} refused: its items are stored transformed, which this check cannot read"
@@ -470,7 +485,7 @@ def check_dcp_checkpoint(folder: Path) -> Metadata:
     metadata = read_dcp_metadata(folder)
     for index, info in metadata.storage_data.items():
         if isinstance(metadata.state_dict_metadata.get(index.fqn), BytesStorageMetadata):
-            with (folder / info.relative_path).open("rb") as file:
+            with open_regular_file(folder / info.relative_path) as file:
                 file.seek(info.offset)
                 data = file.read(info.length)
             try:

@@ -188,6 +188,24 @@ def test_the_chapter_refuses_a_hostile_checkpoint_in_one_line_and_runs_none_of_i
 
 
 @pytest.mark.filterwarnings("ignore:.*in a single process")
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        ("missing", [".metadata not found; create it with: python distributed_checkpoint.py"]),
+        ("fifo", ["Is a FIFO, device or socket, not a regular file"]),
+        ("garbage", ["refused: .metadata is damaged"]),
+    ],
+)
+def test_a_missing_or_damaged_checkpoint_is_refused_in_one_line(tmp_path, damage, words):
+    folder = tmp_path / "artifacts" / "dcp-checkpoint"
+    folder.mkdir(parents=True)
+    if damage == "fifo":
+        os.mkfifo(folder / ".metadata")  # a reader that opened it would wait forever
+    elif damage == "garbage":
+        (folder / ".metadata").write_bytes(b"not a pickle")
+    assert_one_line_refusal(run_chapter_here(CHAPTER, "--load-only", cwd=tmp_path), *words)
+
+
 def test_the_load_only_run_reshards_and_its_reader_and_planner_refuse_hostile_files(
     distributed_run, tmp_path
 ):
