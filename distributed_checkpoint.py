@@ -29,24 +29,15 @@ you can write to; this chapter reads them as it would read a stranger's (see its
 # %%
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import io
 import logging
-import multiprocessing
-import multiprocessing.connection
 import os
 import pickle
 import re
 import shutil
-import signal
-import socket
 import sys
-import tempfile
 import time
 import warnings
-from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +75,7 @@ from chapter_support import (
     safe_text,
     save_atomically,
 )
-from lab_tools import private_folder
+from lab_tools import private_folder, root_error_line, run_under_torchrun, start_ranks
 
 NPROC = 2  # ranks started by this script
 MAX_NPROC = 7  # hidden.weight has 8 rows: beyond N+1 = 8 ranks, some would hold none
@@ -250,135 +241,19 @@ def train_and_save(rank: int, world_size: int) -> None:
 # # Starting the ranks
 #
 # `torchrun` starts one process per rank and tells each its rank in environment
-# variables. Run as a plain script, this chapter starts them itself, forked, so they
-# inherit what is already imported. Each joins the group at a free port on the loopback
-# interface. The plumbing below makes a failure end the whole run in one line: a rank
-# that fails, dies or stops responding (others wait `--timeout` seconds for it) is
-# named, the others are stopped, and no rank outlives its launcher.
-
-
-def run_rank(
-    rank: int, world_size: int, work: Callable[[int, int], None], init_method: str, reports: Path
-) -> None:
-    """One rank, from joining the group to leaving it; a failure becomes one line in `reports`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to report
-    die_with_parent()
-    torch.set_num_threads(1)  # ranks sharing a machine must not each use every core
-    dist.init_process_group(
-        "gloo",
-        init_method=init_method,
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=args.timeout),
-    )
-    failure = None
-    try:
-        work(rank, world_size)
-    except BaseException as err:  # any failure ends the run (DCP's CheckpointException is a BaseException)
-        failure = one_line(err)
-        (reports / f"rank-{rank}.txt").write_text(failure)
-    if failure is None:
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(1 if failure else 0)  # a failed rank skips the group's clean-up, which could wait on the others
-
-
-def die_with_parent() -> None:
-    """Have the kernel kill this rank when its launcher dies (Linux), so no rank runs on orphaned."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: the launcher's clean-up must do
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def one_line(err: BaseException) -> str:
-    """error_line of the root cause (DCP wraps each rank's), without gloo's source paths in brackets."""
-    while isinstance(err, CheckpointException) and err.failures:
-        err = err.failures[min(err.failures)][0]
-    return re.sub(r"\[/?[^\]]*\.(?:cc|cpp|h):\d+\] ", "", error_line(err))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_ranks(work: Callable[[int, int], None], world_size: int) -> str | None:
-    """Run `work` on `world_size` forked ranks; None when all succeed, else one line naming the rank."""
-    init_method = f"tcp://127.0.0.1:{free_port()}"
-    context = multiprocessing.get_context("fork")
-    import torch._dynamo  # noqa: F401 -- each rank's first optimizer imports it: once here instead
-
-    sys.stdout.flush()  # a fork copies unwritten output: write it once, here
-    with tempfile.TemporaryDirectory() as folder:
-        reports = Path(folder)
-        ranks = [
-            context.Process(target=run_rank, args=(rank, world_size, work, init_method, reports))
-            for rank in range(world_size)
-        ]
-        try:
-            for process in ranks:
-                process.start()
-            return watch_ranks(ranks, reports)
-        finally:
-            for process in ranks:  # on success they are gone; on failure or Ctrl-C, stop the rest
-                if process.is_alive():
-                    process.kill()
-                process.join()
-
-
-def watch_ranks(ranks: list[multiprocessing.Process], reports: Path) -> str | None:
-    """Wait for the ranks; on the first failure, say which rank caused it."""
-    while any(process.is_alive() for process in ranks):
-        multiprocessing.connection.wait(
-            [process.sentinel for process in ranks if process.is_alive()], timeout=1
-        )
-        failed = [rank for rank, process in enumerate(ranks) if process.exitcode not in (None, 0)]
-        if failed:
-            time.sleep(0.2)  # let a rank that failed in the same collective write its report
-            return blame(ranks, reports, failed)
-    return None
-
-
-def blame(ranks: list[multiprocessing.Process], reports: Path, failed: list[int]) -> str:
-    said = {int(path.stem.split("-")[1]): path.read_text() for path in reports.iterdir()}
-    for rank in failed:
-        if rank not in said and ranks[rank].exitcode < 0:
-            return f"rank {rank} was killed by {signal.Signals(-ranks[rank].exitcode).name}"
-    waited = [rank for rank, line in said.items() if "timed out" in line.lower() or "timeout" in line.lower()]
-    silent = [rank for rank, process in enumerate(ranks) if process.is_alive() and rank not in said]
-    if waited and silent:
-        return (
-            f"rank {silent[0]} stopped responding: rank {waited[0]} waited {args.timeout} s for it "
-            "in a collective (--timeout)"
-        )
-    first = (
-        min(said, key=lambda rank: (reports / f"rank-{rank}.txt").stat().st_mtime_ns) if said else failed[0]
-    )
-    return f"rank {first} failed: {said.get(first, f'exit status {ranks[first].exitcode}')}"
-
-
-def run_under_torchrun(work: Callable[[int, int], None]) -> None:
-    """Under torchrun: this process is one rank. A failure: one line, exit status 1."""
-    rank = int(os.environ["RANK"])
-    die_with_parent()
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
-    try:
-        work(rank, int(os.environ["WORLD_SIZE"]))
-    except BaseException as err:
-        print(f"error: rank {rank} failed: {one_line(err)}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(1)
-    dist.destroy_process_group()
-    if rank != 0:
-        sys.exit(0)  # what follows runs on one process
-
+# variables; `dist.init_process_group("gloo")` reads them. Run as a plain script, this
+# chapter starts the ranks itself, forked so that they inherit what is already
+# imported, and each joins the group at a free port on the loopback interface.
+# `start_ranks` (in lab_tools.py, with the torchrun case) also makes a failure end the
+# whole run in one line: a rank that raises, dies, or stops responding (the others wait
+# `--timeout` seconds for it in a collective) is named, the others are stopped, and no
+# rank outlives its launcher.
 
 logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # failures are reported in one line below
 if not args.load_only:
     if under_torchrun:
-        run_under_torchrun(train_and_save)
-    elif failure := start_ranks(train_and_save, world_size):
+        run_under_torchrun(train_and_save, args.timeout)
+    elif failure := start_ranks(train_and_save, world_size, args.timeout):
         print(f"error: {failure}", file=sys.stderr)
         sys.exit(1)
 
@@ -576,7 +451,7 @@ def load_resharded(rank: int, world_size: int) -> None:
 
 if under_torchrun:
     print("\n(torchrun fixed the number of ranks; to load onto more: run this script with --load-only)")
-elif failure := start_ranks(load_resharded, world_size + 1):
+elif failure := start_ranks(load_resharded, world_size + 1, args.timeout):
     if "ModelFileError: " in failure:  # the checkpoint was refused: bad input, exit status 2
         fail(failure.split("ModelFileError: ", 1)[1].split(" (", 1)[0])
     print(f"error: {failure}", file=sys.stderr)
@@ -598,7 +473,7 @@ warnings.filterwarnings("ignore", message=".*in a single process.*")  # DCP noti
 try:
     dcp.load(state, storage_reader=TrustedMetadataReader(out_dir / DCP_DIR), planner=WeightsOnlyLoadPlanner())
 except (Exception, CheckpointException) as err:
-    fail(f"{out_dir / DCP_DIR} refused: {one_line(err)}")
+    fail(f"{out_dir / DCP_DIR} refused: {root_error_line(err)}")
 set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 saved = torch.load(out_dir / FULL_FILE, weights_only=True)
@@ -643,7 +518,7 @@ if not args.load_only:
             planner=WeightsOnlyLoadPlanner(),
         )
     except (Exception, CheckpointException) as err:
-        fail(f"{out_dir / ASYNC_DIR} refused: {one_line(err)}")
+        fail(f"{out_dir / ASYNC_DIR} refused: {root_error_line(err)}")
     in_async = flat_tensors(async_state)
     at_call = all(torch.equal(in_async[name], saved["at_save"][name]) for name in saved["at_save"])
     changed = sum(
@@ -688,7 +563,9 @@ if not args.load_only:
         Multiclass().load_state_dict(rank0_state)
     except RuntimeError as err:
         reason = re.search(r"got mixed torch.Tensor and DTensor", str(err))
-        print(f"Multiclass().load_state_dict(it): RuntimeError: ... {reason[0] if reason else one_line(err)}")
+        print(
+            f"Multiclass().load_state_dict(it): RuntimeError: ... {reason[0] if reason else error_line(err)}"
+        )
 
 
 # %%
