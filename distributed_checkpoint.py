@@ -61,6 +61,7 @@ from torch.distributed.tensor import DTensor
 
 from build_model import LEARNING_RATE, SEED, Multiclass, flat_tensors, load_iris_split, seed_everything
 from chapter_support import (
+    SAVED,
     ModelFileError,
     chapter_parser,
     describe_load_error,
@@ -256,6 +257,7 @@ if not args.load_only:
     elif failure := start_ranks(train_and_save, world_size, args.timeout):
         print(f"error: {failure}", file=sys.stderr)
         sys.exit(1)
+    SAVED.extend(f"{out_dir / name}/" for name in (DCP_DIR, ASYNC_DIR))  # named if Ctrl-C comes next
 
 
 # %%
