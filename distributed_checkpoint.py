@@ -17,8 +17,8 @@ or have torchrun start them, on one machine or several (see the README):
 Writes into OUT_DIR (default artifacts/): dcp-checkpoint/ (one .distcp file per rank and
 .metadata), dcp-async/ (the same state, saved with dcp.async_save), dcp-full-state.pth
 (the full tensors gathered at save time, to check the loads against), dcp-checkpoint.pth
-and iris-model-from-dcp.pth (the conversions), and the two pitfalls' dcp-pitfall/ and
-fsdp-state-dict-rank0.pth.
+and iris-model-from-dcp.pth (the conversions), and the pitfalls' dcp-rank0-only/,
+dcp-pitfall/ and fsdp-state-dict-rank0.pth.
 
 A DCP checkpoint is not covered by `weights_only`: plain `dcp.load` unpickles `.metadata`
 with `pickle.load`, which can run code. Load only checkpoints you made, from a folder only
@@ -38,6 +38,7 @@ import shutil
 import sys
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,7 @@ FULL_FILE = "dcp-full-state.pth"
 CONVERTED_FILE = "dcp-checkpoint.pth"
 MODEL_FROM_DCP = "iris-model-from-dcp.pth"
 PITFALL_DIR = "dcp-pitfall"
+ALONE_DIR = "dcp-rank0-only"
 PITFALL_FILE = "fsdp-state-dict-rank0.pth"
 
 parser = chapter_parser(__doc__)
@@ -225,13 +227,23 @@ def train_and_save(rank: int, world_size: int) -> None:
             f"Training loop blocked: {blocked_by_save * 1000:.0f} ms by dcp.save, "
             f"{blocked_by_async_save * 1000:.0f} ms by dcp.async_save"
         )
-        save_atomically({"at_save": full_at_save, "after_async": full_after_async}, out_dir / FULL_FILE)
 
-    # The two pitfalls of the end of the chapter: a plain tensor under one key, saved by
-    # every rank; and the FSDP2 model's own state_dict, saved with plain torch.save on rank 0.
+    # The three pitfalls of the end of the chapter. First, dcp.save called on rank 0 only:
+    # it waits for the other ranks, which never come (here for 1 s, not --timeout).
+    alone = dist.new_group(backend="gloo", timeout=timedelta(seconds=1))
     if rank == 0:
         shutil.rmtree(out_dir / PITFALL_DIR, ignore_errors=True)
+        shutil.rmtree(out_dir / ALONE_DIR, ignore_errors=True)
+        try:
+            dcp.save(state, checkpoint_id=out_dir / ALONE_DIR, process_group=alone)
+            rank0_alone = "it returned"
+        except BaseException as err:  # DCP's CheckpointException is a BaseException
+            rank0_alone = root_error_line(err)
+        full = {"at_save": full_at_save, "after_async": full_after_async, "rank0_alone": rank0_alone}
+        save_atomically(full, out_dir / FULL_FILE)
     dist.barrier()
+    # Then a plain tensor under one key, saved by every rank; and the FSDP2 model's own
+    # state_dict, saved with plain torch.save on rank 0.
     dcp.save({"rank_id": torch.tensor([rank])}, checkpoint_id=out_dir / PITFALL_DIR)
     if rank == 0:
         torch.save(model.state_dict(), out_dir / PITFALL_FILE)
@@ -531,7 +543,11 @@ if not args.load_only:
 
 
 # %%
-# # Two pitfalls
+# # Three pitfalls
+#
+# `dcp.save` is a collective: every rank must call it. Called on rank 0 alone, as one
+# would call `torch.save`, it waits for the others until the group's timeout, then fails
+# without writing anything.
 #
 # DCP knows a tensor is split across ranks only when it is a DTensor (FSDP2, tensor
 # parallelism) or a ShardedTensor. A plain tensor under one key is taken to be the same
@@ -550,7 +566,13 @@ if not args.load_only:
     dcp.load(
         kept, storage_reader=TrustedMetadataReader(out_dir / PITFALL_DIR), planner=WeightsOnlyLoadPlanner()
     )
-    heading("Two pitfalls")
+    heading("Three pitfalls")
+    alone_files = sorted((out_dir / ALONE_DIR).iterdir()) if (out_dir / ALONE_DIR).exists() else []
+    timed_out = "timed out" in saved["rank0_alone"].lower()
+    print(
+        f"dcp.save on rank 0 only: {'timed out after 1 s' if timed_out else saved['rank0_alone']}, "
+        f"waiting for the other ranks; {len(alone_files)} files written"
+    )
     print(
         f"{world_size} ranks saved their rank number under one key; the checkpoint holds "
         f"{len(pitfall.state_dict_metadata['rank_id'].chunks)} chunk, rank_id = {kept['rank_id'].tolist()}"

@@ -114,6 +114,14 @@ def test_the_converted_file_is_a_plain_state_dict_the_untrusted_loader_accepts(d
     assert printed and printed.group(1) == printed.group(2)
 
 
+def test_dcp_save_on_rank_0_alone_waits_for_the_others_and_writes_nothing(distributed_run):
+    out = distributed_run.stdout
+    assert "dcp.save on rank 0 only: timed out after 1 s, waiting for the other ranks; 0 files written" in out
+    full = torch.load(distributed_run.artifacts / "dcp-full-state.pth", weights_only=True)
+    assert "Timed out" in full["rank0_alone"]  # gloo's own words
+    assert list((distributed_run.artifacts / "dcp-rank0-only").iterdir()) == []
+
+
 @pytest.mark.filterwarnings("ignore:.*in a single process")
 def test_plain_tensors_under_one_key_keep_only_one_ranks_value(distributed_run):
     out = distributed_run.stdout
