@@ -429,27 +429,29 @@ def test_the_readme_shows_what_the_chapter_prints_and_the_commands_tested_here(d
     assert "\ntorchrun --nproc-per-node 2 distributed_checkpoint.py\n" in section
 
 
-@pytest.fixture(scope="module")
-def torchrun_runs(tmp_path_factory):
-    """The README's two torchrun commands, side by side: on two machines, and on one with rank 1 failing."""
+@pytest.fixture(scope="module", autouse=True)
+def torchrun_started(tmp_path_factory):
+    """The README's two torchrun commands, started with this module's first test so they
+    overlap with the chapter's own run: on two machines, and on one with rank 1 failing."""
     two, one = tmp_path_factory.mktemp("torchrun-two-nodes"), tmp_path_factory.mktemp("torchrun-one-node")
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    single = [
-        torchrun,
-        "--nproc-per-node",
-        "2",
-        str(REPO / CHAPTER),
-        "--epochs",
-        "1",
-        "--fail-rank",
-        "1",
-    ]  # README
+    single = [torchrun, "--nproc-per-node", "2", str(REPO / CHAPTER), "--epochs", "1", "--fail-rank", "1"]
     launched = [
         *torchrun_nodes(two, "--epochs", "1"),
         subprocess.Popen(
             single, cwd=one, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         ),
     ]
+    yield two, launched
+    for process in launched:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture(scope="module")
+def torchrun_runs(torchrun_started):
+    two, launched = torchrun_started
     results = [(*process.communicate(timeout=120), process.returncode) for process in launched]
     return two, results[:2], results[2]
 
