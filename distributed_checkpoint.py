@@ -348,7 +348,7 @@ def read_dcp_metadata(folder: Path) -> Metadata:
     return metadata
 
 
-class TrustedMetadataReader(dcp.FileSystemReader):
+class AllowlistMetadataReader(dcp.FileSystemReader):
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         metadata = read_dcp_metadata(Path(self.path))
         metadata.storage_meta.load_id = self.load_id
@@ -439,7 +439,9 @@ def load_resharded(rank: int, world_size: int) -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     model_state, optimizer_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, storage_reader=TrustedMetadataReader(out_dir / DCP_DIR), planner=WeightsOnlyLoadPlanner())
+    dcp.load(
+        state, storage_reader=AllowlistMetadataReader(out_dir / DCP_DIR), planner=WeightsOnlyLoadPlanner()
+    )
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
     model_state, optimizer_state = get_state_dict(model, optimizer)
@@ -485,7 +487,9 @@ model_state, optimizer_state = get_state_dict(model, optimizer)
 state = {"model": model_state, "optimizer": optimizer_state}
 warnings.filterwarnings("ignore", message=".*in a single process.*")  # DCP noting there is no group
 try:
-    dcp.load(state, storage_reader=TrustedMetadataReader(out_dir / DCP_DIR), planner=WeightsOnlyLoadPlanner())
+    dcp.load(
+        state, storage_reader=AllowlistMetadataReader(out_dir / DCP_DIR), planner=WeightsOnlyLoadPlanner()
+    )
 except (Exception, CheckpointException) as err:
     fail(f"{out_dir / DCP_DIR} refused: {root_error_line(err)}")
 set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
@@ -528,7 +532,7 @@ if not args.load_only:
     try:
         dcp.load(
             async_state,
-            storage_reader=TrustedMetadataReader(out_dir / ASYNC_DIR),
+            storage_reader=AllowlistMetadataReader(out_dir / ASYNC_DIR),
             planner=WeightsOnlyLoadPlanner(),
         )
     except (Exception, CheckpointException) as err:
@@ -564,7 +568,7 @@ if not args.load_only:
     pitfall = read_dcp_metadata(out_dir / PITFALL_DIR)
     kept = {"rank_id": torch.tensor([-1])}
     dcp.load(
-        kept, storage_reader=TrustedMetadataReader(out_dir / PITFALL_DIR), planner=WeightsOnlyLoadPlanner()
+        kept, storage_reader=AllowlistMetadataReader(out_dir / PITFALL_DIR), planner=WeightsOnlyLoadPlanner()
     )
     heading("Three pitfalls")
     alone_files = sorted((out_dir / ALONE_DIR).iterdir()) if (out_dir / ALONE_DIR).exists() else []

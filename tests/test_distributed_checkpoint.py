@@ -223,7 +223,7 @@ def test_the_load_only_run_reshards_and_its_reader_and_planner_refuse_hostile_fi
     assert "Tensors equal to the full ones at save time: 16 of 16" in result.stdout
     assert "Training on" not in result.stdout
     # the reader and planner the ranks use, against files swapped in after the check:
-    reader, planner = result.namespace["TrustedMetadataReader"], result.namespace["WeightsOnlyLoadPlanner"]
+    reader, planner = result.namespace["AllowlistMetadataReader"], result.namespace["WeightsOnlyLoadPlanner"]
     refusal = result.namespace["ModelFileError"]
     marker = tmp_path / "marker"
     for make in (hostile_metadata, hostile_learning_rate):
