@@ -7,22 +7,35 @@ Not a lesson either: the tools the chapters use to *show* a lesson for real.
 - `private_folder`: a temporary folder only this user can enter, for files that a
   deliberate unsafe load will read (nobody else can swap them in between);
 - `Hostile`: a harmless stand-in for a malicious pickle, which creates a marker file;
-- memory probes: the peak resident set of this process while it loads a file (Linux).
+- memory probes: the peak resident set of this process while it loads a file (Linux);
+- `start_ranks` and `run_under_torchrun`: the ranks of a distributed run, whose failure
+  ends the run in one line naming the rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
+
+from chapter_support import error_line
 
 PAGE = 4096  # touching one value per page pulls every page into memory
 # The small programs the chapters run in a fresh Python process: real files a reader can open.
@@ -143,3 +156,138 @@ def available_memory_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+# %%
+# # Ranks of a distributed run: started, watched, and ended in one line
+#
+# What a chapter needs to start its own ranks (forked, on one machine) or to run as one
+# of torchrun's, so that a failure ends the whole run with one line naming the rank: a
+# rank that raises, dies, or stops responding (the others wait `timeout` seconds for it
+# in a collective). No rank outlives its launcher.
+
+
+def run_rank(
+    rank: int,
+    world_size: int,
+    work: Callable[[int, int], None],
+    init_method: str,
+    reports: Path,
+    timeout: float,
+) -> None:
+    """One rank, from joining the group to leaving it; a failure becomes one line in `reports`."""
+    import torch.distributed as dist
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to report
+    die_with_parent()
+    torch.set_num_threads(1)  # ranks sharing a machine must not each use every core
+    dist.init_process_group(
+        "gloo",
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout),
+    )
+    failure = None
+    try:
+        work(rank, world_size)
+    except BaseException as err:  # any failure ends the run (DCP's CheckpointException is a BaseException)
+        failure = root_error_line(err)
+        (reports / f"rank-{rank}.txt").write_text(failure)
+    if failure is None:
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(1 if failure else 0)  # a failed rank skips the group's clean-up, which could wait on the others
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this rank when its launcher dies (Linux), so no rank runs on orphaned."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the launcher's clean-up must do
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def root_error_line(err: BaseException) -> str:
+    """error_line of the root cause (DCP wraps each rank's), without gloo's source paths in brackets."""
+    while type(err).__name__ == "CheckpointException" and getattr(err, "failures", None):
+        err = err.failures[min(err.failures)][0]  # DCP's wrapper of every rank's exception
+    return re.sub(r"\[/?[^\]]*\.(?:cc|cpp|h):\d+\] ", "", error_line(err))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_ranks(work: Callable[[int, int], None], world_size: int, timeout: float) -> str | None:
+    """Run `work` on `world_size` forked ranks; None when all succeed, else one line naming the rank."""
+    init_method = f"tcp://127.0.0.1:{free_port()}"
+    context = multiprocessing.get_context("fork")
+    import torch._dynamo  # noqa: F401 -- each rank's first optimizer imports it: once here instead
+
+    sys.stdout.flush()  # a fork copies unwritten output: write it once, here
+    with tempfile.TemporaryDirectory() as folder:
+        reports = Path(folder)
+        ranks = [
+            context.Process(target=run_rank, args=(rank, world_size, work, init_method, reports, timeout))
+            for rank in range(world_size)
+        ]
+        try:
+            for process in ranks:
+                process.start()
+            return watch_ranks(ranks, reports, timeout)
+        finally:
+            for process in ranks:  # on success they are gone; on failure or Ctrl-C, stop the rest
+                if process.is_alive():
+                    process.kill()
+                process.join()
+
+
+def watch_ranks(ranks: list[multiprocessing.Process], reports: Path, timeout: float) -> str | None:
+    """Wait for the ranks; on the first failure, say which rank caused it."""
+    while any(process.is_alive() for process in ranks):
+        multiprocessing.connection.wait(
+            [process.sentinel for process in ranks if process.is_alive()], timeout=1
+        )
+        failed = [rank for rank, process in enumerate(ranks) if process.exitcode not in (None, 0)]
+        if failed:
+            time.sleep(0.2)  # let a rank that failed in the same collective write its report
+            return blame(ranks, reports, failed, timeout)
+    return None
+
+
+def blame(ranks: list[multiprocessing.Process], reports: Path, failed: list[int], timeout: float) -> str:
+    said = {int(path.stem.split("-")[1]): path.read_text() for path in reports.iterdir()}
+    for rank in failed:
+        if rank not in said and ranks[rank].exitcode < 0:
+            return f"rank {rank} was killed by {signal.Signals(-ranks[rank].exitcode).name}"
+    waited = [rank for rank, line in said.items() if "timed out" in line.lower() or "timeout" in line.lower()]
+    silent = [rank for rank, process in enumerate(ranks) if process.is_alive() and rank not in said]
+    if waited and silent:
+        return (
+            f"rank {silent[0]} stopped responding: rank {waited[0]} waited {timeout:g} s for it "
+            "in a collective (--timeout)"
+        )
+    first = (
+        min(said, key=lambda rank: (reports / f"rank-{rank}.txt").stat().st_mtime_ns) if said else failed[0]
+    )
+    return f"rank {first} failed: {said.get(first, f'exit status {ranks[first].exitcode}')}"
+
+
+def run_under_torchrun(work: Callable[[int, int], None], timeout: float) -> None:
+    """Under torchrun: this process is one rank. A failure: one line, exit status 1."""
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    die_with_parent()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
+    try:
+        work(rank, int(os.environ["WORLD_SIZE"]))
+    except BaseException as err:
+        print(f"error: rank {rank} failed: {root_error_line(err)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
+    dist.destroy_process_group()
+    if rank != 0:
+        sys.exit(0)  # what follows runs on one process
