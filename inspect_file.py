@@ -50,6 +50,7 @@ from chapter_support import (
     ZIP_ERRORS,
     ZIP_MAGIC,
     ModelFileError,
+    OneLineParser,
     check_pickle_nesting,
     describe_load_error,
     error_line,
@@ -81,7 +82,7 @@ SAFETENSORS_DTYPES = {  # safetensors' dtype name -> torch's, and bytes per valu
 PT2_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32"}
 PT2_DTYPES |= {8: "float64", 12: "bool", 13: "bfloat16"}
 
-parser = argparse.ArgumentParser(
+parser = OneLineParser(
     description=__doc__.splitlines()[0],
     epilog="--model-file imports and runs that Python file: it must be your own code. "
     "The file being inspected is never run.",

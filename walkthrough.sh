@@ -9,8 +9,16 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt ".[dev,formats,plots]"
 [ "${1:-}" = "--setup-only" ] && exit 0
 
-for chapter in build_model.py train_iris.py inspect_state.py save_load_demo.py \
-    checkpoint_resume.py load_tips.py compare_formats.py distributed_checkpoint.py; do
-    printf '\n===== python %s =====\n' "$chapter"
-    .venv/bin/python "$chapter"
-done
+run() {
+    printf '\n===== python %s =====\n' "$*"
+    .venv/bin/python "$@"
+}
+run build_model.py
+run train_iris.py
+run inspect_state.py
+run save_load_demo.py
+run checkpoint_resume.py
+run load_tips.py
+run compare_formats.py
+run distributed_checkpoint.py
+run inspect_file.py artifacts/iris-model.pth --model Multiclass

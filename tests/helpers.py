@@ -29,6 +29,7 @@ CHAPTERS = [
     "load_tips.py",
     "compare_formats.py",
     "distributed_checkpoint.py",
+    "inspect_file.py",
 ]
 # What each chapter reads from an earlier one (README order guarantees it for a reader).
 READS = {
@@ -36,7 +37,10 @@ READS = {
     "save_load_demo.py": ["iris-model.pth"],
     "load_tips.py": ["iris-model.pth"],
     "compare_formats.py": ["iris-model.pth"],
+    "inspect_file.py": ["iris-model.pth"],
 }
+# The arguments walkthrough.sh gives a chapter, where it gives any.
+ARGS = {"inspect_file.py": ["artifacts/iris-model.pth", "--model", "Multiclass"]}
 SCRIPT_ENV = {
     **os.environ,
     "PYTHONDONTWRITEBYTECODE": "1",  # leave nothing behind in the repo

@@ -189,6 +189,7 @@ def test_each_reader_chapter_refuses_in_one_line(script, probe, corpus, marker, 
     assert stderr.startswith("error: ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", READERS)
 def test_each_reader_chapter_refuses_in_a_real_process(script, corpus, marker, tmp_path):
     result = run_script(
@@ -204,6 +205,7 @@ def train_in_child(out_dir: Path, cwd: Path) -> int:
     return result.returncode
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probe", ["FIFO", "link to /dev/zero", "hostile torch.save"])
 def test_training_replaces_a_bad_file_at_the_model_path(probe, marker, tmp_path):
     """Chapter 2 writes the model: whatever stood at the path is replaced, never read or followed."""
@@ -255,6 +257,7 @@ def train_dying_inside_torch_save(out_dir: Path, cwd: Path) -> int:
     return train_in_child(out_dir, cwd)
 
 
+@pytest.mark.slow
 def test_a_kill_inside_torch_save_leaves_the_previous_model_whole(good_model, tmp_path):
     out_dir = tmp_path / "artifacts"
     out_dir.mkdir()
@@ -277,6 +280,7 @@ def write_again_and_again(path: Path, seed: int) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_two_writers_and_a_kill_never_leave_a_broken_file(tmp_path):
     """Two processes save to one path as fast as they can; one is killed mid-way. Every read
     in between, and the file left at the end, is a whole model."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import random
-import subprocess
-import sys
+import runpy
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from build_model import (
     same_state,
     seed_everything,
 )
-from tests.helpers import REPO, SCRIPT_ENV, assert_one_line_refusal, run_chapter_here
+from tests.helpers import REPO, assert_one_line_refusal, run_chapter_here
 
 
 class ArticleMulticlass(nn.Module):
@@ -115,10 +116,12 @@ def test_chapter_1_writes_nothing_and_importing_it_runs_nothing(tmp_path, model_
     assert run.returncode == 0 and run.stdout == model_run.stdout
     assert list(tmp_path.iterdir()) == []
     assert list(model_run.artifacts.iterdir()) == []
-    imported = subprocess.run(
-        [sys.executable, "-c", "import build_model"], cwd=REPO, env=SCRIPT_ENV, capture_output=True, text=True
-    )
-    assert imported.returncode == 0 and imported.stdout == "" and imported.stderr == ""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        runpy.run_path(
+            str(REPO / "build_model.py"), run_name="build_model"
+        )  # as `import build_model` runs it
+    assert printed.getvalue() == ""
 
 
 def test_the_seed_flag_is_checked(tmp_path):

@@ -80,10 +80,12 @@ def predictions(model: torch.nn.Module) -> torch.Tensor:
 # Every format, round trip
 
 
+@pytest.mark.slow
 def test_the_chapter_measures_the_formats_in_table_order(ns):
     assert list(ns["FORMATS"]) == FORMAT_NAMES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FORMAT_NAMES)
 def test_every_format_round_trips_every_tensor_exactly(name, ns, trained, tmp_path):
     save, load, suffix, _, _ = ns["FORMATS"][name]
@@ -96,6 +98,7 @@ def test_every_format_round_trips_every_tensor_exactly(name, ns, trained, tmp_pa
     assert torch.equal(predictions(loaded), predictions(trained))
 
 
+@pytest.mark.slow
 def test_the_raw_file_is_the_tensor_bytes_and_nothing_else(ns, trained, tmp_path):
     ns["save_raw"](trained, tmp_path / "model.bin")
     expected = b"".join(tensor.numpy().tobytes() for tensor in trained.state_dict().values())
@@ -150,6 +153,7 @@ def test_pickle_needs_twice_the_memory_to_load(rows):
     assert synthetic["raw"]["peak_mb"] >= 30  # the 32 MiB of weights, once
 
 
+@pytest.mark.slow
 def test_the_output_says_why_mapped_loads_are_below_raw(here, ns):
     result, _ = here
     raw = ns["raw"]
@@ -164,6 +168,7 @@ def test_the_output_says_why_mapped_loads_are_below_raw(here, ns):
     assert (line in result.stdout) == bool(expected)
 
 
+@pytest.mark.slow
 def test_the_recommendation_follows_the_measurements(ns):
     synthetic = [row for row in ns["rows"] if row["model"] == HERE_SYNTHETIC]
     fastest_safe = min(
@@ -181,6 +186,7 @@ def test_the_recommendation_follows_the_measurements(ns):
 # The picture
 
 
+@pytest.mark.slow
 def test_the_bars_are_the_json_rows(here, ns):
     result, cwd = here
     written = json.loads((cwd / "rows.json").read_text())
@@ -196,6 +202,7 @@ def test_the_bars_are_the_json_rows(here, ns):
     assert "Drew artifacts/formats.png" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["real run", "in-process run"])
 def test_the_picture_is_real(which, formats_run, here):
     from PIL import Image
@@ -229,6 +236,7 @@ def test_the_iris_pt2_and_safetensors_stay_in_out_dir_and_work(formats_run, trai
         assert torch.equal(predictions(rebuilt.eval()), predictions(trained))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(safe_open is None, reason=NO_SAFETENSORS)
 def test_safe_open_reads_one_tensor_and_the_model_args(ns, trained):
     assert ns["exact"] is True
@@ -240,6 +248,7 @@ def test_safe_open_reads_one_tensor_and_the_model_args(ns, trained):
 # The .pt2 in a process that cannot import the project
 
 
+@pytest.mark.slow
 def test_pt2_runs_in_a_process_without_the_project(formats_run, ns):
     assert (
         "fresh_process/run_pt2.py: (45, 4) -> (45, 3), same predictions True" in formats_run.stdout
@@ -276,6 +285,7 @@ def test_hostile_file_runs_in_unsafe_loaders_only(formats_run):
         assert "  safetensors save_file            -> ValueError: Key `weight` is invalid" in stdout
 
 
+@pytest.mark.slow
 def test_the_safe_load_ran_in_the_chapters_own_process_and_named_exec(ns):
     assert isinstance(ns["refusal"], pickle.UnpicklingError)
     assert "GLOBAL exec" in str(ns["refusal"])
@@ -296,6 +306,7 @@ def test_the_unsafe_load_program_runs_the_files_code(tmp_path):
 # CRC32: what torch.save writes and what torch.load checks
 
 
+@pytest.mark.slow
 def test_without_crc32_zip_tools_report_bad_crcs_and_torch_load_still_reads_it(ns, trained, tmp_path):
     checked, unchecked = tmp_path / "checked.pth", tmp_path / "unchecked.pth"
     ns["save_torch"](trained, checked)
@@ -338,6 +349,7 @@ def test_help_states_the_16_mib_rounding(tmp_path):
     assert "rounded to whole 16 MiB layers" in " ".join(result.stdout.split())
 
 
+@pytest.mark.slow
 def test_the_output_states_the_rounding(formats_run, here):
     rounded = "rounded to whole 16 MiB layers"
     assert (

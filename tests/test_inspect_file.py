@@ -162,6 +162,7 @@ def on_meta(model_class: type[nn.Module], **kwargs: int) -> nn.Module:
 # What the report says of a good file, printed as a reader sees it
 
 
+@pytest.mark.slow
 def test_a_good_state_dict_is_reported_exactly_and_exits_0(files, tmp_path):
     result = run_script(
         "inspect_file.py", str(files["state_dict.pth"]), "--model", "Multiclass", cwd=tmp_path

@@ -19,7 +19,6 @@ import stat
 import subprocess
 import sys
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from torch import nn
 
 import lab_tools
 from build_model import SPECIES, Multiclass, load_iris_split, same_outputs, same_state
-from lab_tools import Hostile, private_folder, run_fresh_python
+from lab_tools import Hostile, private_folder
 from tests.helpers import REPO, ChapterResult, assert_one_line_refusal, run_chapter_here, run_script
 
 LAYERS = [
@@ -121,6 +120,7 @@ def trained(trained_model_path: Path) -> Multiclass:
 X_TEST = load_iris_split().X_test
 
 
+@pytest.mark.slow
 def test_the_cells_print_what_the_real_process_prints(chapter, save_load_run):
     result, _ = chapter
     assert result.stdout == save_load_run.stdout
@@ -135,6 +135,7 @@ def test_the_cells_print_what_the_real_process_prints(chapter, save_load_run):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["from_pickle", "from_torch"])
 def test_round_trips_give_the_same_tensors_and_predictions(name, chapter, trained):
     restored = chapter[0].namespace[name]
@@ -218,6 +219,7 @@ def test_the_whole_model_fails_in_a_fresh_process_as_printed(save_load_run):
     ) in stdout
 
 
+@pytest.mark.slow
 def test_the_failures_are_what_a_fresh_process_really_gets(save_load_run):
     """The same two loads, made here in our own fresh process, on a copy in a private folder."""
     attempt = (
@@ -287,6 +289,7 @@ def test_the_ways_out_load_the_same_model(save_load_run, trained):
     ) in stdout
 
 
+@pytest.mark.slow
 def test_unsafe_loads_read_only_files_just_written_in_private_folders(chapter):
     result, spy = chapter
     out_dir = spy.out_dir
@@ -355,6 +358,7 @@ def test_a_bad_model_file_is_refused_in_one_line(kind, reason, tmp_path, trained
     )
 
 
+@pytest.mark.slow
 def test_the_real_command_refuses_a_hostile_file_without_running_it(tmp_path):
     cwd = artifacts_with(tmp_path)
     torch.save({"hidden.weight": Hostile(cwd / "code-ran.txt")}, cwd / "artifacts" / "iris-model.pth")
@@ -376,28 +380,6 @@ def test_the_readme_shows_what_the_chapter_prints(save_load_run):
     printed_lines = save_load_run.stdout.splitlines()
     for line in lines:
         assert line in printed_lines, line
-
-
-def test_the_readme_snippets_run_pasted_into_an_empty_folder(save_load_run, tmp_path):
-    """Each ```python block, alone in a new file next to a copy of artifacts/, outside the repo."""
-    section = readme_section()
-    snippets = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
-    assert len(snippets) == 2
-    shutil.copytree(save_load_run.artifacts, tmp_path / "artifacts")
-    programs = [tmp_path / f"snippet{number}.py" for number in range(len(snippets))]
-    for program, snippet in zip(programs, snippets, strict=True):
-        program.write_text(snippet)
-    with ThreadPoolExecutor() as pool:  # two fresh processes side by side
-        results = list(pool.map(lambda program: run_fresh_python(program, cwd=tmp_path), programs))
-    for result in results:
-        assert result.returncode == 0, result.stderr
-    outputs = [result.stdout for result in results]
-    assert "'build_model.Multiclass'" in outputs[0] and outputs[0].endswith("Multiclass loaded\n")
-    # The text block under the load-and-predict program is what that program prints.
-    shown = section.split(snippets[1])[1]
-    shown_lines = re.search(r"```text\n(.*?)```", shown, re.DOTALL).group(1).splitlines()
-    assert shown_lines == outputs[1].splitlines()[: len(shown_lines)]
-    assert outputs[1].splitlines() == save_load_run.stdout.split("## 4. Load and predict\n")[1].splitlines()
 
 
 def run_with_failing_save(cwd: Path, file_name: str, failure) -> ChapterResult:
@@ -426,6 +408,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_half_written_file(tmp_path, train
     assert sorted(p.name for p in (cwd / "artifacts").iterdir()) == ["iris-model.pth"]
 
 
+@pytest.mark.slow
 def test_ctrl_c_names_what_was_saved_and_leaves_no_half_written_file(tmp_path, trained_model_path):
     cwd = artifacts_with(tmp_path, trained_model_path)
 

@@ -122,6 +122,7 @@ def test_bad_flags_are_one_line_and_exit_2(flag, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_bad_flag_from_the_real_command_is_one_line(tmp_path):
     result = subprocess.run(
         script_command("train_iris.py", "--lr", "inf"),
@@ -201,6 +202,7 @@ def slow_save_then_wait(path: Path, ready: Path) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_killed_while_saving_leaves_the_previous_model_and_the_next_save_cleans_up(
     tmp_path, trained_model_path
 ):
@@ -236,6 +238,7 @@ def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
     assert live.read_bytes() == b"being written"
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_is_one_line_exit_130(tmp_path):
     process = subprocess.Popen(
         script_command("train_iris.py", "--epochs", "100000"),
