@@ -47,22 +47,19 @@ from build_model import (
     train_one_epoch,
 )
 from chapter_support import (
-    ModelFileError,
     chapter_parser,
-    check_checkpoint,
     fail,
     heading,
     import_pyplot,
     parse_chapter_args,
     positive_int,
     prepare_out_dir,
-    read_untrusted,
     record_saved,
-    refusing,
     save_atomically,
     save_figure,
     seed,
 )
+from untrusted_files import ModelFileError, check_checkpoint, read_untrusted, refusing
 
 CHECKPOINT_FILE = "iris-checkpoint.pth"
 EPOCHS = 100  # as in chapter 2

@@ -46,7 +46,6 @@ from chapter_support import (
     fail,
     heading,
     import_pyplot,
-    load_model_or_exit,
     parse_chapter_args,
     positive_int,
     prepare_out_dir,
@@ -62,6 +61,7 @@ from lab_tools import (
     timed_with_peak_memory,
     touch,
 )
+from untrusted_files import load_model_or_exit
 
 try:
     from safetensors.torch import load_file, safe_open, save_file

@@ -63,14 +63,10 @@ from torch.distributed.tensor import DTensor
 from build_model import LEARNING_RATE, SEED, Multiclass, flat_tensors, load_iris_split, seed_everything
 from chapter_support import (
     SAVED,
-    ModelFileError,
     chapter_parser,
-    describe_load_error,
     error_line,
     fail,
     heading,
-    load_untrusted_model,
-    open_regular_file,
     parse_chapter_args,
     positive_int,
     prepare_out_dir,
@@ -78,6 +74,7 @@ from chapter_support import (
     save_atomically,
 )
 from lab_tools import private_folder, root_error_line, run_under_torchrun, start_ranks
+from untrusted_files import ModelFileError, describe_load_error, load_untrusted_model, open_regular_file
 
 NPROC = 2  # ranks started by this script
 MAX_NPROC = 7  # hidden.weight has 8 rows: beyond N+1 = 8 ranks, some would hold none

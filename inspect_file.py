@@ -42,23 +42,25 @@ from torch import Tensor, nn
 
 from build_model import MODEL_FILE, Multiclass
 from chapter_support import (
-    CHUNK,
     DEFAULT_OUT_DIR,
     EXIT_BAD_INPUT,
+    OneLineParser,
+    error_line,
+    fail,
+    parse_chapter_args,
+    safe_text,
+)
+from untrusted_files import (
+    CHUNK,
     LEGACY_MAGIC,
     MAX_PICKLE_BYTES,
     ZIP_ERRORS,
     ZIP_MAGIC,
     ModelFileError,
-    OneLineParser,
     check_pickle_nesting,
     describe_load_error,
-    error_line,
-    fail,
     open_regular_file,
-    parse_chapter_args,
     pickle_globals,
-    safe_text,
 )
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors refuses larger JSON headers too

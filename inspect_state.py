@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from build_model import MODEL_FILE, SEED, Multiclass, load_iris_split, seed_everything, train_one_epoch
-from chapter_support import chapter_parser, heading, load_model_or_exit, parse_chapter_args, seed
+from chapter_support import chapter_parser, heading, parse_chapter_args, seed
+from untrusted_files import load_model_or_exit
 
 BN_EPOCHS = 20  # enough training for the BatchNorm statistics to move away from 0 and 1
 

@@ -36,15 +36,8 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
-from chapter_support import (
-    chapter_parser,
-    error_line,
-    heading,
-    load_model_or_exit,
-    parse_chapter_args,
-    prepare_out_dir,
-    seed,
-)
+from chapter_support import chapter_parser, error_line, heading, parse_chapter_args, prepare_out_dir, seed
+from untrusted_files import load_model_or_exit
 
 parser = chapter_parser(__doc__)
 parser.add_argument(

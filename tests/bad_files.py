@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-import chapter_support
+import untrusted_files
 from build_model import MODEL_FILE, Multiclass
 from lab_tools import Hostile, memory_mb, reset_peak_memory
 
@@ -259,7 +259,7 @@ def make_fifo(path: Path) -> None:
 
 def make_too_large(path: Path) -> None:
     with path.open("wb") as f:
-        f.truncate(chapter_support.MAX_FILE_BYTES + 1)  # sparse: no disk used
+        f.truncate(untrusted_files.MAX_FILE_BYTES + 1)  # sparse: no disk used
 
 
 def probes(marker: Path) -> dict[str, Callable[[Path], None]]:

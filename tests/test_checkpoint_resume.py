@@ -34,13 +34,7 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
-from chapter_support import (
-    EXIT_INTERRUPTED,
-    ModelFileError,
-    check_checkpoint,
-    read_untrusted,
-    save_atomically,
-)
+from chapter_support import EXIT_INTERRUPTED, save_atomically
 from tests.helpers import (
     REPO,
     SCRIPT_ENV,
@@ -49,6 +43,7 @@ from tests.helpers import (
     run_chapter_here,
     script_command,
 )
+from untrusted_files import ModelFileError, check_checkpoint, read_untrusted
 
 CHAPTER = "checkpoint_resume.py"
 CHECKPOINT = "iris-checkpoint.pth"

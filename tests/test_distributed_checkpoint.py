@@ -21,9 +21,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from build_model import Multiclass, flat_tensors
-from chapter_support import load_untrusted_model
 from lab_tools import Hostile, run_fresh_python
 from tests.helpers import REPO, SCRIPT_ENV, assert_one_line_refusal, run_chapter_here
+from untrusted_files import load_untrusted_model
 
 CHAPTER = "distributed_checkpoint.py"
 MODEL_KEYS = ["hidden.weight", "hidden.bias", "output.weight", "output.bias"]

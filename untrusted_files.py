@@ -1,0 +1,597 @@
+"""The checks a model file you did not make goes through before anything uses it.
+
+`read_untrusted` opens only regular files, bounds what a load may allocate by the file's
+real size and how deeply its data may nest, checks every zip record's CRC32, and only then
+loads with `torch.load(..., weights_only=True)`. `check_state_dict_fits` and
+`check_checkpoint` check what was loaded against the model. Every refusal is one
+`ModelFileError` of one line, with anything taken from the file printed escaped.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickletools
+import random
+import re
+import stat
+import warnings
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from chapter_support import ChapterError, error_line, fail, safe_text
+
+MAX_WIDTH = 4096  # refuse constructor arguments that would build an absurdly large model
+MAX_FILE_BYTES = 64 * 2**20  # no file of this walkthrough's models comes near this
+CHUNK = 2**20  # bytes read at a time when checking a file
+# What zipfile raises for a damaged archive (RuntimeError, NotImplementedError: flags it cannot read)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    ValueError,
+    EOFError,
+    RuntimeError,
+    NotImplementedError,
+    zlib.error,
+)
+MAX_PICKLE_BYTES = 2**20  # a state_dict's pickle holds names and shapes only; tensors have their own records
+
+
+class ModelFileError(ChapterError):
+    """A model file that is missing, unreadable, unsafe, damaged or made for another model."""
+
+
+# %%
+# # Reading a file you did not make
+
+ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's files (and every zip archive) begin
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch.save before PyTorch 1.6
+PICKLE_PROTOCOL = 0x80  # a pickle of protocol 2 or later starts with this byte
+FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def open_regular_file(path: Path, made_by: str = "") -> IO[bytes]:
+    """Open `path` for reading if it is a regular file (after links); never block on a FIFO.
+
+    The type is checked before opening (opening a FIFO or a device can block or have
+    effects) and again on what was opened, in case the path changed in between.
+    """
+    try:
+        mode = Path(path).stat().st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                os.close(fd)
+    except FileNotFoundError:
+        hint = f"; create it with: {made_by}" if made_by else ""
+        raise ModelFileError(f"{path} not found{hint}") from None
+    except OSError as err:
+        raise ModelFileError(f"{path} cannot be read: {err.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "not a file")
+        raise ModelFileError(f"{path} cannot be read: Is {kind}, not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def check_zip_records(file: IO[bytes], size: int) -> None:
+    """For a torch.save zip: its layout, every record stored (not compressed), inside the file, CRC32 right.
+
+    `torch.load` checks none of this: a flipped bit in the weights loads silently, and a
+    compressed record may inflate to far more than the file's size.
+    """
+    try:
+        archive = zipfile.ZipFile(file)
+    except ZIP_ERRORS:
+        raise ModelFileError("the file is truncated or corrupted (its zip archive is incomplete)") from None
+    records = archive.infolist()
+    folders = {info.filename.partition("/")[0] for info in records}
+    folder = folders.pop() if len(folders) == 1 else ""
+    if f"{folder}/data.pkl" not in archive.namelist():
+        raise ModelFileError("it is a zip archive, but not one that torch.save wrote (no folder/data.pkl)")
+    pickle_size = archive.getinfo(f"{folder}/data.pkl").file_size
+    if pickle_size > MAX_PICKLE_BYTES:
+        raise ModelFileError(
+            f"its data.pkl has {pickle_size} bytes, more than the {MAX_PICKLE_BYTES} allowed for "
+            "names and shapes (unpickled, each byte can cost 64)"
+        )
+    if any(info.compress_type != zipfile.ZIP_STORED for info in records):
+        raise ModelFileError("it has compressed records; torch.save never writes them (a zip bomb?)")
+    if sum(info.file_size for info in records) > size:
+        raise ModelFileError("its records claim more bytes than the file holds")
+    if all(info.CRC == 0 for info in records if info.file_size):
+        raise ModelFileError("it carries no CRC32 checksums, so it cannot be verified")
+    if any(info.flag_bits & 0x41 for info in records):  # bits 0 and 6: encrypted
+        raise ModelFileError("it has encrypted records; torch.save never writes them")
+    for info in records:
+        try:
+            with archive.open(info) as record:
+                while record.read(CHUNK):
+                    pass
+        except ZIP_ERRORS:
+            raise ModelFileError(
+                f"record {safe_text(info.filename)} fails its CRC32 check: the file is damaged"
+            ) from None
+
+
+def pickle_globals(data: bytes, limit: int = 20) -> list[str]:
+    """The `module.name` globals a pickle would import, found by reading its opcodes, not running them.
+
+    Reading stops at the first malformed opcode. A STACK_GLOBAL takes its two names from the
+    stack, so the strings pushed (or fetched from the memo) before it are tracked, as pickle
+    scanners do; anything else pushed counts as a non-string.
+    """
+    found: list[str] = []
+    pushed: list[str | None] = []  # what each opcode left on the stack, if it was a string
+    memo: dict[int, str | None] = {}
+    try:
+        for opcode, arg, position in pickletools.genops(data):
+            name = opcode.name
+            if name in ("GLOBAL", "INST"):  # two lines follow: the module, then the name
+                module, attribute = data[position + 1 :].split(b"\n", 2)[:2]
+                found.append(f"{module.decode(errors='replace')}.{attribute.decode(errors='replace')}")
+            elif name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
+                found.append(f"{pushed[-2]}.{pushed[-1]}")
+            if name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(int(arg)))
+            elif name not in ("PROTO", "FRAME"):
+                is_string = isinstance(arg, str) and ("UNICODE" in name or "STRING" in name)
+                pushed.append(arg if is_string else None)
+            if name == "STOP" or len(found) >= limit:
+                break
+    except (ValueError, EOFError):  # a malformed or cut-short pickle: report what was found so far
+        pass
+    return list(dict.fromkeys(found))
+
+
+def refuse_other_formats(head: bytes, file: IO[bytes], size: int) -> None:
+    """Refuse, in one line, any file that is not torch.save's zip format."""
+    if size == 0:
+        raise ModelFileError("the file is empty or cut short (0 bytes)")
+    if head.startswith(LEGACY_MAGIC[:4]):
+        raise ModelFileError(
+            "it is in the legacy torch.save format (before PyTorch 1.6), which carries no checksums; "
+            "re-save it with a current PyTorch"
+        )
+    if head[:1] == bytes([PICKLE_PROTOCOL]):
+        file.seek(0)
+        names = pickle_globals(file.read(size))
+        imports = f"; unpickling it would import {safe_text(', '.join(names), 120)}" if names else ""
+        raise ModelFileError(f"it is a plain pickle, not a torch.save file{imports}; nothing in it was run")
+    raise ModelFileError("not a PyTorch weights file (it is not a torch.save zip archive)")
+
+
+MAX_NESTING = 200  # containers inside containers; a checkpoint here nests about ten levels deep
+LEGACY_PICKLES = 5  # a pre-zip torch.save file: magic number, protocol, sys info, data, storage keys
+MUTATORS = {"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"}  # add to the object below
+
+
+def check_pickle_nesting(file: IO[bytes], is_zip: bool, limit: int = MAX_NESTING) -> None:
+    """Refuse pickled data that nests containers more than `limit` deep, before unpickling it.
+
+    `torch.load` rebuilds any depth without complaint, but Python hashes and compares
+    nested tuples recursively in C: a dict key nested a few hundred thousand levels deep
+    crashes the process (SIGSEGV) instead of raising. The opcodes are only read, not run.
+    """
+    if is_zip:
+        archive = zipfile.ZipFile(file)
+        pickles = [name for name in archive.namelist() if name == "data.pkl" or name.endswith("/data.pkl")]
+        streams = [io.BytesIO(archive.read(name)) for name in pickles[:1]]
+        count = 1
+    else:
+        streams, count = [file], LEGACY_PICKLES
+    for stream in streams:
+        for _ in range(count):
+            try:
+                deepest = pickle_nesting(stream, limit)
+            except (ValueError, IndexError, KeyError, EOFError):
+                return  # not a well-formed pickle: torch.load reports that itself
+            if deepest > limit:
+                raise ModelFileError(f"its data is nested more than {limit} levels deep")
+
+
+def pickle_nesting(stream: IO[bytes], limit: int) -> int:
+    """How deeply the next pickle in `stream` nests its containers (stops counting past `limit`)."""
+    depth: dict[int, int] = {}  # per object made, the containers nested in it, itself included
+    stack: list[int | None] = []  # object numbers; None for a MARK
+    memo: dict[object, int] = {}
+    deepest = 0
+    for opcode, arg, _ in pickletools.genops(stream):
+        name = opcode.name
+        if name == "STOP":
+            break
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+            continue
+        if name in ("GET", "BINGET", "LONG_BINGET", "DUP"):
+            stack.append(memo[arg] if name != "DUP" else stack[-1])
+            continue
+        if name == "MARK":
+            stack.append(None)
+            continue
+        before = opcode.stack_before
+        popped: list[int] = []
+        if pickletools.markobject in before:
+            while (item := stack.pop()) is not None:
+                popped.append(item)
+            below = before.index(pickletools.markobject)
+        else:
+            below = len(before)
+        popped += [stack.pop() for _ in range(below)]  # the object below the mark comes last
+        if not opcode.stack_after:
+            continue
+        inner = max((depth[item] for item in popped[:-1] if item is not None), default=0)
+        if name in MUTATORS:  # the container stays the same object, now holding more
+            target = popped[-1]
+            depth[target] = max(depth[target], inner + 1)
+        else:
+            target = len(depth)
+            depth[target] = 1 + max((depth[item] for item in popped if item is not None), default=-1)
+        stack.append(target)
+        deepest = max(deepest, depth[target])
+        if deepest > limit:
+            break
+    return deepest
+
+
+def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTES) -> Any:
+    """`torch.load(path, map_location="cpu", weights_only=True)`, after checking the file.
+
+    A regular file of at most `max_bytes` in torch.save's zip format, every record intact;
+    then PyTorch's restricted unpickler, which rebuilds tensors and plain containers only
+    and runs nothing from the file. What the load may allocate is bounded by the file's real
+    size: no record is compressed, and together they fit in the file. Every failure is one
+    ModelFileError that names the file.
+    """
+    with open_regular_file(path, made_by) as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > max_bytes:
+            raise ModelFileError(
+                f"{path} refused: it has {size} bytes, more than the {max_bytes} this load allows"
+            )
+        with refusing(path):
+            head = file.read(len(LEGACY_MAGIC))
+            if not head.startswith(ZIP_MAGIC):
+                refuse_other_formats(head, file, size)
+            file.seek(0)
+            check_zip_records(file, size)
+            file.seek(0)
+            check_pickle_nesting(file, is_zip=True)
+            file.seek(0)
+        with warnings.catch_warnings():  # the one-line reason below says all that matters
+            warnings.simplefilter("ignore")
+            try:
+                return torch.load(file, map_location="cpu", weights_only=True)
+            except Exception as err:  # a file from anywhere can fail in any way; all are refusals
+                raise ModelFileError(f"{path} refused: {describe_load_error(err)}") from None
+
+
+def describe_load_error(err: Exception) -> str:
+    """Turn torch.load's long, multi-line errors into one short reason."""
+    text = str(err)
+    if found := re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (.+?)(?: was not|\n|$)", text):
+        name = safe_text(found.group(1), limit=80)
+        return f"it refers to {name}, not just tensors; weights_only loading ran none of it"
+    if isinstance(err, EOFError):
+        return "the file is empty or cut short"
+    if isinstance(err, RecursionError):
+        return "its data is nested too deeply"
+    if "does not match expected size" in text:
+        return "a tensor claims more bytes than the file stores for it (the file is damaged or forged)"
+    if isinstance(err, OSError) or "central directory" in text or "zip archive" in text:
+        return "the file is truncated or corrupted (its zip archive is incomplete)"
+    if "Weights only load failed" in text:
+        return "not a PyTorch weights file (unreadable pickle data)"
+    return f"not a PyTorch weights file ({error_line(err)})"
+
+
+@contextmanager
+def refusing(path: Path) -> Iterator[None]:
+    """Re-raise a ModelFileError from the block as one that names `path`."""
+    try:
+        yield
+    except ModelFileError as err:
+        raise ModelFileError(f"{path} refused: {err}") from None
+
+
+def check_plain_tensor(name: str, tensor: object, like: Tensor | None = None) -> None:
+    """A dense, CPU tensor of a plain type; with `like`, of its shape and dtype, and finite."""
+    if type(tensor) not in (Tensor, nn.Parameter):
+        raise ModelFileError(f"{safe_text(name)} is a {safe_text(type(tensor).__name__)}, not a tensor")
+    assert isinstance(tensor, Tensor)
+    if tensor.layout != torch.strided or tensor.is_nested or tensor.device.type != "cpu":
+        kind = "nested" if tensor.is_nested else f"{tensor.layout}, on {tensor.device}"
+        raise ModelFileError(f"{safe_text(name)} is not a plain dense CPU tensor ({kind})")
+    if like is None:
+        return
+    if tensor.shape != like.shape:
+        raise ModelFileError(
+            f"{safe_text(name)} has shape {tuple(tensor.shape)}, expected {tuple(like.shape)}"
+        )
+    if tensor.dtype != like.dtype:
+        raise ModelFileError(f"{safe_text(name)} is {tensor.dtype}, expected {like.dtype}")
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise ModelFileError(f"{safe_text(name)} contains NaN or infinite values")
+
+
+def check_state_dict_fits(state: Any, model: nn.Module) -> None:
+    """Raise ModelFileError (without a path) unless `state` is exactly `model`'s state_dict."""
+    name = type(model).__name__
+    if not isinstance(state, Mapping) or not all(isinstance(key, str) for key in state):
+        raise ModelFileError(f"it holds a {safe_text(type(state).__name__)}, not a state_dict")
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None and not (
+        isinstance(metadata, Mapping) and all(isinstance(v, Mapping) for v in metadata.values())
+    ):
+        raise ModelFileError("its state_dict metadata is malformed")
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    if missing or unexpected:
+        raise ModelFileError(
+            f"its keys do not fit {name}: missing {key_list(missing)}, unexpected {key_list(unexpected)}"
+        )
+    for key, tensor in state.items():
+        try:
+            check_plain_tensor(key, tensor, like=expected[key])
+        except ModelFileError as err:
+            raise ModelFileError(str(err).replace(", expected ", f", {name} expects ")) from None
+
+
+def key_list(keys: list[str], shown: int = 5) -> str:
+    """['a', 'b', ... 3 more], each key escaped once; or 'none'."""
+    if not keys:
+        return "none"
+    more = [f"... {len(keys) - shown} more"] if len(keys) > shown else []
+    return "[" + ", ".join([f"'{safe_text(key, 60)}'" for key in keys[:shown]] + more) + "]"
+
+
+def file_bytes_for(model: nn.Module) -> int:
+    """The most a torch.save file of `model`'s state_dict can reasonably take: twice its
+    tensors' bytes, plus room for the zip's headers and the pickle (generously)."""
+    state = model.state_dict()
+    return 2 * sum(t.numel() * t.element_size() for t in state.values()) + 64 * 1024 + 1024 * len(state)
+
+
+def load_untrusted_model(path: Path, model_class: Callable[[], nn.Module], made_by: str = "") -> nn.Module:
+    """A model in eval mode with the checked weights from `path`, or ModelFileError.
+
+    The file may be no larger than a state_dict of this model needs, so a forged one cannot
+    make the load build much more than the model itself.
+    """
+    model = model_class()
+    state = read_untrusted(path, made_by, max_bytes=min(MAX_FILE_BYTES, file_bytes_for(model)))
+    with refusing(path):
+        check_state_dict_fits(state, model)
+    model.load_state_dict(dict(state))
+    return model.eval()
+
+
+def load_model_or_exit(path: Path, model_class: Callable[[], nn.Module], made_by: str = "") -> nn.Module:
+    """`load_untrusted_model` for a chapter: a bad file ends it in one line, exit status 2."""
+    try:
+        return load_untrusted_model(path, model_class, made_by)
+    except ModelFileError as err:
+        fail(err)
+
+
+# %%
+# # Checking a training checkpoint before anything uses it
+
+CHECKPOINT_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "model_args", "rng_state")
+
+
+def check_model_args(args: Any, expected: Mapping[str, int]) -> dict[str, int]:
+    if (
+        not isinstance(args, Mapping)
+        or set(args) != set(expected)
+        or not all(type(v) is int and 1 <= v <= MAX_WIDTH for v in args.values())
+    ):
+        raise ModelFileError(f"its model_args are not {sorted(expected)} in 1..{MAX_WIDTH}")
+    return dict(args)
+
+
+ADAM_SETTINGS = {"lr", "betas", "eps", "weight_decay", "params"}  # what Adam's step reads from a group
+ADAM_FLAGS = (
+    "amsgrad",
+    "maximize",
+    "foreach",
+    "capturable",
+    "differentiable",
+    "fused",
+    "decoupled_weight_decay",
+)
+
+
+def is_number(value: object) -> bool:
+    """An int or float (not a bool, not a tensor) that is finite."""
+    return type(value) is int or (type(value) is float and math.isfinite(value))
+
+
+def check_adam_settings(group: Mapping[Any, Any], n_params: int) -> None:
+    """One Adam parameter group: plain Adam over `n_params` parameters, with sane numbers."""
+    if not ADAM_SETTINGS <= set(group) <= ADAM_SETTINGS | set(ADAM_FLAGS):
+        raise ModelFileError("its optimizer settings are not Adam's")
+    params = group["params"]
+    if (
+        type(params) is not list
+        or [type(i) for i in params] != [int] * n_params
+        or params != [*range(n_params)]
+    ):
+        raise ModelFileError(f"its optimizer state is not for this model's {n_params} parameters")
+    lr, betas, eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    if not (is_number(lr) and 0 < lr <= 1):
+        raise ModelFileError("its optimizer's lr is not a number in (0, 1]")
+    if (
+        type(betas) not in (tuple, list)
+        or len(betas) != 2
+        or not all(is_number(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ModelFileError("its optimizer's betas are not two numbers in [0, 1)")
+    if not (is_number(eps) and 0 < eps < 1):
+        raise ModelFileError("its optimizer's eps is not a number in (0, 1)")
+    if not (is_number(weight_decay) and 0 <= weight_decay < 1):
+        raise ModelFileError("its optimizer's weight_decay is not a number in [0, 1)")
+    for flag in ADAM_FLAGS:
+        value = group.get(flag)
+        if value is not None and value is not False:  # identity: a tensor here must not be compared
+            raise ModelFileError(f"its optimizer asks for {flag} (plain Adam, as saved here, has it off)")
+
+
+def check_optimizer_state(state: Any, model: nn.Module) -> None:
+    """An Adam state_dict for exactly `model`'s parameters: shapes, dtypes and settings sane.
+
+    Everything Adam's step reads is checked, since a wrong shape, an aliased or negative
+    second moment, or a NaN setting would fail in the middle of training or, worse, train
+    on and save NaN weights.
+    """
+    params = list(model.parameters())
+    if not isinstance(state, Mapping) or set(state) != {"state", "param_groups"}:
+        raise ModelFileError("its optimizer state is not an optimizer's state_dict")
+    groups = state["param_groups"]
+    if type(groups) is not list or len(groups) != 1 or not isinstance(groups[0], Mapping):
+        raise ModelFileError("its optimizer state does not have one parameter group")
+    check_adam_settings(groups[0], len(params))
+    per_param = state["state"]
+    if not isinstance(per_param, Mapping) or not all(
+        type(index) is int and 0 <= index < len(params) for index in per_param
+    ):
+        raise ModelFileError("its optimizer state refers to parameters this model does not have")
+    storages = set()
+    for index, entry in per_param.items():
+        if not isinstance(entry, Mapping) or set(entry) != {"step", "exp_avg", "exp_avg_sq"}:
+            raise ModelFileError(f"its optimizer state for parameter {index} is not Adam's")
+        check_plain_tensor(f"optimizer state[{index}].step", entry["step"])
+        step = entry["step"]
+        if step.numel() != 1 or not step.is_floating_point() or not 0 <= step.item() < 2**40:
+            raise ModelFileError(f"its optimizer step for parameter {index} is not a count")
+        for moment in ("exp_avg", "exp_avg_sq"):
+            tensor = entry[moment]
+            check_plain_tensor(f"optimizer state[{index}].{moment}", tensor, like=params[index])
+            if not tensor.is_contiguous() or tensor.requires_grad:
+                raise ModelFileError(f"optimizer state[{index}].{moment} is not a plain contiguous tensor")
+            storages.add(tensor.untyped_storage().data_ptr())
+        if (entry["exp_avg_sq"] < 0).any():
+            raise ModelFileError(f"optimizer state[{index}].exp_avg_sq has negative values")
+    if len(storages) != 2 * len(per_param):
+        raise ModelFileError("its optimizer state has tensors that share memory")
+
+
+MT19937_WORDS = 624  # the Mersenne Twister state behind NumPy's and Python's generators
+
+
+def check_rng_state(rng: Any) -> None:
+    """The generator states chapter 5 saves: torch's bytes, NumPy's and Python's as tensors.
+
+    Each is checked for its layout and then tried on a fresh generator of its kind, which
+    rejects a state it cannot use, so restoring the real generators cannot fail later.
+    """
+    try:
+        torch_state, numpy_state, python_state = rng["torch"], rng["numpy"], rng["python"]
+        keys, internal = numpy_state["keys"], python_state["internal"]
+        ok = (
+            isinstance(rng, Mapping)
+            and set(rng) == {"torch", "numpy", "python"}
+            and set(numpy_state) == {"keys", "pos", "has_gauss", "cached_gaussian"}
+            and set(python_state) == {"version", "internal", "gauss_next"}
+            and type(torch_state) is Tensor
+            and torch_state.dtype == torch.uint8
+            and torch_state.shape == torch.get_rng_state().shape
+            and type(keys) is Tensor
+            and keys.dtype == torch.int64
+            and keys.shape == (MT19937_WORDS,)
+            and type(numpy_state["pos"]) is int
+            and 0 <= numpy_state["pos"] <= MT19937_WORDS  # NumPy does not check: it would read past its keys
+            and type(numpy_state["has_gauss"]) is int
+            and numpy_state["has_gauss"] in (0, 1)
+            and type(numpy_state["cached_gaussian"]) is float
+            and is_number(numpy_state["cached_gaussian"])
+            and type(python_state["version"]) is int
+            and python_state["version"] == 3
+            and type(internal) is Tensor
+            and internal.dtype == torch.int64
+            and internal.shape == (MT19937_WORDS + 1,)
+            and (python_state["gauss_next"] is None or type(python_state["gauss_next"]) is float)
+        )
+        if ok:
+            for name, tensor in (("torch", torch_state), ("numpy.keys", keys), ("python.internal", internal)):
+                check_plain_tensor(f"rng_state.{name}", tensor)
+            ok = torch_state.is_contiguous() and bool(((keys >= 0) & (keys < 2**32)).all())
+        if ok:  # the same conversions chapter 5's restore makes, on generators nobody uses
+            torch.Generator().set_state(torch_state)
+            np.random.RandomState().set_state(
+                (
+                    "MT19937",
+                    keys.numpy().astype(np.uint32),
+                    numpy_state["pos"],
+                    numpy_state["has_gauss"],
+                    numpy_state["cached_gaussian"],
+                )
+            )
+            random.Random().setstate(
+                (python_state["version"], tuple(internal.tolist()), python_state["gauss_next"])
+            )
+    except (TypeError, KeyError, AttributeError, ValueError, OverflowError, RuntimeError, IndexError):
+        ok = False
+    if not ok:
+        raise ModelFileError("its rng_state is not the torch, NumPy and Python generator states")
+
+
+def check_checkpoint(
+    checkpoint: Any,
+    model_class: Callable[..., nn.Module],
+    max_epoch: int,
+    fixed_args: Mapping[str, int] | None = None,
+) -> None:
+    """Raise ModelFileError unless `checkpoint` is a chapter-5 checkpoint that fits the model.
+
+    Everything is checked before use: an optimizer state of the wrong shapes would make a
+    fused optimizer write past its buffers and crash the process, not raise. `max_epoch` is
+    the last epoch training may reach; `fixed_args` are constructor arguments the data
+    decides (the number of features and classes), which the file must not change.
+    """
+    try:
+        check_checkpoint_fields(checkpoint, model_class, max_epoch, fixed_args or {})
+    except RecursionError:
+        raise ModelFileError("its data is nested too deeply") from None
+
+
+def check_checkpoint_fields(
+    checkpoint: Any, model_class: Callable[..., nn.Module], max_epoch: int, fixed_args: Mapping[str, int]
+) -> None:
+    if not isinstance(checkpoint, Mapping) or set(checkpoint) != set(CHECKPOINT_KEYS):
+        raise ModelFileError(f"not a training checkpoint (it needs the keys {', '.join(CHECKPOINT_KEYS)})")
+    epoch = checkpoint["epoch"]
+    if type(epoch) is not int or epoch < 0:
+        raise ModelFileError("its epoch is not a whole number >= 0")
+    if epoch > max_epoch:
+        raise ModelFileError(f"it is at epoch {epoch}, beyond the {max_epoch} epochs asked for")
+    loss = checkpoint["loss"]
+    if type(loss) is not float or not math.isfinite(loss):
+        raise ModelFileError("its loss is not a finite number")
+    args = check_model_args(checkpoint["model_args"], model_class().constructor_args())
+    if any(args[name] != value for name, value in fixed_args.items()):
+        raise ModelFileError(f"its model_args {args} do not fit the data, which needs {dict(fixed_args)}")
+    model = model_class(**args)
+    check_state_dict_fits(checkpoint["model_state_dict"], model)
+    check_optimizer_state(checkpoint["optimizer_state_dict"], model)
+    check_rng_state(checkpoint["rng_state"])
