@@ -121,8 +121,12 @@ def chapter_parser(docstring: str, out_dir: bool = True) -> argparse.ArgumentPar
 
 
 def in_notebook() -> bool:
-    """True inside a Jupyter kernel, whose command line is the kernel's, not the chapter's."""
-    return "ipykernel" in sys.modules
+    """True inside a running Jupyter kernel, whose command line is the kernel's, not the chapter's.
+
+    (Having ipykernel imported is not enough: jupyter_client imports it in any process.)
+    """
+    kernel_app = sys.modules.get("ipykernel.kernelapp")
+    return kernel_app is not None and kernel_app.IPKernelApp.initialized()
 
 
 def parse_chapter_args(parser: argparse.ArgumentParser) -> argparse.Namespace:

@@ -1,10 +1,14 @@
-"""Chapter 9: inspect any model file without running it.
+"""Chapter 9, a tool: inspect any model file without running it.
 
 A `.pth` from a colleague, last month's checkpoint, a `.safetensors` download, a `.pt2`
 program or a DCP folder: what is it, what does it hold, what would loading it import, is
 it intact, and does it fit your model? Everything here is read from the bytes. Nothing in
 the file is executed: a plain pickle is never unpickled, and `torch.load` is only ever
 called with `weights_only=True`, after the file's checksums and sizes have been checked.
+
+Unlike the other chapters, this one is a tool to run on your own files rather than a
+lesson to step through cell by cell: its sections below answer one question each, and
+the report at the end puts the answers together.
 
 Run:
 
@@ -17,7 +21,6 @@ folder. Reads PATH only and writes nothing. Exit status 0: intact, and loads wit
 was named; 2: anything else, with the reasons listed.
 """
 
-# %%
 from __future__ import annotations
 
 import argparse
@@ -101,8 +104,7 @@ parser.add_argument(
 parser.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
 
 
-# %%
-# # What kind of file is it?
+# ---- What kind of file is it? ----
 #
 # The first bytes decide, not the extension: a zip archive (torch.save since PyTorch 1.6,
 # TorchScript and torch.export's .pt2 are all zips, told apart by their records), the
@@ -141,8 +143,7 @@ def sniff(head: bytes) -> str:
     return "unknown"
 
 
-# %%
-# # Is it intact?
+# ---- Is it intact? ----
 #
 # torch.load never checks a zip record's CRC32: one flipped bit loads silently. Every record
 # is read in 1 MiB pieces and checked; compressed records (torch.save never writes them) are
@@ -236,8 +237,7 @@ def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]
     return header, problems
 
 
-# %%
-# # What does it hold?
+# ---- What does it hold? ----
 #
 # For a torch.save file, `torch.load(weights_only=True, mmap=True)` rebuilds tensors and
 # plain containers only, and maps the weights from the file instead of reading them in;
@@ -440,8 +440,7 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
     return shapes
 
 
-# %%
-# # What would loading it need?
+# ---- What would loading it need? ----
 #
 # `torch.serialization.get_unsafe_globals_in_checkpoint` lists, without running anything,
 # the classes and functions a torch.save file names beyond what `weights_only=True`
@@ -482,8 +481,7 @@ def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
     note_globals(report, pickle_globals(data_pkl, limit=200), sorted(unsafe))
 
 
-# %%
-# # Does it fit your model?
+# ---- Does it fit your model? ----
 #
 # The report `load_state_dict` would give, without loading anything into the model: the
 # model is built on the meta device (shapes only, no memory), and the file's names and
@@ -492,7 +490,7 @@ def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
 # prefix to strip or add.
 
 
-def build_model(args: argparse.Namespace) -> tuple[str, nn.Module | None]:
+def model_to_check(args: argparse.Namespace) -> tuple[str, nn.Module | None]:
     """The model named on the command line, built on the meta device; fails in one line."""
     kwargs = {}
     for item in args.model_args:
@@ -586,8 +584,7 @@ def check_fit(shapes: dict[str, tuple], described: str, model: nn.Module, report
         report["reasons"].append(f"it does not fit {described}: {counts}{f'; {fix}' if fix else ''}")
 
 
-# %%
-# # Putting the report together
+# ---- Putting the report together ----
 
 
 def new_report(path: Path, size: int) -> dict[str, Any]:
@@ -781,8 +778,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
     return report
 
 
-# %%
-# # The readable report
+# ---- The readable report ----
 
 
 def shape_text(shape: list[int]) -> str:
@@ -903,12 +899,11 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"\nVerdict    intact, and loads {loads} (exit 0)")
 
 
-# %%
-# # Inspect the file named on the command line
+# ---- Inspect the file named on the command line ----
 
 if __name__ == "__main__":
     args = parse_chapter_args(parser)
-    described, model = build_model(args)
+    described, model = model_to_check(args)
     try:
         report = inspect_path(args.path, described, model)
     except ModelFileError as err:

@@ -93,6 +93,7 @@ def run_chapter_here(script: str, *args: str, cwd: Path) -> ChapterResult:
         sys.argv = old_argv
         os.chdir(old_cwd)
         signal.signal(signal.SIGINT, old_sigint)
+        chapter_support.SAVED.clear()  # the chapter's record of what it saved ends with it
     return ChapterResult(code, out.getvalue(), err.getvalue(), namespace)
 
 
