@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,11 @@ def load_iris_split(seed: int = DATA_SEED) -> IrisSplit:
         y_train=torch.tensor(y_train, dtype=torch.long),
         y_test=torch.tensor(y_test, dtype=torch.long),
     )
+
+
+def train_command(out_dir: Path) -> str:
+    """The command that writes OUT_DIR/iris-model.pth, for a chapter that finds it missing."""
+    return f"python train_iris.py --out-dir {out_dir}"
 
 
 def seed_everything(seed: int) -> None:

@@ -38,7 +38,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from build_model import MODEL_FILE, SEED, Multiclass, load_iris_split, same_outputs, seed_everything
+from build_model import (
+    MODEL_FILE,
+    SEED,
+    Multiclass,
+    load_iris_split,
+    same_outputs,
+    seed_everything,
+    train_command,
+)
 from chapter_support import (
     chapter_parser,
     check_writable_file,
@@ -104,7 +112,7 @@ if available_mib is not None and needed_mib > available_mib:
     )
 if args.json:
     check_writable_file(args.json)
-trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by="python train_iris.py")
+trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by=train_command(args.out_dir))
 out_dir = prepare_out_dir(args.out_dir)
 scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix="compare-formats-"))  # mode 0700: only we can enter
 atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # gone even if the run stops early

@@ -19,7 +19,15 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from build_model import MODEL_FILE, SEED, Multiclass, load_iris_split, seed_everything, train_one_epoch
+from build_model import (
+    MODEL_FILE,
+    SEED,
+    Multiclass,
+    load_iris_split,
+    seed_everything,
+    train_command,
+    train_one_epoch,
+)
 from chapter_support import chapter_parser, heading, parse_chapter_args, seed
 from untrusted_files import load_model_or_exit
 
@@ -33,9 +41,7 @@ parser.add_argument(
     help=f"seeds the fresh models and the extra training, not the train/test split (default: {SEED})",
 )
 args = parse_chapter_args(parser)
-trained = load_model_or_exit(
-    args.out_dir / MODEL_FILE, Multiclass, made_by=f"python train_iris.py --out-dir {args.out_dir}"
-)
+trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by=train_command(args.out_dir))
 seed_everything(args.seed)
 torch.set_printoptions(precision=4, sci_mode=False)
 split = load_iris_split()

@@ -34,6 +34,7 @@ from build_model import (
     same_outputs,
     same_state,
     seed_everything,
+    train_command,
     train_one_epoch,
 )
 from chapter_support import chapter_parser, error_line, heading, parse_chapter_args, prepare_out_dir, seed
@@ -45,7 +46,7 @@ parser.add_argument(
 )
 args = parse_chapter_args(parser)
 model_path = args.out_dir / MODEL_FILE
-trained = load_model_or_exit(model_path, Multiclass, made_by="python train_iris.py")
+trained = load_model_or_exit(model_path, Multiclass, made_by=train_command(args.out_dir))
 out_dir = prepare_out_dir(args.out_dir)
 state = trained.state_dict()  # the names and tensors every section loads somewhere
 split = load_iris_split()

@@ -34,7 +34,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from build_model import MODEL_FILE, SPECIES, Multiclass, load_iris_split, same_outputs, same_state
+from build_model import (
+    MODEL_FILE,
+    SPECIES,
+    Multiclass,
+    load_iris_split,
+    same_outputs,
+    same_state,
+    train_command,
+)
 from chapter_support import chapter_parser, fail, heading, parse_chapter_args, prepare_out_dir, writing
 from lab_tools import FRESH_PROCESS, private_folder, run_fresh_python
 from untrusted_files import load_model_or_exit
@@ -43,7 +51,7 @@ N_FLOWERS_SHOWN = 5  # predictions printed in section 4
 
 args = parse_chapter_args(chapter_parser(__doc__))
 model_path = args.out_dir / MODEL_FILE
-trained = load_model_or_exit(model_path, Multiclass, made_by=f"python train_iris.py --out-dir {args.out_dir}")
+trained = load_model_or_exit(model_path, Multiclass, made_by=train_command(args.out_dir))
 out_dir = prepare_out_dir(args.out_dir)
 X_test = load_iris_split().X_test
 

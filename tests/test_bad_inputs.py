@@ -187,6 +187,16 @@ def test_each_reader_chapter_refuses_in_one_line(script, probe, corpus, marker, 
     assert stderr.startswith("error: ")
 
 
+@pytest.mark.parametrize("script", READERS)
+def test_each_reader_chapter_names_the_command_that_makes_a_missing_model(script, tmp_path):
+    result = run_chapter_here(script, "--out-dir", "empty", cwd=tmp_path)
+    assert_clean_refusal(result.returncode, result.stderr, tmp_path / "no-marker")
+    assert result.stderr == (
+        "error: empty/iris-model.pth not found; create it with: python train_iris.py --out-dir empty\n"
+    )
+    assert result.stdout == ""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", READERS)
 def test_each_reader_chapter_refuses_in_a_real_process(script, corpus, marker, tmp_path):

@@ -388,17 +388,3 @@ def test_an_unwritable_json_path_is_refused_before_any_work(json_path, reason, t
     result = run_chapter_here("compare_formats.py", "--json", json_path, cwd=tmp_path)
     assert_one_line_refusal(result, "cannot write", reason)
     assert result.stdout == ""
-
-
-def test_a_missing_model_file_is_one_line_naming_the_command(tmp_path):
-    result = run_chapter_here("compare_formats.py", cwd=tmp_path)
-    assert_one_line_refusal(result, "iris-model.pth", "not found", "python train_iris.py")
-
-
-def test_a_hostile_model_file_is_refused_and_runs_nothing(tmp_path):
-    (tmp_path / "artifacts").mkdir()
-    marker = tmp_path / "code-from-the-file-ran"
-    torch.save({"hidden.weight": Hostile(marker)}, tmp_path / "artifacts" / "iris-model.pth")
-    result = run_chapter_here("compare_formats.py", cwd=tmp_path)
-    assert_one_line_refusal(result, "refused", "exec")
-    assert not marker.exists()

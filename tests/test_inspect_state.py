@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from build_model import Multiclass, load_iris_split, seed_everything, train_one_epoch
-from lab_tools import Hostile
-from tests.helpers import REPO, ChapterResult, assert_one_line_refusal, run_chapter_here
+from tests.helpers import REPO, ChapterResult, run_chapter_here
 
 BUFFERS = ["norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]
 
@@ -174,34 +173,6 @@ def test_state_dict_holds_references_until_deep_copied(inspect_run):
 def test_the_chapter_changes_nothing_on_disk(inspect_run, trained_model_path):
     assert [path.name for path in inspect_run.artifacts.iterdir()] == ["iris-model.pth"]
     assert (inspect_run.artifacts / "iris-model.pth").read_bytes() == trained_model_path.read_bytes()
-
-
-def bad_model_file(kind: str, path: Path, good: Path) -> None:
-    if kind == "hostile":
-        torch.save({"hidden.weight": Hostile(path.parent / "code-ran.txt")}, path)
-    elif kind == "truncated":
-        path.write_bytes(good.read_bytes()[:1000])
-    elif kind == "wider":
-        torch.save(Multiclass(n_hidden=16).state_dict(), path)
-
-
-@pytest.mark.parametrize(
-    ("kind", "reason"),
-    [
-        ("missing", "not found; create it with: python train_iris.py --out-dir artifacts"),
-        ("hostile", "it refers to exec, not just tensors"),
-        ("truncated", "truncated or corrupted"),
-        ("wider", "hidden.weight has shape (16, 4), Multiclass expects (8, 4)"),
-    ],
-)
-def test_a_bad_model_file_is_refused_in_one_line(kind, reason, tmp_path, trained_model_path):
-    cwd = artifacts_with(tmp_path)
-    if kind != "missing":
-        bad_model_file(kind, cwd / "artifacts" / "iris-model.pth", trained_model_path)
-    result = run_chapter_here("inspect_state.py", cwd=cwd)
-    assert_one_line_refusal(result, "artifacts/iris-model.pth", reason)
-    assert result.stdout == ""
-    assert not (cwd / "artifacts" / "code-ran.txt").exists()
 
 
 @pytest.mark.parametrize("flag", ["--seed=-1", f"--seed={2**32}", "--seed=forty-two"])

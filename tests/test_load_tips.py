@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import re
 import shutil
 from pathlib import Path
@@ -13,8 +12,7 @@ from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from build_model import SEED, Multiclass, accuracy, load_iris_split, same_outputs, same_state, seed_everything
-from lab_tools import Hostile
-from tests.helpers import ChapterResult, assert_one_line_refusal, run_chapter_here
+from tests.helpers import ChapterResult, run_chapter_here
 
 NO_GPU = "needs a GPU: no CUDA device on this machine"
 HAS_GPU = "on a GPU machine the cuda:0 file loads without an error"
@@ -199,25 +197,3 @@ def test_several_models_and_optimizers_round_trip_exactly(ns, chapter_cwd):
             assert all(torch.equal(tensor, loaded["state"][index][key]) for key, tensor in entry.items())
     assert not torch.equal(ns["model_a"].hidden.weight, ns["model_b"].hidden.weight)
     assert ns["exact"] is True
-
-
-def test_a_missing_model_file_is_one_line_naming_the_command(tmp_path):
-    result = run_chapter_here("load_tips.py", cwd=tmp_path)
-    assert_one_line_refusal(result, "iris-model.pth", "not found", "python train_iris.py")
-    assert result.stdout == ""
-
-
-def test_a_hostile_model_file_is_refused_and_runs_nothing(tmp_path):
-    (tmp_path / "artifacts").mkdir()
-    marker = tmp_path / "code-from-the-file-ran"
-    torch.save({"hidden.weight": Hostile(marker)}, tmp_path / "artifacts" / "iris-model.pth")
-    result = run_chapter_here("load_tips.py", cwd=tmp_path)
-    assert_one_line_refusal(result, "refused", "exec")
-    assert not marker.exists()
-    assert [path.name for path in (tmp_path / "artifacts").iterdir()] == ["iris-model.pth"]
-
-
-def test_a_plain_pickle_model_file_is_refused(tmp_path, state):
-    (tmp_path / "artifacts").mkdir()
-    (tmp_path / "artifacts" / "iris-model.pth").write_bytes(pickle.dumps(dict(state)))
-    assert_one_line_refusal(run_chapter_here("load_tips.py", cwd=tmp_path), "refused")
