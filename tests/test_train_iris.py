@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -263,3 +264,24 @@ def test_fork_helper_reports_exit_status(tmp_path):
     status, stderr = run_in_fork(lambda: chapter_support.fail("refused"), cwd=tmp_path)
     assert status == chapter_support.EXIT_BAD_INPUT
     assert stderr == "error: refused\n"
+
+
+def test_without_matplotlib_one_line_says_where_the_picture_would_be(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    run = run_chapter_here("train_iris.py", "--epochs", "2", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    expected = (
+        "(No picture: artifacts/training-curves.png needs matplotlib. "
+        f"To draw it: {chapter_support.PLOTS_INSTALL})"
+    )
+    assert run.stdout.splitlines().count(expected) == 1
+    assert sorted(path.name for path in (tmp_path / "artifacts").iterdir()) == ["iris-model.pth"]
+
+
+def test_with_matplotlib_the_curves_are_drawn_from_the_history(train_run):
+    pytest.importorskip("matplotlib", reason="the picture needs the plots extra")
+    from PIL import Image
+
+    assert "Drew artifacts/training-curves.png" in train_run.stdout
+    with Image.open(train_run.artifacts / "training-curves.png") as image:
+        assert image.size == (990, 396)  # figsize (9, 3.6) at 110 dpi
