@@ -33,6 +33,7 @@ from build_model import (
 )
 from chapter_support import (
     chapter_parser,
+    fail,
     import_pyplot,
     parse_chapter_args,
     positive_float,
@@ -124,8 +125,11 @@ print(f"Accuracy: {history['test_acc'][-1]:.2f}")
 # was defined (chapter 4 shows what goes wrong otherwise). In your own project it is one
 # line, `torch.save(model.state_dict(), path)`. Here the same call is made crash-safe: a
 # run killed while saving, or a full disk, leaves the previous file intact (chapter 5
-# shows how).
+# shows how). A run that diverged (a too-large `--lr` makes every weight NaN) is not saved
+# at all: it would only replace a good model with a useless one.
 
+if not all(torch.isfinite(tensor).all() for tensor in model.state_dict().values()):
+    fail(f"training diverged (loss {history['loss'][-1]}): try a smaller --lr; nothing was saved")
 model_path = save_atomically(model.state_dict(), out_dir / MODEL_FILE)
 print(f"Saved the state_dict to {model_path}")
 

@@ -285,3 +285,12 @@ def test_with_matplotlib_the_curves_are_drawn_from_the_history(train_run):
     assert "Drew artifacts/training-curves.png" in train_run.stdout
     with Image.open(train_run.artifacts / "training-curves.png") as image:
         assert image.size == (990, 396)  # figsize (9, 3.6) at 110 dpi
+
+
+def test_a_diverged_run_is_refused_and_keeps_the_previous_model(tmp_path, trained_model_path):
+    (tmp_path / "artifacts").mkdir()
+    previous = trained_model_path.read_bytes()
+    (tmp_path / "artifacts" / "iris-model.pth").write_bytes(previous)
+    run = run_chapter_here("train_iris.py", "--epochs", "2", "--lr", "1e30", cwd=tmp_path)
+    assert_one_line_refusal(run, "training diverged (loss nan)", "nothing was saved")
+    assert (tmp_path / "artifacts" / "iris-model.pth").read_bytes() == previous
