@@ -39,8 +39,7 @@ class ChapterError(Exception):
     """Bad input a chapter refuses in one line: a file, a folder or a flag."""
 
 
-# %%
-# # Printing what came from outside
+# ---- Printing what came from outside ----
 
 
 def safe_text(text: object, limit: int = 200) -> str:
@@ -66,28 +65,27 @@ def heading(title: str) -> None:
     print(f"\n## {title}")
 
 
-# %%
-# # The command line
+# ---- The command line ----
+
+
+def whole_number(text: str, low: int, high: int) -> int:
+    """`text` as an int in low..high, or the argparse error that says what was wrong."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not low <= value <= high:
+        wanted = "a positive whole number" if (low, high) == (1, sys.maxsize) else f"between {low} and {high}"
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+    return value
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+    return whole_number(text, 1, sys.maxsize)
 
 
 def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_SEED}, got {text}")
-    return value
+    return whole_number(text, 0, MAX_SEED)
 
 
 def positive_float(text: str) -> float:
@@ -165,8 +163,7 @@ def check_writable_file(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-# %%
-# # Writing files so that a crash cannot ruin them, and saying what was written
+# ---- Writing files so that a crash cannot ruin them, and saying what was written ----
 
 SAVED: list[str] = []  # what this process has written, for the Ctrl-C line
 
@@ -262,8 +259,7 @@ def exit_quietly_on_ctrl_c() -> None:
     signal.signal(signal.SIGINT, on_interrupt)
 
 
-# %%
-# # Pictures, where matplotlib is installed
+# ---- Pictures, where matplotlib is installed ----
 
 PLOTS_INSTALL = 'pip install -c constraints.txt ".[plots]"'
 

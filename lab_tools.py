@@ -42,8 +42,7 @@ PAGE = 4096  # touching one value per page pulls every page into memory
 FRESH_PROCESS = Path(__file__).resolve().parent / "fresh_process"
 
 
-# %%
-# # Child processes
+# ---- Child processes ----
 
 
 def run_fresh_python(
@@ -68,8 +67,7 @@ def private_folder(parent: Path | None = None, prefix: str = "private-") -> Iter
         yield Path(folder)
 
 
-# %%
-# # A hostile file that does no harm
+# ---- A hostile file that does no harm ----
 
 
 class Hostile:
@@ -82,8 +80,7 @@ class Hostile:
         return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
-# %%
-# # Memory and time
+# ---- Memory and time ----
 
 
 def touch(tensors: Iterable[Tensor]) -> None:
@@ -158,8 +155,7 @@ def available_memory_mb() -> float | None:
     return None
 
 
-# %%
-# # Ranks of a distributed run: started, watched, and ended in one line
+# ---- Ranks of a distributed run: started, watched, and ended in one line ----
 #
 # What a chapter needs to start its own ranks (forked, on one machine) or to run as one
 # of torchrun's, so that a failure ends the whole run with one line naming the rank: a

@@ -50,8 +50,7 @@ class ModelFileError(ChapterError):
     """A model file that is missing, unreadable, unsafe, damaged or made for another model."""
 
 
-# %%
-# # Reading a file you did not make
+# ---- Reading a file you did not make ----
 
 ZIP_MAGIC = b"PK\x03\x04"  # how torch.save's files (and every zip archive) begin
 LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch.save before PyTorch 1.6
@@ -394,8 +393,7 @@ def load_model_or_exit(path: Path, model_class: Callable[[], nn.Module], made_by
         fail(err)
 
 
-# %%
-# # Checking a training checkpoint before anything uses it
+# ---- Checking a training checkpoint before anything uses it ----
 
 CHECKPOINT_KEYS = ("epoch", "model_state_dict", "optimizer_state_dict", "loss", "model_args", "rng_state")
 
