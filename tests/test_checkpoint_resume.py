@@ -235,15 +235,16 @@ def test_resume_starts_fresh_then_carries_on_exactly(tmp_path):
     assert same_state(checkpoint_tensors(tmp_path / CHECKPOINT), independent_run(5)[1])
 
 
+def resume_to(epochs: int, folder: Path) -> ChapterResult:
+    """`python checkpoint_resume.py --resume --epochs EPOCHS --out-dir FOLDER`, in this process."""
+    flags = ["--resume", "--epochs", str(epochs), "--out-dir", str(folder)]
+    return run_chapter_here(CHAPTER, *flags, cwd=folder)
+
+
 def test_resume_at_the_last_epoch_trains_and_writes_nothing(tmp_path):
-    assert (
-        run_chapter_here(
-            CHAPTER, "--resume", "--epochs", "2", "--out-dir", str(tmp_path), cwd=tmp_path
-        ).returncode
-        == 0
-    )
+    assert resume_to(2, tmp_path).returncode == 0
     before = (tmp_path / CHECKPOINT).stat()
-    again = run_chapter_here(CHAPTER, "--resume", "--epochs", "2", "--out-dir", str(tmp_path), cwd=tmp_path)
+    again = resume_to(2, tmp_path)
     assert again.returncode == 0
     assert "Nothing to train: the checkpoint is already at epoch 2. Nothing was written." in again.stdout
     assert "Trained" not in again.stdout
@@ -252,14 +253,9 @@ def test_resume_at_the_last_epoch_trains_and_writes_nothing(tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_beyond_epochs(tmp_path):
-    assert (
-        run_chapter_here(
-            CHAPTER, "--resume", "--epochs", "3", "--out-dir", str(tmp_path), cwd=tmp_path
-        ).returncode
-        == 0
-    )
+    assert resume_to(3, tmp_path).returncode == 0
     data = (tmp_path / CHECKPOINT).read_bytes()
-    result = run_chapter_here(CHAPTER, "--resume", "--epochs", "2", "--out-dir", str(tmp_path), cwd=tmp_path)
+    result = resume_to(2, tmp_path)
     assert_one_line_refusal(result, "it is at epoch 3, beyond the 2 epochs asked for")
     assert "Trained" not in result.stdout
     assert (tmp_path / CHECKPOINT).read_bytes() == data
