@@ -176,7 +176,7 @@ def flat_tensors(state: Mapping[Any, Any], prefix: str = "") -> dict[str, Tensor
 # weights and biases of the two Linear layers: 4*8 + 8 + 8*3 + 3 = 67 numbers in all.
 
 if __name__ == "__main__":
-    from chapter_support import chapter_parser, parse_chapter_args, seed
+    from support.cli import chapter_parser, parse_chapter_args, seed
 
     parser = chapter_parser(__doc__, out_dir=False)
     parser.add_argument(

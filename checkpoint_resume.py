@@ -46,20 +46,19 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
-from chapter_support import (
+from support.cli import (
     chapter_parser,
     fail,
     heading,
-    import_pyplot,
     parse_chapter_args,
     positive_int,
     prepare_out_dir,
     record_saved,
-    save_atomically,
-    save_figure,
     seed,
 )
-from untrusted_files import ModelFileError, check_checkpoint, read_untrusted, refusing
+from support.pictures import import_pyplot, save_figure
+from support.saving import save_atomically
+from support.untrusted_files import ModelFileError, check_checkpoint, read_untrusted, refusing
 
 CHECKPOINT_FILE = "iris-checkpoint.pth"
 EPOCHS = 100  # as in chapter 2

@@ -47,19 +47,17 @@ from build_model import (
     seed_everything,
     train_command,
 )
-from chapter_support import (
+from support.cli import (
     chapter_parser,
     check_writable_file,
     error_line,
     fail,
     heading,
-    import_pyplot,
     parse_chapter_args,
     positive_int,
     prepare_out_dir,
-    save_figure,
 )
-from lab_tools import (
+from support.lab_tools import (
     FRESH_PROCESS,
     Hostile,
     available_memory_mb,
@@ -69,7 +67,8 @@ from lab_tools import (
     timed_with_peak_memory,
     touch,
 )
-from untrusted_files import load_model_or_exit
+from support.pictures import import_pyplot, save_figure
+from support.untrusted_files import load_model_or_exit
 
 try:
     from safetensors.torch import load_file, safe_open, save_file

@@ -61,7 +61,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from build_model import LEARNING_RATE, SEED, Multiclass, flat_tensors, load_iris_split, seed_everything
-from chapter_support import (
+from support.cli import (
     SAVED,
     chapter_parser,
     error_line,
@@ -71,10 +71,15 @@ from chapter_support import (
     positive_int,
     prepare_out_dir,
     safe_text,
-    save_atomically,
 )
-from lab_tools import private_folder, root_error_line, run_under_torchrun, start_ranks
-from untrusted_files import ModelFileError, describe_load_error, load_untrusted_model, open_regular_file
+from support.lab_tools import private_folder, root_error_line, run_under_torchrun, start_ranks
+from support.saving import save_atomically
+from support.untrusted_files import (
+    ModelFileError,
+    describe_load_error,
+    load_untrusted_model,
+    open_regular_file,
+)
 
 NPROC = 2  # ranks started by this script
 MAX_NPROC = 7  # hidden.weight has 8 rows: beyond N+1 = 8 ranks, some would hold none

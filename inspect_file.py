@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from build_model import MODEL_FILE, Multiclass
-from chapter_support import (
+from support.cli import (
     DEFAULT_OUT_DIR,
     EXIT_BAD_INPUT,
     OneLineParser,
@@ -53,7 +53,7 @@ from chapter_support import (
     parse_chapter_args,
     safe_text,
 )
-from untrusted_files import (
+from support.untrusted_files import (
     CHUNK,
     LEGACY_MAGIC,
     MAX_PICKLE_BYTES,

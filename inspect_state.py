@@ -28,8 +28,8 @@ from build_model import (
     train_command,
     train_one_epoch,
 )
-from chapter_support import chapter_parser, heading, parse_chapter_args, seed
-from untrusted_files import load_model_or_exit
+from support.cli import chapter_parser, heading, parse_chapter_args, seed
+from support.untrusted_files import load_model_or_exit
 
 BN_EPOCHS = 20  # enough training for the BatchNorm statistics to move away from 0 and 1
 

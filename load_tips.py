@@ -37,8 +37,8 @@ from build_model import (
     train_command,
     train_one_epoch,
 )
-from chapter_support import chapter_parser, error_line, heading, parse_chapter_args, prepare_out_dir, seed
-from untrusted_files import load_model_or_exit
+from support.cli import chapter_parser, error_line, heading, parse_chapter_args, prepare_out_dir, seed
+from support.untrusted_files import load_model_or_exit
 
 parser = chapter_parser(__doc__)
 parser.add_argument(

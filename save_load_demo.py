@@ -43,9 +43,10 @@ from build_model import (
     same_state,
     train_command,
 )
-from chapter_support import chapter_parser, fail, heading, parse_chapter_args, prepare_out_dir, writing
-from lab_tools import FRESH_PROCESS, private_folder, run_fresh_python
-from untrusted_files import load_model_or_exit
+from support.cli import chapter_parser, fail, heading, parse_chapter_args, prepare_out_dir
+from support.lab_tools import FRESH_PROCESS, private_folder, run_fresh_python
+from support.saving import writing
+from support.untrusted_files import load_model_or_exit
 
 N_FLOWERS_SHOWN = 5  # predictions printed in section 4
 

@@ -31,18 +31,17 @@ from build_model import (
     load_iris_split,
     seed_everything,
 )
-from chapter_support import (
+from support.cli import (
     chapter_parser,
     fail,
-    import_pyplot,
     parse_chapter_args,
     positive_float,
     positive_int,
     prepare_out_dir,
-    save_atomically,
-    save_figure,
     seed,
 )
+from support.pictures import import_pyplot, save_figure
+from support.saving import save_atomically
 
 EPOCHS = 100  # the article's setting; accuracy settles well before the end
 REPORT_EVERY = 10  # epochs between progress lines

@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from chapter_support import OneLineParser, positive_int  # noqa: E402 -- after the path that finds it
+from support.cli import OneLineParser, positive_int  # noqa: E402 -- after the path that finds it
 
 FLOOR = (
     "import torch\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import chapter_support
+from support import cli
 
 REPO = Path(__file__).resolve().parent.parent
 # README order: what walkthrough.sh runs.
@@ -78,7 +78,7 @@ def run_chapter_here(script: str, *args: str, cwd: Path) -> ChapterResult:
     what it prints and its exit status. Faster than a process where a process proves nothing."""
     out, err = io.StringIO(), io.StringIO()
     old_argv, old_cwd, old_sigint = sys.argv, Path.cwd(), signal.getsignal(signal.SIGINT)
-    chapter_support.SAVED.clear()
+    cli.SAVED.clear()
     sys.argv = [str(REPO / script), *args]
     namespace: dict = {}
     code = 0
@@ -89,11 +89,17 @@ def run_chapter_here(script: str, *args: str, cwd: Path) -> ChapterResult:
                 namespace = runpy.run_path(str(REPO / script), run_name="__main__")
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except Exception as error:  # what the chapter's exception hook does, run as a script
+                line = cli.one_line_error(error)
+                if line is None:
+                    raise
+                cli.print_error(line)
+                code = cli.EXIT_BAD_INPUT
     finally:
         sys.argv = old_argv
         os.chdir(old_cwd)
         signal.signal(signal.SIGINT, old_sigint)
-        chapter_support.SAVED.clear()  # the chapter's record of what it saved ends with it
+        cli.SAVED.clear()  # the chapter's record of what it saved ends with it
     return ChapterResult(code, out.getvalue(), err.getvalue(), namespace)
 
 
@@ -125,7 +131,7 @@ def run_in_fork(
 
 def assert_one_line_refusal(result: ChapterResult | subprocess.CompletedProcess[str], *words: str) -> None:
     """Exit status 2, nothing on stdout after the refusal, one `error:` line naming `words`."""
-    assert result.returncode == chapter_support.EXIT_BAD_INPUT, result.stderr
+    assert result.returncode == cli.EXIT_BAD_INPUT, result.stderr
     assert result.stderr.startswith("error: "), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert "Traceback" not in result.stderr

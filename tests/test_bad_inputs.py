@@ -19,7 +19,16 @@ import pytest
 import torch
 
 from build_model import MODEL_FILE, Multiclass
-from chapter_support import EXIT_BAD_INPUT, safe_text, save_atomically
+from support.cli import EXIT_BAD_INPUT, safe_text
+from support.saving import save_atomically
+from support.untrusted_files import (
+    MAX_FILE_BYTES,
+    ModelFileError,
+    check_state_dict_fits,
+    load_untrusted_model,
+    read_untrusted,
+    refusing,
+)
 from tests.bad_files import (
     ESCAPES,
     EXIT_TOO_MUCH_MEMORY,
@@ -30,14 +39,6 @@ from tests.bad_files import (
     probes,
 )
 from tests.helpers import run_chapter_here, run_in_fork, run_script
-from untrusted_files import (
-    MAX_FILE_BYTES,
-    ModelFileError,
-    check_state_dict_fits,
-    load_untrusted_model,
-    read_untrusted,
-    refusing,
-)
 
 READERS = ["inspect_state.py", "save_load_demo.py", "load_tips.py", "compare_formats.py"]
 EXIT_LOADED = 4

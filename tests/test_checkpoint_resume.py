@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 
-import chapter_support
 from build_model import (
     SEED,
     Multiclass,
@@ -34,7 +33,10 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
-from chapter_support import EXIT_INTERRUPTED, save_atomically
+from support import pictures
+from support.cli import EXIT_INTERRUPTED
+from support.saving import save_atomically
+from support.untrusted_files import ModelFileError, check_checkpoint, read_untrusted
 from tests.helpers import (
     REPO,
     SCRIPT_ENV,
@@ -43,7 +45,6 @@ from tests.helpers import (
     run_chapter_here,
     script_command,
 )
-from untrusted_files import ModelFileError, check_checkpoint, read_untrusted
 
 CHAPTER = "checkpoint_resume.py"
 CHECKPOINT = "iris-checkpoint.pth"
@@ -214,7 +215,7 @@ def test_without_matplotlib_one_line_and_everything_else(small_run):
     out_dir, result = small_run
     no_picture = [line for line in result.stdout.splitlines() if "resume.png" in line]
     assert no_picture == [
-        f"(No picture: out/resume.png needs matplotlib. To draw it: {chapter_support.PLOTS_INSTALL})"
+        f"(No picture: out/resume.png needs matplotlib. To draw it: {pictures.PLOTS_INSTALL})"
     ]
     assert not (out_dir / "resume.png").exists()
     assert result.stderr == ""

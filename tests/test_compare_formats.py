@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from build_model import Multiclass, load_iris_split
-from lab_tools import FRESH_PROCESS, Hostile, run_fresh_python
+from support.lab_tools import FRESH_PROCESS, Hostile, run_fresh_python
 from tests.helpers import REPO, SCRIPT_ENV, ChapterResult, assert_one_line_refusal, run_chapter_here
 
 try:

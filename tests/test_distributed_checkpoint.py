@@ -20,11 +20,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-import chapter_support
 from build_model import Multiclass, flat_tensors
-from lab_tools import Hostile, run_fresh_python
+from support import cli
+from support.lab_tools import Hostile, run_fresh_python
+from support.untrusted_files import load_untrusted_model
 from tests.helpers import REPO, SCRIPT_ENV, assert_one_line_refusal, run_chapter_here
-from untrusted_files import load_untrusted_model
 
 CHAPTER = "distributed_checkpoint.py"
 MODEL_KEYS = ["hidden.weight", "hidden.bias", "output.weight", "output.bias"]
@@ -278,7 +278,7 @@ def start_in_fork(cwd: Path, *args: str) -> tuple[int, Path, Path]:
             os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT), 2)
             sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)  # noqa: SIM115
             sys.argv = [str(REPO / CHAPTER), *args]
-            chapter_support.SAVED.clear()  # what earlier tests in this process saved is not ours
+            cli.SAVED.clear()  # what earlier tests in this process saved is not ours
             runpy.run_path(str(REPO / CHAPTER), run_name="__main__")
             code = 0
         except SystemExit as stop:

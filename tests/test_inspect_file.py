@@ -21,8 +21,9 @@ from torch import nn
 
 import inspect_file
 from build_model import MODEL_FILE, Multiclass
-from chapter_support import EXIT_BAD_INPUT
-from lab_tools import Hostile
+from support.cli import EXIT_BAD_INPUT
+from support.lab_tools import Hostile
+from support.untrusted_files import MAX_PICKLE_BYTES, ModelFileError
 from tests.bad_files import (
     ESCAPES,
     EXIT_TOO_MUCH_MEMORY,
@@ -43,7 +44,6 @@ from tests.bad_files import (
     torch_pickle,
 )
 from tests.helpers import run_chapter_here, run_in_fork, run_script
-from untrusted_files import MAX_PICKLE_BYTES, ModelFileError
 
 # A reader's own model file, for --model-file: the walkthrough's model wrapped in another module.
 READER_MODEL = """

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from build_model import Multiclass
-from lab_tools import Hostile
+from support.lab_tools import Hostile
+from support.untrusted_files import ModelFileError, load_untrusted_model
 from tests.helpers import ARGS, CHAPTERS, REPO, SCRIPT_ENV
-from untrusted_files import ModelFileError, load_untrusted_model
 
 README = (REPO / "README.md").read_text()
 TEXT_BLOCKS = re.findall(r"```text\n(.*?)```", README, flags=re.DOTALL)

@@ -26,9 +26,9 @@ import pytest
 import torch
 from torch import nn
 
-import lab_tools
 from build_model import SPECIES, Multiclass, load_iris_split, same_outputs, same_state
-from lab_tools import private_folder
+from support import lab_tools
+from support.lab_tools import private_folder
 from tests.helpers import REPO, ChapterResult, assert_one_line_refusal, run_chapter_here
 
 LAYERS = [

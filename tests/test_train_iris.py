@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import chapter_support
 from build_model import (
     Multiclass,
     accuracy,
@@ -24,6 +23,7 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
+from support import cli, pictures, saving
 from tests.helpers import (
     SCRIPT_ENV,
     assert_one_line_refusal,
@@ -194,7 +194,7 @@ def slow_save_then_wait(path: Path, ready: Path) -> int:
         time.sleep(60)
 
     torch.save = stalling_save
-    chapter_support.save_atomically(Multiclass().state_dict(), path)
+    saving.save_atomically(Multiclass().state_dict(), path)
     return 0
 
 
@@ -221,16 +221,16 @@ def test_killed_while_saving_leaves_the_previous_model_and_the_next_save_cleans_
     assert model_path.read_bytes() == trained_model_path.read_bytes()  # the model is untouched
     torch.load(model_path, weights_only=True)
 
-    chapter_support.save_atomically(Multiclass().state_dict(), model_path)
+    saving.save_atomically(Multiclass().state_dict(), model_path)
     assert not partials[0].exists()  # the abandoned file is gone
-    assert chapter_support.SAVED[-1] == str(model_path)
+    assert cli.SAVED[-1] == str(model_path)
 
 
 def test_a_live_writers_temporary_file_is_left_alone(tmp_path):
     model_path = tmp_path / "iris-model.pth"
     live = tmp_path / f".iris-model.pth.{os.getppid()}.partial"  # our parent process is alive
     live.write_bytes(b"being written")
-    chapter_support.save_atomically(Multiclass().state_dict(), model_path)
+    saving.save_atomically(Multiclass().state_dict(), model_path)
     assert live.read_bytes() == b"being written"
 
 
@@ -249,15 +249,15 @@ def test_ctrl_c_during_training_is_one_line_exit_130(tmp_path):
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == chapter_support.EXIT_INTERRUPTED
+    assert process.returncode == cli.EXIT_INTERRUPTED
     assert stderr == "interrupted (Ctrl-C); nothing was saved\n"
     assert list((tmp_path / "artifacts").iterdir()) == []
 
 
 def test_fork_helper_reports_exit_status(tmp_path):
     """run_in_fork, used by the kill tests across the suite, must report what the child did."""
-    status, stderr = run_in_fork(lambda: chapter_support.fail("refused"), cwd=tmp_path)
-    assert status == chapter_support.EXIT_BAD_INPUT
+    status, stderr = run_in_fork(lambda: cli.fail("refused"), cwd=tmp_path)
+    assert status == cli.EXIT_BAD_INPUT
     assert stderr == "error: refused\n"
 
 
@@ -266,8 +266,7 @@ def test_without_matplotlib_one_line_says_where_the_picture_would_be(tmp_path, m
     run = run_chapter_here("train_iris.py", "--epochs", "2", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     expected = (
-        "(No picture: artifacts/training-curves.png needs matplotlib. "
-        f"To draw it: {chapter_support.PLOTS_INSTALL})"
+        f"(No picture: artifacts/training-curves.png needs matplotlib. To draw it: {pictures.PLOTS_INSTALL})"
     )
     assert run.stdout.splitlines().count(expected) == 1
     assert sorted(path.name for path in (tmp_path / "artifacts").iterdir()) == ["iris-model.pth"]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from chapter_support import ChapterError, error_line, fail, safe_text
+from support.cli import ChapterError, error_line, fail, safe_text
 
 MAX_WIDTH = 4096  # refuse constructor arguments that would build an absurdly large model
 MAX_FILE_BYTES = 64 * 2**20  # no file of this walkthrough's models comes near this

@@ -1,33 +1,29 @@
-"""Support code for the chapters: the command line, one-line errors, writing files, pictures.
+"""The command line, one-line errors and Ctrl-C: set up once, in a chapter's first cell.
 
-None of this is a lesson. The chapters teach the PyTorch calls in their own cells; this
-module holds what would clutter them:
+None of this is a lesson. `parse_chapter_args` parses a chapter's flags (or takes the
+defaults inside a notebook kernel) and, run as a script, installs two handlers, so the
+lessons below need no wrapping:
 
-- the command line: `--out-dir` and the other flags, parsed so that a chapter also runs
-  cell by cell in a notebook kernel, and a bad flag refused in one line;
-- one-line errors: bad input ends a chapter with `error: ...` on stderr and exit status 2,
-  Ctrl-C with one line saying what was saved and exit status 130, never a traceback;
-- writing files: `save_atomically` (crash-safe, which chapter 5 explains) and `writing`
-  (around a plain save a chapter teaches);
-- pictures: matplotlib where it is installed, one line saying how to get it where not.
+- an exception hook: bad input (`ChapterError`), a failed write (a full or read-only disk:
+  `OSError`, or torch.save's `RuntimeError`) end the chapter with one `error: ...` line on
+  stderr and exit status 2, never a traceback. Any other exception is a bug, and shows its
+  traceback as usual;
+- a Ctrl-C handler: one line saying what was saved, and exit status 130.
 
-The checks a file you did not make goes through are in untrusted_files.py.
+Inside a notebook kernel neither is installed: errors show as they normally do there.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import math
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
-
-import torch
+from types import FrameType, TracebackType
+from typing import NoReturn
 
 DEFAULT_OUT_DIR = Path("artifacts")  # where every chapter reads and writes its files
 EXIT_BAD_INPUT = 2  # the status argparse uses for bad usage; we use it for bad files too
@@ -55,9 +51,14 @@ def error_line(err: BaseException, max_lines: int = 1) -> str:
     return safe_text(f"{type(err).__name__}: {message}" if message else type(err).__name__, limit=400)
 
 
+def print_error(message: object) -> None:
+    """`error: message` on stderr, one line, escaped."""
+    print(f"error: {safe_text(message, limit=600)}", file=sys.stderr, flush=True)
+
+
 def fail(message: object) -> NoReturn:
     """Report bad input in one line on stderr and exit with status 2, without a traceback."""
-    print(f"error: {safe_text(message, limit=600)}", file=sys.stderr, flush=True)
+    print_error(message)
     raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -107,7 +108,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def chapter_parser(docstring: str, out_dir: bool = True) -> argparse.ArgumentParser:
     """A chapter's command line: its docstring's first line as description, and --out-dir."""
-    parser = OneLineParser(description=docstring.splitlines()[0])
+    parser = OneLineParser(description=docstring.splitlines()[0], allow_abbrev=False)
     if out_dir:
         parser.add_argument(
             "--out-dir",
@@ -131,7 +132,7 @@ def parse_chapter_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     """The flags, or the defaults in a notebook; run as a script, Ctrl-C also ends it in one line."""
     args = parser.parse_args([] if in_notebook() else None)
     if not in_notebook():
-        exit_quietly_on_ctrl_c()
+        install_one_line_errors()
     return args
 
 
@@ -163,89 +164,15 @@ def check_writable_file(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-# ---- Writing files so that a crash cannot ruin them, and saying what was written ----
+# ---- What was saved, for the Ctrl-C line ----
 
 SAVED: list[str] = []  # what this process has written, for the Ctrl-C line
-
-
-def save_atomically(obj: object, path: Path, what: str = "") -> Path:
-    """`torch.save(obj, path)`, crash-safe: the path always holds the old file or the new one.
-
-    Written to a temporary file of this process's own in the same folder, flushed and
-    fsynced, then renamed over `path` (atomic on POSIX), and the folder fsynced. A temporary
-    file left by a killed writer is removed by the next save. Failure: one line, exit 2.
-    """
-    remove_abandoned_partials(path)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        with partial.open("wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)  # noqa: PTH105 -- the atomic rename is the point
-        record_saved(path, what)  # at once, so a Ctrl-C from here on reports this save
-        fsync_folder(path.parent)
-    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
-        partial.unlink(missing_ok=True)
-        reason = getattr(err, "strerror", None) or error_line(err)
-        fail(f"cannot write {path}: {reason}; the previous file, if any, is unchanged")
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def record_saved(path: Path, what: str = "") -> None:
     """Note `path` for the Ctrl-C line; a newer note on the same path replaces the older one."""
     kept = [entry for entry in SAVED if entry != str(path) and not entry.startswith(f"{path} (")]
     SAVED[:] = [*kept, f"{path}{f' ({what})' if what else ''}"]  # one step: a Ctrl-C sees old or new
-
-
-@contextmanager
-def writing(path: Path, what: str = "") -> Iterator[Path]:
-    """Around a plain `torch.save(obj, path)` (or any write of `path`) that a chapter teaches.
-
-    A failure to write (a full disk: torch.save raises RuntimeError there, not OSError) ends
-    the chapter in one line, exit 2; a write cut short (Ctrl-C) leaves no half-written file;
-    a finished one is named in the Ctrl-C line. Not crash-safe: that is `save_atomically`.
-    """
-    try:
-        yield path
-    except (OSError, RuntimeError) as err:
-        path.unlink(missing_ok=True)
-        fail(f"cannot write {path}: {getattr(err, 'strerror', None) or error_line(err)}")
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    record_saved(path, what)
-
-
-def remove_abandoned_partials(path: Path) -> None:
-    """Delete temporary files that writers which no longer run left next to `path`."""
-    for partial in path.parent.glob(f".{path.name}.*.partial"):
-        pid = partial.name.removeprefix(f".{path.name}.").removesuffix(".partial")
-        if pid.isdigit() and not process_exists(int(pid)):
-            partial.unlink(missing_ok=True)
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fsync_folder(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def exit_quietly_on_ctrl_c() -> None:
@@ -259,41 +186,37 @@ def exit_quietly_on_ctrl_c() -> None:
     signal.signal(signal.SIGINT, on_interrupt)
 
 
-# ---- Pictures, where matplotlib is installed ----
+# ---- One line for bad input and failed writes, wherever in the chapter they happen ----
 
-PLOTS_INSTALL = 'pip install -c constraints.txt ".[plots]"'
-
-
-def import_pyplot(picture: Path) -> Any:
-    """matplotlib.pyplot, or None after one line saying where `picture` would be and how to get it.
-
-    Run as a script, figures go to files only (no window); in a notebook they also show inline.
-    """
-    try:
-        import matplotlib
-    except ImportError:
-        print(f"(No picture: {picture} needs matplotlib. To draw it: {PLOTS_INSTALL})")
-        return None
-    if not in_notebook():
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+# How torch.save reports a write that failed (a full disk): a RuntimeError, not an OSError.
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
 
 
-def save_figure(fig: Any, path: Path) -> None:
-    """Write `fig` as a PNG (one line on failure); show it too when running in a notebook."""
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as err:
-        path.unlink(missing_ok=True)  # no half-written picture
-        fail(f"cannot write {path}: {err.strerror or err}")
-    print(f"Drew {path}")
-    if in_notebook():
-        import matplotlib.pyplot as plt
+def one_line_error(err: BaseException) -> str | None:
+    """The one line a chapter ends with for `err`, or None if `err` is a bug (show it all)."""
+    if isinstance(err, ChapterError):
+        return str(err)
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return f"cannot use {where}{err.strerror or error_line(err)}"
+    if isinstance(err, RuntimeError) and any(words in str(err) for words in TORCH_WRITE_FAILURES):
+        return f"cannot write a file (is the disk full?): {error_line(err)}"
+    return None
 
-        plt.show()
-    else:
-        import matplotlib.pyplot as plt
 
-        plt.close(fig)
+def report_in_one_line(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+    """sys.excepthook for a chapter run as a script: one line and exit status 2 for bad input."""
+    line = one_line_error(err)
+    if line is None:
+        sys.__excepthook__(kind, err, tb)
+        return
+    print_error(line)
+    sys.stdout.flush()
+    atexit._run_exitfuncs()  # what a normal exit would run, before leaving with our own status
+    os._exit(EXIT_BAD_INPUT)
+
+
+def install_one_line_errors() -> None:
+    """Run as a script: bad input and failed writes end in one line (exit 2), Ctrl-C too (130)."""
+    sys.excepthook = report_in_one_line
+    exit_quietly_on_ctrl_c()

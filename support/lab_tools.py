@@ -35,11 +35,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from chapter_support import error_line
+from support.cli import error_line
 
 PAGE = 4096  # touching one value per page pulls every page into memory
 # The small programs the chapters run in a fresh Python process: real files a reader can open.
-FRESH_PROCESS = Path(__file__).resolve().parent / "fresh_process"
+FRESH_PROCESS = Path(__file__).resolve().parent.parent / "fresh_process"
 
 
 # ---- Child processes ----
