@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import NoReturn
@@ -133,6 +134,8 @@ def parse_chapter_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     args = parser.parse_args([] if in_notebook() else None)
     if not in_notebook():
         install_one_line_errors()
+    if getattr(args, "out_dir", None) is not None:
+        watch_for_saves(args.out_dir)
     return args
 
 
@@ -166,20 +169,41 @@ def check_writable_file(path: Path) -> None:
 
 # ---- What was saved, for the Ctrl-C line ----
 
-SAVED: list[str] = []  # what this process has written, for the Ctrl-C line
+# The lessons save with plain torch.save, so what they saved is read off the output folder:
+# every file written there since the chapter started. `record_saved` adds a description.
+SAVED: list[str] = []  # described saves, "path (what)"
+WATCHED: dict[Path, float] = {}  # output folder -> when this run started watching it
+PARTIAL_SUFFIXES = (".partial", ".tmp")  # files still being written, by crash-safe saves
+
+
+def watch_for_saves(out_dir: Path) -> None:
+    WATCHED[out_dir] = time.time()
 
 
 def record_saved(path: Path, what: str = "") -> None:
-    """Note `path` for the Ctrl-C line; a newer note on the same path replaces the older one."""
+    """Describe `path` in the Ctrl-C line; a newer note on the same path replaces the older one."""
     kept = [entry for entry in SAVED if entry != str(path) and not entry.startswith(f"{path} (")]
     SAVED[:] = [*kept, f"{path}{f' ({what})' if what else ''}"]  # one step: a Ctrl-C sees old or new
+
+
+def saved_so_far() -> list[str]:
+    """The described saves, then every other file written into a watched folder since the start."""
+    described = {entry.split(" (", 1)[0] for entry in SAVED}
+    found = []
+    for folder, started in WATCHED.items():
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            written = path.is_file() and path.stat().st_mtime >= started
+            if written and not path.name.startswith(".") and not path.name.endswith(PARTIAL_SUFFIXES):
+                found.append(str(path))
+    return [*SAVED, *(path for path in found if path not in described)]
 
 
 def exit_quietly_on_ctrl_c() -> None:
     """Ctrl-C ends the chapter with one line saying what it saved, and exit status 130."""
 
     def on_interrupt(signum: int, frame: FrameType | None) -> None:
-        saved = f"saved before that: {', '.join(SAVED)}" if SAVED else "nothing was saved"
+        saved_files = saved_so_far()
+        saved = f"saved before that: {', '.join(saved_files)}" if saved_files else "nothing was saved"
         print(f"interrupted (Ctrl-C); {saved}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INTERRUPTED)
 

@@ -79,6 +79,7 @@ def run_chapter_here(script: str, *args: str, cwd: Path) -> ChapterResult:
     out, err = io.StringIO(), io.StringIO()
     old_argv, old_cwd, old_sigint = sys.argv, Path.cwd(), signal.getsignal(signal.SIGINT)
     cli.SAVED.clear()
+    cli.WATCHED.clear()
     sys.argv = [str(REPO / script), *args]
     namespace: dict = {}
     code = 0
@@ -100,6 +101,7 @@ def run_chapter_here(script: str, *args: str, cwd: Path) -> ChapterResult:
         os.chdir(old_cwd)
         signal.signal(signal.SIGINT, old_sigint)
         cli.SAVED.clear()  # the chapter's record of what it saved ends with it
+        cli.WATCHED.clear()
     return ChapterResult(code, out.getvalue(), err.getvalue(), namespace)
 
 
