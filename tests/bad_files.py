@@ -362,3 +362,195 @@ def grew_too_much(before_mb: float) -> bool:
         print(f"memory grew by {grown:.0f} MiB", file=sys.stderr)
         return True
     return False
+
+
+# %%
+# # DCP checkpoint folders: what `distributed_checkpoint.py --load-only` meets
+#
+# Each probe is a folder `dcp-checkpoint` (and its manifest `dcp-checkpoint.sha256` beside
+# it) written under the root it is given, made from a small, valid DCP checkpoint of
+# Multiclass and Adam saved on one process. Most carry a manifest that matches their bytes,
+# as an attacker who can write the folder would write it: the checks behind the manifest
+# must hold on their own.
+
+DCP_FOLDER = "dcp-checkpoint"
+DCP_DEEP_KEY = 200_000  # tuples around a dict key in .metadata: a SIGSEGV when hashed, unchecked
+DCP_DEEP_KEY_UNDER_CAP = 60_000  # as deep, but small enough to pass the size cap: the nesting check
+
+
+def dcp_state(hostile_lr: object = None) -> dict:
+    """Multiclass's and Adam's state as a one-process dcp.load fills it (flat DCP names)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    torch.manual_seed(0)
+    model = Multiclass()
+    model_state, optimizer_state = get_state_dict(model, torch.optim.Adam(model.parameters()))
+    if hostile_lr is not None:
+        optimizer_state["param_groups"][0]["lr"] = hostile_lr
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def save_dcp(folder: Path, state: dict) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=folder, no_dist=True)
+
+
+def rewrite_metadata(folder: Path, change: Callable[[object], None]) -> None:
+    """Unpickle our own .metadata, let `change` forge it, pickle it back."""
+    path = folder / ".metadata"
+    metadata = pickle.loads(path.read_bytes())
+    change(metadata)
+    path.write_bytes(pickle.dumps(metadata))
+
+
+def storage_of(metadata: object, name: str) -> object:
+    return next(info for index, info in metadata.storage_data.items() if index.fqn == name)
+
+
+def forge_chunk(
+    metadata: object, name: str, sizes: tuple[int, ...], size: tuple[int, ...] | None = None
+) -> None:
+    item = metadata.state_dict_metadata[name]
+    item.chunks[0].sizes = torch.Size(sizes)
+    if size is not None:
+        item.size = torch.Size(size)
+
+
+def flip_weight_bit(folder: Path) -> None:
+    """Flip one bit of hidden.weight's first value, inside __0_0.distcp's tensor data."""
+    values = dcp_state()["model"]["hidden.weight"].numpy().tobytes()
+    shard = folder / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[data.index(values) + 1] ^= 0x10
+    shard.write_bytes(bytes(data))
+
+
+def dcp_probes(marker: Path) -> dict[str, tuple[Callable[[Path], None], bool, str]]:
+    """Probe name -> (what it does to a good checkpoint folder, whether to write the manifest after,
+    what its refusal says)."""
+    from support.untrusted_files import MAX_FILE_BYTES
+
+    def metadata_bytes(data: bytes) -> Callable[[Path], None]:
+        return lambda folder: (folder / ".metadata").write_bytes(data)
+
+    def forged(change: Callable[[object], None]) -> Callable[[Path], None]:
+        return lambda folder: rewrite_metadata(folder, change)
+
+    def set_storage(name: str, **fields: object) -> Callable[[object], None]:
+        return lambda metadata: [setattr(storage_of(metadata, name), k, v) for k, v in fields.items()]
+
+    lr = "optimizer.param_groups.0.lr"
+    weight = "model.hidden.weight"
+    return {
+        "hostile .metadata": (
+            metadata_bytes(pickle.dumps(Hostile(marker))),
+            True,
+            ".metadata refers to builtins.exec, not DCP metadata",
+        ),
+        "hostile non-tensor item": (
+            lambda f: save_dcp(f, dcp_state(Hostile(marker))),
+            True,
+            "optimizer.param_groups.0.lr in __0_0.distcp",  # and nothing ran: the marker
+        ),
+        "deeply nested key in .metadata": (
+            metadata_bytes(deep_key_pickle(DCP_DEEP_KEY)),
+            True,
+            "more than the",
+        ),
+        "deeply nested key in a small .metadata": (
+            metadata_bytes(deep_key_pickle(DCP_DEEP_KEY_UNDER_CAP)),
+            True,
+            "nested more than 200 levels deep",
+        ),
+        "24 MB pickle bomb in .metadata": (
+            metadata_bytes(many_lists_pickle(24 * 2**20)),
+            True,
+            "more than the",
+        ),
+        "pickle bomb in .metadata, under the size cap": (
+            metadata_bytes(many_lists_pickle(30_000)),
+            True,
+            "not DCP's index",
+        ),
+        "garbage .metadata": (metadata_bytes(b"not a pickle"), True, ".metadata is damaged"),
+        "non-tensor item of 2^40 bytes": (
+            forged(set_storage(lr, length=2**40)),
+            True,
+            "truncated or the index forged",
+        ),
+        "tensor chunk at offset 10^12": (
+            forged(set_storage(weight, offset=10**12)),
+            True,
+            "truncated or the index forged",
+        ),
+        "truncated shard": (
+            lambda f: (f / "__0_0.distcp").write_bytes((f / "__0_0.distcp").read_bytes()[:5000]),
+            True,
+            "truncated or the index forged",
+        ),
+        "item stored outside the folder": (
+            forged(set_storage(weight, relative_path="../__0_0.distcp")),
+            True,
+            "not in the folder",
+        ),
+        "chunk larger than its tensor": (
+            forged(lambda m: forge_chunk(m, weight, (8, 5))),
+            True,
+            "does not fit",
+        ),
+        "chunk that covers half its tensor": (
+            forged(lambda m: forge_chunk(m, weight, (4, 4))),
+            True,
+            "do not cover",
+        ),
+        "tensor of another shape than the model's": (
+            forged(lambda m: forge_chunk(m, weight, (9, 4), size=(9, 4))),
+            True,
+            "has shape (9, 4), expected (8, 4)",
+        ),
+        "tensor the model does not have": (
+            forged(lambda m: m.state_dict_metadata.__setitem__("model.extra", m.state_dict_metadata[weight])),
+            True,
+            "which the model does not have",
+        ),
+        "flipped bit in a weight": (flip_weight_bit, False, "does not match its SHA-256"),
+        "flipped bit in a weight, manifest rewritten": (flip_weight_bit, True, "fails its CRC32 check"),
+        "no manifest": (lambda f: manifest_of(f).unlink(), False, "no checksum manifest"),
+        "manifest missing a file": (
+            lambda f: (f / "__1_0.distcp").write_bytes(b""),
+            False,
+            "exactly the files",
+        ),
+        "extra file in the folder": (lambda f: (f / "notes.txt").write_text("hi"), True, "not a DCP file"),
+        "FIFO .metadata": (lambda f: ((f / ".metadata").unlink(), os.mkfifo(f / ".metadata")), False, "FIFO"),
+        "no .metadata": (
+            lambda f: (f / ".metadata").unlink(),
+            False,
+            ".metadata not found; create it with: python distributed_checkpoint.py",
+        ),
+        "shard larger than the cap": (
+            lambda f: (f / "__0_0.distcp").open("r+b").truncate(MAX_FILE_BYTES + 1),
+            False,
+            "more than the",
+        ),
+    }
+
+
+def manifest_of(folder: Path) -> Path:
+    return folder.with_name(f"{folder.name}.sha256")
+
+
+def build_dcp_probe(root: Path, damage: Callable[[Path], None], manifest_after: bool) -> Path:
+    """A good checkpoint folder `root/dcp-checkpoint` with its manifest, then `damage` done to it."""
+    from support.dcp_checks import write_manifest
+
+    folder = root / DCP_FOLDER
+    save_dcp(folder, dcp_state())
+    write_manifest(folder)
+    damage(folder)
+    if manifest_after:
+        write_manifest(folder)
+    return folder
