@@ -126,8 +126,7 @@ if args.fail_rank is not None and not 0 <= args.fail_rank < world_size:
     fail(f"--fail-rank {args.fail_rank} is not a rank: the ranks are 0 to {world_size - 1}")
 out_dir = prepare_out_dir(args.out_dir)
 
-# What the distributed machinery would print that is no lesson. Before any process group:
-os.environ.setdefault("GLOO_LOG_LEVEL", "WARN")  # gloo (torch 2.10) prints "[Gloo] Rank 0 is connected..."
+# What the distributed machinery would print that is no lesson (the rank tools quiet gloo's own lines):
 logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # failures are reported in one line
 # torch 2.10's DCP reader touches TypedStorage inside torch, which warns; nothing here uses it.
 warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)

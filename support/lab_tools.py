@@ -163,6 +163,13 @@ def available_memory_mb() -> float | None:
 # in a collective). No rank outlives its launcher.
 
 
+def quiet_gloo() -> None:
+    """Before a process group starts: gloo (as built into torch 2.10) prints a line such as
+    `[Gloo] Rank 0 is connected to 1 peer ranks...` on stdout for every group, which is no
+    lesson. It reads its log level when a group connects; later torches print nothing."""
+    os.environ.setdefault("GLOO_LOG_LEVEL", "WARN")
+
+
 def run_rank(
     rank: int,
     world_size: int,
@@ -177,6 +184,7 @@ def run_rank(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to report
     die_with_parent()
     torch.set_num_threads(1)  # ranks sharing a machine must not each use every core
+    quiet_gloo()
     dist.init_process_group(
         "gloo",
         init_method=init_method,
@@ -277,6 +285,7 @@ def run_under_torchrun(work: Callable[[int, int], None], timeout: float) -> None
     rank = int(os.environ["RANK"])
     die_with_parent()
     torch.set_num_threads(1)
+    quiet_gloo()
     dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
     try:
         work(rank, int(os.environ["WORLD_SIZE"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import re
@@ -84,6 +85,34 @@ def test_each_weight_is_stored_as_one_chunk_per_rank_file(distributed_run):
     assert re.search(
         r"\n +\(2, 0\) +\(1, 8\) +__1_0\.distcp\n", distributed_run.stdout
     )  # output.weight: 2 + 1 rows
+
+
+def test_the_checksums_beside_each_checkpoint_are_ones_sha256sum_checks(distributed_run):
+    out = distributed_run.stdout
+    for name in ("dcp-checkpoint", "dcp-async"):
+        folder = distributed_run.artifacts / name
+        manifest = (distributed_run.artifacts / f"{name}.sha256").read_text()
+        expected = "".join(
+            f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n"
+            for path in sorted(folder.iterdir())
+        )
+        assert manifest == expected and manifest.count("\n") == 3
+        assert f"{name}.sha256: 3 files, each matches its SHA-256" in out
+        if shutil.which("sha256sum"):  # the format a reader's own tool reads, where there is one
+            checked = subprocess.run(
+                ["sha256sum", "-c", f"../{name}.sha256"],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert checked.returncode == 0 and checked.stdout.count(": OK") == 3, checked.stdout
+
+
+def test_the_run_shows_the_reader_only_its_own_lines(distributed_run):
+    assert distributed_run.result.returncode == 0
+    assert distributed_run.result.stderr == ""  # no warning from torch, gloo or DCP
+    assert "[Gloo]" not in distributed_run.stdout
 
 
 def test_the_checkpoint_loads_onto_three_ranks_and_one_process_tensor_for_tensor(distributed_run):
