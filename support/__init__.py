@@ -6,6 +6,7 @@ needs one, for a demonstration tool.
 - `saving`: crash-safe writes for the support code itself;
 - `pictures`: matplotlib where it is installed, one line saying how to get it where not;
 - `untrusted_files`: the checks a file you did not make goes through before anything loads it;
+- `dcp_checks`: the same for a DCP checkpoint folder, before any rank starts, and its checksums;
 - `lab_tools`: demonstration tools: a fresh process, a private folder, a harmless hostile
   file, memory probes, ranks.
 """

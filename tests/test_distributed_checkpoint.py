@@ -35,7 +35,7 @@ from tests.bad_files import (
     grew_too_much,
     limit_memory,
 )
-from tests.helpers import REPO, SCRIPT_ENV, assert_one_line_refusal, run_chapter_here, run_in_fork
+from tests.helpers import REPO, SCRIPT_ENV, assert_one_line_refusal, run_chapter_here, run_in_fork, run_script
 
 CHAPTER = "distributed_checkpoint.py"
 MODEL_KEYS = ["hidden.weight", "hidden.bias", "output.weight", "output.bias"]
@@ -251,10 +251,19 @@ def test_the_load_only_run_refuses_each_bad_checkpoint_before_any_rank_starts(tm
     assert not marker.exists()
 
 
-def test_a_good_checkpoint_passes_every_check_and_a_real_hostile_one_would_have_run(tmp_path):
+def test_a_good_checkpoint_with_its_manifest_passes_every_check(tmp_path):
     folder = build_dcp_probe(tmp_path, lambda folder: None, manifest_after=False)
     assert check_dcp_checkpoint(folder, flat_tensors(dcp_state())) == manifest_path(folder).read_text()
     assert manifest_path(folder).read_text().count("\n") == 2  # .metadata and __0_0.distcp
+
+
+@pytest.mark.slow
+def test_a_flipped_bit_is_refused_by_a_real_load_only_process_before_any_rank(tmp_path):
+    damage, manifest_after, words = DCP_PROBES["flipped bit in a weight"]
+    build_dcp_probe(tmp_path / "artifacts", damage, manifest_after)
+    result = run_script(CHAPTER, "--load-only", cwd=tmp_path)
+    assert_one_line_refusal(result, "dcp-checkpoint refused", words)
+    assert result.stdout == ""  # no lesson ran, no rank started
 
 
 @pytest.mark.slow
