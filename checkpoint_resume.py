@@ -1,31 +1,41 @@
-"""Chapter 5: checkpoints that resume training exactly, saved so that a crash cannot ruin them.
-
-A state_dict is enough to *use* a model. To stop training and carry on later you need more:
-the optimizer's state, the epoch, and the state of every random number generator. This
-chapter saves all of it in the official tutorial's layout, shows that a run resumed in a
-new process ends bit-identical to one that never stopped, and measures what goes wrong
-when a piece is left out.
-
-Run the demonstration (or run it cell by cell in VS Code or Jupyter):
-
-    python checkpoint_resume.py [--epochs 100] [--interrupt-at 60] [--save-every 10]
-
-Or train a run of your own that you can stop (Ctrl-C) and resume as often as you like:
-
-    python checkpoint_resume.py --resume [--epochs 100] [--save-every 10]
-
-Writes OUT_DIR/iris-checkpoint.pth (default artifacts/iris-checkpoint.pth) every
---save-every epochs and after the last; --resume reads it and carries on from it. The
-demonstration also keeps the interrupted run's checkpoint as
-OUT_DIR/iris-checkpoint-epoch60.pth, and draws OUT_DIR/resume.png when matplotlib is
-installed (the `plots` extra).
-"""
+# %% [markdown]
+# # Chapter 5: checkpoints that resume training exactly
+#
+# A state_dict is enough to *use* a model. To stop training and carry on later you need
+# more: the optimizer's state, the epoch, and the state of every random number generator.
+# This chapter saves all of it in the official tutorial's layout, saves it so that a crash
+# cannot ruin the last good file, shows that a run resumed in a new process ends
+# bit-identical to one that never stopped, and measures what goes wrong when a piece is
+# left out.
+#
+#     python checkpoint_resume.py [--epochs 30] [--interrupt-at 20] [--save-every 5]
+#     python checkpoint_resume.py --resume [--epochs 30] [--save-every 5]
+#
+# The second command is a training run of your own that you can stop (Ctrl-C) and resume
+# as often as you like.
+#
+# **Writes** `OUT_DIR/iris-checkpoint.pth` (default `artifacts/`) every `--save-every`
+# epochs and after the last; the demonstration also keeps the checkpoint of the epoch it
+# was interrupted at as `OUT_DIR/iris-checkpoint-epoch20.pth` and draws
+# `OUT_DIR/resume.png` when matplotlib is installed (the `plots` extra). **Reads**
+# `OUT_DIR/iris-checkpoint.pth` with `--resume`, if it exists.
+#
+# Next: chapter 6, `python load_tips.py`, when the file and the model don't quite match.
 
 # %%
+"""Chapter 5: checkpoints that resume training exactly, saved so that a crash cannot ruin them.
+
+python checkpoint_resume.py [--epochs 30] [--interrupt-at 20] [--save-every 5]
+python checkpoint_resume.py --resume [--epochs 30] [--save-every 5]
+"""
+
 from __future__ import annotations
 
+import math
+import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +46,7 @@ import torch
 
 import build_model
 from build_model import (
+    BATCH_SIZE,
     LEARNING_RATE,
     SEED,
     SPECIES,
@@ -46,24 +57,15 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
-from support.cli import (
-    chapter_parser,
-    fail,
-    heading,
-    parse_chapter_args,
-    positive_int,
-    prepare_out_dir,
-    record_saved,
-    seed,
-)
-from support.pictures import import_pyplot, save_figure
-from support.saving import save_atomically
-from support.untrusted_files import ModelFileError, check_checkpoint, read_untrusted, refusing
+from support.cli import chapter_parser, parse_chapter_args, positive_int, prepare_out_dir, seed
+from support.pictures import import_pyplot
+from support.saving import remove_abandoned_partials
+from support.untrusted_files import read_checkpoint
 
 CHECKPOINT_FILE = "iris-checkpoint.pth"
-EPOCHS = 100  # as in chapter 2
-INTERRUPT_AT = 60  # the demonstration's second run stops here, as if the machine had died
-SAVE_EVERY = 10  # epochs between checkpoints: a crash loses at most this much work
+EPOCHS = 30  # long enough to see a resume that leaves a piece out drift away
+INTERRUPT_AT = 20  # the demonstration pretends the machine died after this epoch
+SAVE_EVERY = 5  # epochs between checkpoints: a crash loses at most this much work
 SCRIPT = Path(build_model.__file__).with_name("checkpoint_resume.py")  # this file, in a notebook too
 
 parser = chapter_parser(__doc__)
@@ -78,8 +80,8 @@ parser.add_argument(
     "--interrupt-at",
     type=positive_int,
     default=INTERRUPT_AT,
-    help=f"the demonstration's second run stops after this epoch, as if the machine had died; "
-    f"must be below --epochs (default: {INTERRUPT_AT})",
+    help=f"the demonstration pretends the machine died after this epoch; must be below --epochs "
+    f"(default: {INTERRUPT_AT})",
 )
 parser.add_argument(
     "--save-every",
@@ -107,9 +109,25 @@ out_dir = prepare_out_dir(args.out_dir)
 checkpoint_path = out_dir / CHECKPOINT_FILE
 split = load_iris_split()
 DATA_ARGS = {"n_features": split.X_train.shape[1], "n_classes": len(SPECIES)}  # what the data fixes
+STEPS_PER_EPOCH = math.ceil(len(split.X_train) / BATCH_SIZE)  # Adam steps once per batch
+remove_abandoned_partials(checkpoint_path)  # temporary files of runs that were killed while saving
 
-# %%
-# # What a checkpoint holds
+# The one file this chapter reads, checked before any lesson uses it: a bad one ends the
+# chapter here in one line (see "Resuming from a file you did not make" below).
+checkpoint = None
+if args.resume and checkpoint_path.exists():
+    checkpoint = read_checkpoint(
+        checkpoint_path,
+        Multiclass,
+        max_epoch=args.epochs,
+        fixed_args=DATA_ARGS,
+        steps_per_epoch=STEPS_PER_EPOCH,
+    )
+picture = out_dir / "resume.png"
+plt = None if args.resume else import_pyplot(picture)  # None, after one line, without matplotlib
+
+# %% [markdown]
+# ## What a checkpoint holds
 #
 # The official tutorial's keys, `epoch`, `model_state_dict`, `optimizer_state_dict` and
 # `loss`, so that code written from it reads these files, plus two it leaves out:
@@ -119,7 +137,10 @@ DATA_ARGS = {"n_features": split.X_train.shape[1], "n_classes": len(SPECIES)}  #
 #
 # Everything in it is a tensor, a number, None, or a dict, list or tuple of those, so it
 # loads with `torch.load(path, weights_only=True)`. That is why NumPy's and Python's
-# generator states are turned into tensors here, and back when they are restored.
+# generator states are turned into tensors here, and back when they are restored. The
+# cell defines both directions, `rng_state()` and `restore_rng_state(state)`.
+
+# %%
 
 
 def rng_state() -> dict[str, Any]:
@@ -136,7 +157,7 @@ def rng_state() -> dict[str, Any]:
         },
         "python": {
             "version": python_version,
-            "internal": torch.tensor(python_internal),
+            "internal": torch.tensor(python_internal),  # (625,)
             "gauss_next": python_gauss,
         },
     }
@@ -160,27 +181,49 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
 
 
+# %% [markdown]
+# ## Saving so that a crash cannot ruin the last checkpoint
+#
+# `torch.save(checkpoint, path)` overwrites the file in place: a crash, a kill or a full
+# disk in the middle leaves half a file, and the previous checkpoint is gone with it. So
+# write the new one under a temporary name of this process's own, in the same folder (two
+# runs saving into one folder then never write the same file), push it to the disk, and
+# only then rename it over the old one. `os.replace` is atomic: `path` is always the old
+# file or the new one, never half of either. The cell defines `save_checkpoint`.
+
 # %%
-# # Training that saves a checkpoint every few epochs
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
+    """`torch.save(checkpoint, path)`, crash-safe."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with temporary.open("wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on the disk, not only in the OS's cache
+        os.replace(temporary, path)  # noqa: PTH105 -- the atomic rename this cell teaches
+    except (OSError, RuntimeError) as err:  # a full disk: torch.save reports it as a RuntimeError
+        reason = err.strerror if isinstance(err, OSError) else str(err).splitlines()[0]
+        print(f"error: cannot write {path}: {reason}; the previous checkpoint is unchanged", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        temporary.unlink(missing_ok=True)  # a save that failed, or was cut short, leaves nothing behind
+    if os.name == "posix":  # make the rename itself survive a power cut
+        folder = os.open(path.parent, os.O_RDONLY)
+        os.fsync(folder)
+        os.close(folder)
+
+
+# %% [markdown]
+# ## Training that saves a checkpoint every few epochs
 #
 # The loop of chapter 2, one epoch at a time (`train_one_epoch`), and every `--save-every`
 # epochs and after the last one the checkpoint, written out as a dict. Saving draws no
 # random numbers, so a run that saves computes exactly what a run that does not would.
-#
-# In your own project the save is `torch.save(checkpoint, path)`. That call overwrites the
-# file in place: a crash or a full disk in the middle leaves half a file, and the previous
-# checkpoint is gone with it. `save_atomically` makes the same call crash-safe:
-#
-#     with open(temporary, "wb") as f:  # a name of this process's own, in the same folder
-#         torch.save(checkpoint, f)
-#         f.flush()
-#         os.fsync(f.fileno())  # the bytes are on the disk, not just in the OS's cache
-#     os.replace(temporary, path)  # atomic: `path` is the old file or the new, never half
-#
-# (then the folder is fsynced too, so the rename itself survives a power cut). Two runs
-# saving into one folder each write their own temporary file, so neither can clobber the
-# other's half-written one, and a temporary file left by a killed run is removed by the
-# next save.
+# The cell defines `train`, which says each save as it makes it.
+
+# %%
 
 
 def train(
@@ -205,18 +248,21 @@ def train(
                 "model_args": model.constructor_args(),  # {'n_features': 4, 'n_hidden': 8, 'n_classes': 3}
                 "rng_state": rng_state(),  # where the next epoch's shuffle starts
             }
-            save_atomically(checkpoint, save_to, what=f"epoch {epoch}")
+            save_checkpoint(checkpoint, save_to)
+            print(f"epoch {epoch:>3}: loss {loss:.4f}, checkpoint saved")
     return losses
 
 
-# %%
-# # Resuming: the official recipe
+# %% [markdown]
+# ## Resuming: the official recipe
 #
-# Resuming undoes the save, in an order that matters. Build the model from `model_args` and
-# load its weights. Then create the optimizer over *those* parameters and load its state:
-# an optimizer created earlier, over another model's parameters, would go on updating
-# tensors nobody uses (a bug that slips into tutorials). Restore the generators last,
-# because building a model draws random numbers.
+# Resuming undoes the save, in an order that matters. Build the model from `model_args`
+# and load its weights. Then create the optimizer over *those* parameters and load its
+# state: an optimizer created earlier, over another model's parameters, would go on
+# updating tensors nobody uses (a bug that slips into tutorials). Restore the generators
+# last, because building a model draws random numbers. The cell defines `resume_from`.
+
+# %%
 
 
 def resume_from(checkpoint: dict[str, Any]) -> tuple[Multiclass, torch.optim.Optimizer, int]:
@@ -229,47 +275,35 @@ def resume_from(checkpoint: dict[str, Any]) -> tuple[Multiclass, torch.optim.Opt
     return model, optimizer, checkpoint["epoch"]
 
 
-# %%
-# # Resuming from a file you did not make
+# %% [markdown]
+# ## Resuming from a file you did not make
 #
-# `weights_only=True` guarantees that loading runs no code from the file, not that what it
-# loads makes sense. A checkpoint can hold an optimizer state made for another model, a
-# NaN learning rate, half-precision weights or an epoch of 500. Fed to the recipe, such a
-# file fails halfway through training, or trains on into NaN and saves that; with a fused
-# optimizer, wrong shapes can even crash the process.
+# `weights_only=True` guarantees that loading runs no code from the file, not that what
+# it loads makes sense. A checkpoint can hold an optimizer state made for another model,
+# a NaN learning rate, half-precision weights or an epoch of 500. Fed to the recipe, such
+# a file fails halfway through training, or trains on into NaN and saves that; with a
+# fused optimizer, wrong shapes can even crash the process. And a file that lacks part of
+# the state (an optimizer entry, a generator) would resume, but not exactly.
 #
-# So a file you did not make is checked before the recipe touches it. `read_untrusted`
-# opens only a regular file of a sane size, checks every record's CRC32 (`torch.load`
-# does not) and that its data is not nested absurdly deep, and loads it with
-# `weights_only=True`. `check_checkpoint` then checks every
-# field against the model: the keys, the epoch (a whole number, at most --epochs), the
-# loss, `model_args`, the shape, dtype and layout of every tensor, the optimizer's
-# settings and moments, and the generator states. A bad file gets one line and exit 2.
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint at `path`, checked field by field; otherwise one line and exit status 2."""
-    try:
-        checkpoint = read_untrusted(path)
-        with refusing(path):
-            check_checkpoint(checkpoint, Multiclass, max_epoch=args.epochs, fixed_args=DATA_ARGS)
-    except ModelFileError as err:
-        fail(err)
-    return checkpoint
-
-
-# %%
-# # Your own run: `--resume`
+# So the first cell checks the file before the recipe touches it: a regular file of a
+# sane size, every record's CRC32 (`torch.load` checks none), data not nested absurdly
+# deep, loaded with `weights_only=True`; then every field against the model: the keys,
+# the epoch (a whole number, at most `--epochs`), the loss, `model_args`, the shape,
+# dtype and layout of every tensor, the optimizer's settings and its state for every
+# parameter (step counts that fit the epoch, finite moments), and all three generator
+# states. A bad file gets one line and exit 2.
+#
+# ## Your own run: `--resume`
 #
 # With `--resume` the chapter is a training run you can stop at any moment (Ctrl-C, a
-# crash, a power cut) and start again with the same command. It carries on from the last
-# checkpoint, or starts fresh if there is none, up to `--epochs` in all; Ctrl-C ends it
-# with one line saying which epoch's checkpoint is on disk. The demonstration
-# below runs exactly this in a new process. Without `--resume`, this cell does nothing.
+# crash, a power cut) and start again with the same command. It carries on from the
+# last checkpoint, or starts fresh if there is none, up to `--epochs` in all; Ctrl-C ends
+# it with one line naming the checkpoint on disk. The demonstration below runs exactly
+# this in a new process.
 
+# %%
 if args.resume:
-    if checkpoint_path.exists():
-        checkpoint = read_checkpoint(checkpoint_path)
+    if checkpoint is not None:  # read and checked in the first cell
         model, optimizer, start_epoch = resume_from(checkpoint)
         print(f"Resumed from {checkpoint_path} at epoch {start_epoch} (loss {checkpoint['loss']:.4f})")
     else:
@@ -290,37 +324,29 @@ if args.resume:
         )
     sys.exit(0)
 
-# %%
-# # 1. A run that never stops
-#
-# The reference: seed, build the model and the optimizer, train every epoch in one go.
-# Every tensor of the model and the optimizer is kept for the comparison in step 4.
+print(
+    f"The demonstration: {args.epochs} epochs, a checkpoint every {args.save_every}, "
+    f"the machine 'dies' after epoch {args.interrupt_at}"
+)
 
-heading(f"1. Uninterrupted: epochs 1 to {args.epochs}")
+# %% [markdown]
+# ## 1. Training until the machine "dies"
+#
+# Seed, build the model and the optimizer, and train, saving a checkpoint every
+# `--save-every` epochs, until the machine "dies" after `--interrupt-at` epochs. The file
+# on disk is then what a crash would have left. It loads with `weights_only=True`; a copy
+# is kept for step 5.
+
+# %%
+print(f"\n## 1. Training, until the machine 'dies' after epoch {args.interrupt_at}")
 seed_everything(args.seed)
 model = Multiclass()
 optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-uninterrupted_losses = train(model, optimizer, 0, args.epochs)
-uninterrupted = flat_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
-print(f"epoch {args.epochs}: loss {uninterrupted_losses[-1]:.4f}")
-
-# %%
-# # 2. The same run, stopped halfway
-#
-# The same seed and the same training, saving a checkpoint every `--save-every` epochs,
-# until the "machine dies" after `--interrupt-at` epochs. The last checkpoint loads with
-# `weights_only=True`; a copy is kept for step 5.
-
-heading(f"2. The same run, stopped after epoch {args.interrupt_at}")
-seed_everything(args.seed)
-model = Multiclass()
-optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-train(model, optimizer, 0, args.interrupt_at, save_to=checkpoint_path)
+losses_before = train(model, optimizer, 0, args.interrupt_at, save_to=checkpoint_path)
 
 checkpoint = torch.load(checkpoint_path, weights_only=True)
-interrupted_path = save_atomically(
-    checkpoint, out_dir / f"iris-checkpoint-epoch{args.interrupt_at}.pth", what="a copy"
-)
+interrupted_path = out_dir / f"iris-checkpoint-epoch{args.interrupt_at}.pth"
+shutil.copyfile(checkpoint_path, interrupted_path)
 weights = checkpoint["model_state_dict"].values()
 adam_step = checkpoint["optimizer_state_dict"]["state"][0]["step"]
 print(f"{checkpoint_path} holds:")
@@ -335,84 +361,106 @@ for key, value in {
     print(f"  {key:<21} {value}")
 print(f"Kept a copy as {interrupted_path}")
 
+# %% [markdown]
+# ## 2. The run that never stopped
+#
+# The machine did not really die: this process trains the same model on to `--epochs`,
+# without saving, exactly as a run that never stopped would. That is the reference. Every
+# tensor of its model and optimizer is kept for the comparison in step 4.
+
 # %%
-# # 3. Resumed in a new process
+print(f"\n## 2. The run that never stopped: on to epoch {args.epochs}")
+uninterrupted_losses = losses_before + train(model, optimizer, args.interrupt_at, args.epochs)
+uninterrupted = flat_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+print(f"epoch {args.epochs}: loss {uninterrupted_losses[-1]:.4f}")
+
+# %% [markdown]
+# ## 3. Resumed in a new process
 #
 # The real test of a checkpoint is a process that knows nothing but the file. The chapter
 # runs itself again with `--resume`, exactly the command printed, as you would after a
-# crash, and shows what that process printed.
-
-heading("3. Resumed in a new Python process")
-resume_flags = ["--resume", "--epochs", str(args.epochs), "--save-every", str(args.save_every)]
-resume_flags += ["--out-dir", str(out_dir)]
-record_saved(checkpoint_path, f"epoch {args.interrupt_at}, or later if the resumed run saved")
-print(f"$ python {SCRIPT.name} {shlex.join(resume_flags)}")
-resumed_run = subprocess.run(
-    [sys.executable, str(SCRIPT), *resume_flags], capture_output=True, text=True, check=False
-)
-if resumed_run.returncode != 0:
-    fail(f"the resumed run failed: {(resumed_run.stderr.strip().splitlines() or ['no message'])[-1]}")
-for line in resumed_run.stdout.splitlines():
-    print(f"  {line}")
+# crash, and shows what that process prints as it prints it.
 
 # %%
-# # 4. Resumed vs uninterrupted
+print("\n## 3. Resumed in a new Python process")
+resume_flags = ["--resume", "--epochs", str(args.epochs), "--save-every", str(args.save_every)]
+resume_flags += ["--out-dir", str(out_dir)]
+print(f"$ python {SCRIPT.name} {shlex.join(resume_flags)}")
+with subprocess.Popen(  # -u: each line arrives as the new process prints it
+    [sys.executable, "-u", str(SCRIPT), *resume_flags],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+) as resumed_run:
+    for line in resumed_run.stdout:
+        print(f"  {line}", end="")
+    errors = resumed_run.stderr.read().strip().splitlines()
+if resumed_run.returncode != 0:
+    print(f"error: the resumed run failed: {errors[-1] if errors else 'no message'}", file=sys.stderr)
+    sys.exit(2)
+
+# %% [markdown]
+# ## 4. Resumed vs uninterrupted
 #
 # The checkpoint the new process left against the run that never stopped: every weight,
 # every Adam moment and step count, compared bit for bit with `torch.equal`.
 
-heading("4. Resumed vs uninterrupted")
+# %%
+print("\n## 4. Resumed vs uninterrupted")
 final = torch.load(checkpoint_path, weights_only=True)
 resumed = flat_tensors({"model": final["model_state_dict"], "optimizer": final["optimizer_state_dict"]})
 identical = same_state(resumed, uninterrupted)
 print(f"Every model and optimizer tensor bit-identical: {identical} ({len(resumed)} tensors)")
 print(f"Same epoch and loss: {(final['epoch'], final['loss']) == (args.epochs, uninterrupted_losses[-1])}")
 
-# %%
-# # 5. Why each piece matters, measured
+# %% [markdown]
+# ## 5. Why each piece matters, measured
 #
 # Resume from the kept checkpoint again, in this process, three ways: with everything;
 # without the optimizer state (a fresh Adam, whose moving averages restart from zero);
 # and without the generator states (a naive resume that seeds at start-up, so the batches
-# come in another order). Each trains to the end and is compared with the uninterrupted run.
+# come in another order). Each trains to the end and is compared with the uninterrupted
+# run, one row as each finishes.
 
-heading(f"5. Resumed from epoch {args.interrupt_at} again, in this process")
+# %%
+print(f"\n## 5. Resumed from epoch {args.interrupt_at} again, in this process")
 checkpoint = torch.load(interrupted_path, weights_only=True)
 resumes: dict[str, tuple[list[float], dict[str, torch.Tensor]]] = {}
+print(f"{'':<28}{f'loss at epoch {args.epochs}':>20}{'max |weight difference|':>26}")
+
+
+def compare(name: str, model: Multiclass, losses: list[float]) -> None:
+    """Keep one resume's losses and weights, and print its row against the uninterrupted run."""
+    weights = model.state_dict()
+    resumes[name] = (losses, weights)
+    difference = max((weights[key] - uninterrupted[f"model.{key}"]).abs().max().item() for key in weights)
+    print(f"{name:<28}{losses[-1]:>20.4f}{difference:>26.2e}")
+
 
 model, optimizer, start_epoch = resume_from(checkpoint)
-resumes["Everything restored"] = (train(model, optimizer, start_epoch, args.epochs), model.state_dict())
+compare("Everything restored", model, train(model, optimizer, start_epoch, args.epochs))
 
 model = Multiclass(**checkpoint["model_args"])
 model.load_state_dict(checkpoint["model_state_dict"])
 optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)  # its state not loaded
 restore_rng_state(checkpoint["rng_state"])
-resumes["Without the optimizer state"] = (
-    train(model, optimizer, start_epoch, args.epochs),
-    model.state_dict(),
-)
+compare("Without the optimizer state", model, train(model, optimizer, start_epoch, args.epochs))
 
 model, optimizer, start_epoch = resume_from(checkpoint)
 seed_everything(args.seed)  # instead of the saved generator states
-resumes["Without the RNG state"] = (train(model, optimizer, start_epoch, args.epochs), model.state_dict())
+compare("Without the RNG state", model, train(model, optimizer, start_epoch, args.epochs))
 
-print(f"{'':<28}{f'loss at epoch {args.epochs}':>20}{'max |weight difference|':>26}")
-for name, (losses, weights) in resumes.items():
-    difference = max((weights[key] - uninterrupted[f"model.{key}"]).abs().max().item() for key in weights)
-    print(f"{name:<28}{losses[-1]:>20.4f}{difference:>26.2e}")
-
-# %%
-# # 6. The picture
+# %% [markdown]
+# ## 6. The picture
 #
 # The loss per epoch of all four runs. The resumed run, dashed, lies exactly on the
 # uninterrupted one: below, its difference from it is zero at every epoch, which a log
 # scale cannot draw. The two runs that left a piece out leave it right after the
 # interruption and never come back to it.
 
-picture = out_dir / "resume.png"
-plt = import_pyplot(picture)
+# %%
 if plt:
-    first_shown = max(1, args.interrupt_at - 20)  # zoom in on the epochs around the interruption
+    first_shown = max(1, args.interrupt_at - 10)  # zoom in on the epochs around the interruption
     after = range(args.interrupt_at + 1, args.epochs + 1)
     styles = {  # Okabe-Ito colours that survive greyscale, each with its own line style
         "Everything restored": {"color": "#E69F00", "linestyle": (0, (4, 3)), "linewidth": 2.4},
@@ -448,7 +496,7 @@ if plt:
         axes.axvline(args.interrupt_at, color="#555555", linestyle="--", linewidth=1)
         axes.grid(alpha=0.3)
     loss_axes.text(
-        args.interrupt_at + 0.4,
+        args.interrupt_at + 0.2,
         0.97,
         f"interrupted after epoch {args.interrupt_at}",
         transform=loss_axes.get_xaxis_transform(),
@@ -467,4 +515,5 @@ if plt:
         ylabel="|loss - uninterrupted loss|",
         xlim=(first_shown - 0.5, args.epochs + 0.5),
     )
-    save_figure(fig, picture)
+    fig.savefig(picture, dpi=110)
+    print(f"Drew {picture}")

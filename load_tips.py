@@ -1,22 +1,30 @@
-"""Chapter 6: when the file and the model don't quite match -- the errors, and the fixes.
-
-Each section sets a problem up for real, shows the error PyTorch raises, then the fix:
-a file saved on a GPU, renamed layers (missing and unexpected keys), warm-starting a
-different model, a size mismatch, the prefixes that DataParallel and torch.compile add,
-loading a large model without copying it, and several models in one file.
-
-Run (after `python train_iris.py`; or run it cell by cell in VS Code or Jupyter):
-
-    python load_tips.py [--seed 42]
-
-Reads OUT_DIR/iris-model.pth (default artifacts/iris-model.pth). Writes
-OUT_DIR/tips-saved-on-gpu.pth and OUT_DIR/tips-two-models.pth (and, on a machine with a
-GPU, OUT_DIR/tips-real-gpu.pth).
-"""
+# %% [markdown]
+# # Chapter 6: when the file and the model don't quite match
+#
+# Each section sets a problem up for real, shows the error PyTorch raises, then the fix:
+# a file saved on a GPU, renamed layers (missing and unexpected keys), warm-starting a
+# different model, a size mismatch, the prefixes that DataParallel and torch.compile add,
+# loading a large model without copying it, several models in one file, and a checkpoint
+# written by a training framework (Lightning).
+#
+#     python load_tips.py [--seed 42]      (after python train_iris.py)
+#
+# **Reads** `OUT_DIR/iris-model.pth` (default `artifacts/`). **Writes**
+# `OUT_DIR/tips-saved-on-gpu.pth`, `OUT_DIR/tips-two-models.pth`,
+# `OUT_DIR/tips-lightning.ckpt` and `OUT_DIR/tips-lightning-hparams.ckpt` (and, on a
+# machine with a GPU, `OUT_DIR/tips-real-gpu.pth`).
+#
+# Next: chapter 7, `python compare_formats.py`, which file format to use.
 
 # %%
+"""Chapter 6: when the file and the model don't quite match -- the errors, and the fixes.
+
+python load_tips.py [--seed 42]
+"""
+
 from __future__ import annotations
 
+import pickle
 from unittest import mock
 
 import torch
@@ -37,7 +45,7 @@ from build_model import (
     train_command,
     train_one_epoch,
 )
-from support.cli import chapter_parser, error_line, heading, parse_chapter_args, prepare_out_dir, seed
+from support.cli import chapter_parser, parse_chapter_args, prepare_out_dir, seed
 from support.untrusted_files import load_model_or_exit
 
 parser = chapter_parser(__doc__)
@@ -52,8 +60,8 @@ state = trained.state_dict()  # the names and tensors every section loads somewh
 split = load_iris_split()
 X_train, y_train, X_test, y_test = split.X_train, split.y_train, split.X_test, split.y_test
 
-# %%
-# # 1. A file saved on another device: map_location
+# %% [markdown]
+# ## 1. A file saved on another device: map_location
 #
 # `torch.save` records the device of every tensor. A file saved from a GPU says `cuda:0`,
 # and `torch.load` puts the tensors back there, which fails on a machine without one.
@@ -62,7 +70,8 @@ X_train, y_train, X_test, y_test = split.X_train, split.y_train, split.X_test, s
 # format, with every tensor tagged `cuda:0`. Where this machine has a GPU, the round trip
 # is then also done for real.
 
-heading("1. A file saved on another device")
+# %%
+print("\n## 1. A file saved on another device")
 gpu_file = out_dir / "tips-saved-on-gpu.pth"
 with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
     torch.save(state, gpu_file)  # what torch.save writes for tensors on cuda:0
@@ -73,7 +82,7 @@ else:
     try:
         torch.load(gpu_file, weights_only=True)
     except RuntimeError as err:
-        print(f"torch.load(path)                     -> {error_line(err)}")
+        print(f"torch.load(path)                     -> RuntimeError: {str(err).split('. ')[0]}")
 loaded = torch.load(gpu_file, map_location="cpu", weights_only=True)
 devices = sorted({tensor.device.type for tensor in loaded.values()})
 print(f"torch.load(path, map_location='cpu') -> on {devices}, same tensors {same_state(loaded, state)}")
@@ -87,8 +96,8 @@ if torch.cuda.is_available():
 else:
     print("Real GPU round trip: skipped, no GPU on this machine")
 
-# %%
-# # 2. Missing and unexpected keys
+# %% [markdown]
+# ## 2. Missing and unexpected keys
 #
 # Rename a layer (here `output` became `head`) and the file's names no longer match the
 # model's: `load_state_dict` refuses in strict mode, the default. `strict=False` loads what
@@ -96,7 +105,8 @@ else:
 # layer keeps its random initial weights: the model loads without an error and predicts
 # badly. The fix is to rename the keys.
 
-heading("2. Missing and unexpected keys")
+# %%
+print("\n## 2. Missing and unexpected keys")
 seed_everything(args.seed)  # the fresh models below start from the same weights every run
 file_state = {  # what a model whose last layer is called `head` saved
     ("head." + key.removeprefix("output.") if key.startswith("output.") else key): tensor
@@ -106,7 +116,9 @@ model = Multiclass()
 try:
     model.load_state_dict(file_state)
 except RuntimeError as err:
-    print(f"strict (default)  -> {error_line(err, max_lines=3)}")
+    print("strict (default)  -> RuntimeError:")
+    for reason in str(err).splitlines()[1:]:  # after "Error(s) in loading state_dict for Multiclass:"
+        print(f"    {reason.strip()}")
 
 partial = Multiclass()
 result = partial.load_state_dict(file_state, strict=False)
@@ -125,14 +137,15 @@ fixed = Multiclass()
 fixed.load_state_dict(renamed_back)
 print(f"keys renamed back -> same predictions {same_outputs(fixed, trained, X_test)}")
 
-# %%
-# # 3. Warm-starting a different model
+# %% [markdown]
+# ## 3. Warm-starting a different model
 #
 # A new model that shares some layers with the trained one, here the same hidden layer
 # with a new output head for four classes, can start from the trained weights: keep the
 # entries whose name and shape fit, load them with `strict=False`, and report the rest.
 
-heading("3. Warm-starting a different model")
+# %%
+print("\n## 3. Warm-starting a different model")
 new_model = Multiclass(n_classes=4)
 target = new_model.state_dict()
 fits = {key: tensor for key, tensor in state.items() if key in target and target[key].shape == tensor.shape}
@@ -142,23 +155,24 @@ print(
     f"  hidden layer equals the trained one: {torch.equal(new_model.hidden.weight, state['hidden.weight'])}"
 )
 
-# %%
-# # 4. Size mismatch
+# %% [markdown]
+# ## 4. Size mismatch
 #
 # Same names, different shapes: the file was trained with another architecture (here 8
 # hidden units, loaded into a model with 16). `strict=False` does not help: it forgives
 # names, never shapes. Build the model the file describes, from constructor arguments
 # saved next to the weights (chapter 5) or read off the tensors' shapes.
 
-heading("4. Size mismatch")
+# %%
+print("\n## 4. Size mismatch")
 try:
     Multiclass(n_hidden=16).load_state_dict(state)
 except RuntimeError as err:
-    print(f"strict (default)  -> {error_line(err, max_lines=2)}")
+    print(f"strict (default)  -> RuntimeError: {str(err).splitlines()[1].strip()} ...")
 try:
     Multiclass(n_hidden=16).load_state_dict(state, strict=False)
 except RuntimeError as err:
-    print(f"strict=False      -> {error_line(err, max_lines=2)}")
+    print(f"strict=False      -> RuntimeError: {str(err).splitlines()[1].strip()} ...")
 
 n_hidden = state["hidden.weight"].shape[0]  # hidden.weight is (n_hidden, n_features)
 rebuilt = Multiclass(n_hidden=n_hidden)
@@ -168,8 +182,8 @@ print(
     f" same predictions {same_outputs(rebuilt, trained, X_test)}"
 )
 
-# %%
-# # 5. Prefixes: `module.` and `_orig_mod.`
+# %% [markdown]
+# ## 5. Prefixes: `module.` and `_orig_mod.`
 #
 # Wrappers rename everything inside them. `nn.DataParallel` and `DistributedDataParallel`
 # keep the model as `.module`, so their state_dict keys start with `module.`;
@@ -179,7 +193,8 @@ print(
 # `compiled._orig_mod.state_dict()`. (On a CPU DataParallel only wraps, and torch.compile
 # compiles on the first call, so nothing runs here: only the names change.)
 
-heading("5. Prefixes from DataParallel and torch.compile")
+# %%
+print("\n## 5. Prefixes from DataParallel and torch.compile")
 wrapped_states = {
     "DataParallel": ("module.", nn.DataParallel(trained).state_dict()),
     "torch.compile": ("_orig_mod.", torch.compile(trained).state_dict()),
@@ -189,14 +204,16 @@ for wrapper, (prefix, wrapped_state) in wrapped_states.items():
     try:
         Multiclass().load_state_dict(wrapped_state)
     except RuntimeError as err:
-        print(f"  into a plain model -> {error_line(err, max_lines=3)}")
+        print("  into a plain model -> RuntimeError:")
+        for reason in str(err).splitlines()[1:]:
+            print(f"      {reason.strip()}")
     consume_prefix_in_state_dict_if_present(wrapped_state, prefix)
     unwrapped = Multiclass()
     unwrapped.load_state_dict(wrapped_state)
     print(f"  prefix stripped    -> same predictions {same_outputs(unwrapped, trained, X_test)}")
 
-# %%
-# # 6. Large models: mmap, the meta device and assign=True
+# %% [markdown]
+# ## 6. Large models: mmap, the meta device and assign=True
 #
 # For a model too large to hold twice in memory, avoid every copy. `torch.load(...,
 # mmap=True)` maps the file instead of reading it: bytes are paged in when first used
@@ -205,7 +222,8 @@ for wrapper, (prefix, wrapped_state) in wrapped_states.items():
 # assign=True)` then makes the loaded tensors the model's parameters instead of copying
 # into them.
 
-heading("6. Large models: mmap, meta device, assign=True")
+# %%
+print("\n## 6. Large models: mmap, meta device, assign=True")
 with torch.device("meta"):
     big_model = Multiclass()  # shapes only, no memory for the weights yet
 print(f"Built under torch.device('meta'): hidden.weight on {big_model.hidden.weight.device}")
@@ -216,13 +234,14 @@ device = big_model.hidden.weight.device
 print(f"After load_state_dict(assign=True): on {device}, shares the mmap'd tensor: {shares}")
 print(f"  same predictions as the trained model: {same_outputs(big_model, trained, X_test)}")
 
-# %%
-# # The optimizer created too early
+# %% [markdown]
+# ## The optimizer created too early
 #
 # The catch: `assign=True` replaces the parameter objects. An optimizer created before the
 # load still holds the old (meta) ones, so it updates nothing the model uses: the model
 # silently never learns. Create the optimizer after loading. One epoch of training shows it.
 
+# %%
 with torch.device("meta"):
     too_early_model = Multiclass()
 too_early = torch.optim.Adam(too_early_model.parameters(), lr=LEARNING_RATE)  # wrong: before the load
@@ -241,13 +260,14 @@ train_one_epoch(in_time_model, in_time, X_train, y_train)
 changed = not torch.equal(before, in_time_model.hidden.weight)
 print(f"Optimizer created after the load  -> training changes weights: {changed}")
 
-# %%
-# # 7. Several models and their optimizers in one file
+# %% [markdown]
+# ## 7. Several models and their optimizers in one file
 #
 # One dict, one key per piece. On loading, create each model, load its weights, then
 # create its optimizer over that model's parameters and load the optimizer's state.
 
-heading("7. Several models and optimizers in one file")
+# %%
+print("\n## 7. Several models and optimizers in one file")
 seed_everything(args.seed)
 model_a, model_b = Multiclass(), Multiclass()
 optimizer_a = torch.optim.Adam(model_a.parameters(), lr=LEARNING_RATE)
@@ -286,3 +306,65 @@ exact = all(
     ]
 )
 print(f"  both models and both optimizers back, every tensor identical: {exact}")
+
+# %% [markdown]
+# ## 8. A checkpoint written by a training framework (Lightning)
+#
+# PyTorch Lightning's `Trainer` saves a dict: `epoch`, `global_step`,
+# `pytorch-lightning_version`, the LightningModule's `state_dict`, `loops`, `callbacks`,
+# `optimizer_states`, `lr_schedulers` and, if the module saved them, `hparams_name` and
+# `hyper_parameters`. The weights are under `state_dict`, named after the LightningModule's
+# attributes: a module that keeps the network as `self.model` saves `model.hidden.weight`.
+# So: load with `weights_only=True`, take `state_dict`, strip the prefix, load it into the
+# plain model. (Lightning is not installed here: the cell writes the file in Lightning's
+# documented layout with `torch.save`.)
+
+# %%
+print("\n## 8. A checkpoint written by a training framework (Lightning)")
+lightning_file = out_dir / "tips-lightning.ckpt"
+lightning_checkpoint = {  # what Trainer.save_checkpoint writes for a module holding `self.model`
+    "epoch": 99,
+    "global_step": 2100,
+    "pytorch-lightning_version": "2.5.0",
+    "state_dict": {f"model.{key}": tensor for key, tensor in state.items()},
+    "loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 100, "completed": 100}}}},
+    "callbacks": {
+        "ModelCheckpoint{'monitor': None, 'mode': 'min'}": {"best_model_path": "", "dirpath": "ckpts"}
+    },
+    "optimizer_states": [torch.optim.Adam(trained.parameters(), lr=LEARNING_RATE).state_dict()],
+    "lr_schedulers": [],
+    "hparams_name": "kwargs",
+    "hyper_parameters": {"lr": LEARNING_RATE, "n_hidden": 8},
+}
+torch.save(lightning_checkpoint, lightning_file)
+
+framework_checkpoint = torch.load(lightning_file, weights_only=True)  # every entry is plain data
+lightning_weights = framework_checkpoint["state_dict"]
+print(f"{lightning_file}: keys {list(framework_checkpoint)}")
+print(f"  state_dict keys {list(lightning_weights)[:2]} ...")
+consume_prefix_in_state_dict_if_present(lightning_weights, "model.")
+from_lightning = Multiclass()
+from_lightning.load_state_dict(lightning_weights)
+print(f"  'model.' stripped -> same predictions {same_outputs(from_lightning, trained, X_test)}")
+
+# %% [markdown]
+# A Lightning checkpoint can also hold objects: `save_hyperparameters()` stores whatever
+# the module was given (a loss function, a `functools.partial`), and `weights_only=True`
+# refuses to rebuild them. Don't switch to `weights_only=False` for a file you did not
+# make: that runs whatever the file names. For a file you trust, allow the one class it
+# needs with `torch.serialization.safe_globals`; better, save plain values.
+
+# %%
+hparams_file = out_dir / "tips-lightning-hparams.ckpt"
+torch.save({**lightning_checkpoint, "hyper_parameters": {"loss_fn": nn.NLLLoss()}}, hparams_file)
+try:
+    torch.load(hparams_file, weights_only=True)
+except pickle.UnpicklingError as err:
+    lines = str(err).splitlines()
+    refused = next((line for line in lines if "Unsupported global" in line), lines[0])
+    print(
+        f"hyper_parameters holding nn.NLLLoss() -> {type(err).__name__}: {refused.strip().split(' was ')[0]}"
+    )
+with torch.serialization.safe_globals([nn.NLLLoss]):
+    trusted = torch.load(hparams_file, weights_only=True)
+print(f"  with safe_globals([nn.NLLLoss]) -> loads, hyper_parameters {trusted['hyper_parameters']}")

@@ -455,12 +455,14 @@ def check_adam_settings(group: Mapping[Any, Any], n_params: int) -> None:
             raise ModelFileError(f"its optimizer asks for {flag} (plain Adam, as saved here, has it off)")
 
 
-def check_optimizer_state(state: Any, model: nn.Module) -> None:
-    """An Adam state_dict for exactly `model`'s parameters: shapes, dtypes and settings sane.
+def check_optimizer_state(state: Any, model: nn.Module, steps: int | None = None) -> None:
+    """An Adam state_dict for exactly `model`'s parameters: settings sane, and for every
+    parameter its step count and both moving averages, of the right shape and dtype, finite.
 
     Everything Adam's step reads is checked, since a wrong shape, an aliased or negative
     second moment, or a NaN setting would fail in the middle of training or, worse, train
-    on and save NaN weights.
+    on and save NaN weights; and a missing entry or a step count that does not fit the
+    epoch would resume, but not exactly. `steps`: the step count every parameter must have.
     """
     params = list(model.parameters())
     if not isinstance(state, Mapping) or set(state) != {"state", "param_groups"}:
@@ -474,14 +476,15 @@ def check_optimizer_state(state: Any, model: nn.Module) -> None:
         type(index) is int and 0 <= index < len(params) for index in per_param
     ):
         raise ModelFileError("its optimizer state refers to parameters this model does not have")
+    missing = [index for index in range(len(params)) if index not in per_param]
+    if missing:
+        raise ModelFileError(
+            f"its optimizer state has no entry for parameter {missing[0]}: Adam would restart it"
+        )
     storages = set()
-    for index, entry in per_param.items():
+    for index, entry in sorted(per_param.items()):
         if not isinstance(entry, Mapping) or set(entry) != {"step", "exp_avg", "exp_avg_sq"}:
             raise ModelFileError(f"its optimizer state for parameter {index} is not Adam's")
-        check_plain_tensor(f"optimizer state[{index}].step", entry["step"])
-        step = entry["step"]
-        if step.numel() != 1 or not step.is_floating_point() or not 0 <= step.item() < 2**40:
-            raise ModelFileError(f"its optimizer step for parameter {index} is not a count")
         for moment in ("exp_avg", "exp_avg_sq"):
             tensor = entry[moment]
             check_plain_tensor(f"optimizer state[{index}].{moment}", tensor, like=params[index])
@@ -490,11 +493,31 @@ def check_optimizer_state(state: Any, model: nn.Module) -> None:
             storages.add(tensor.untyped_storage().data_ptr())
         if (entry["exp_avg_sq"] < 0).any():
             raise ModelFileError(f"optimizer state[{index}].exp_avg_sq has negative values")
+        check_adam_step(index, entry["step"], steps)  # after the shapes: a step says less about a misfit
     if len(storages) != 2 * len(per_param):
         raise ModelFileError("its optimizer state has tensors that share memory")
 
 
+ADAM_STEP = torch.tensor(0.0)  # what Adam keeps its step count in: a float32 scalar
+MAX_STEPS = 2**24  # float32, which Adam counts its steps in, counts exactly up to here
+
+
+def check_adam_step(index: int, step: Any, steps: int | None) -> None:
+    """Parameter `index`'s step count: a whole number, as Adam keeps it, equal to `steps`."""
+    check_plain_tensor(f"optimizer state[{index}].step", step)
+    if step.shape != ADAM_STEP.shape or step.dtype != ADAM_STEP.dtype:
+        raise ModelFileError(f"its optimizer step for parameter {index} is not a count (a float32 scalar)")
+    count = step.item()
+    if not (math.isfinite(count) and count == int(count) and 1 <= count < MAX_STEPS):
+        raise ModelFileError(f"its optimizer step for parameter {index} is not a count")
+    if steps is not None and count != steps:
+        raise ModelFileError(
+            f"its optimizer step for parameter {index} is {int(count)}, but its epoch needs {steps}"
+        )
+
+
 MT19937_WORDS = 624  # the Mersenne Twister state behind NumPy's and Python's generators
+WORD_VALUES = 2**32  # each of its words is 32 bits
 
 
 def check_rng_state(rng: Any) -> None:
@@ -502,56 +525,70 @@ def check_rng_state(rng: Any) -> None:
 
     Each is checked for its layout and then tried on a fresh generator of its kind, which
     rejects a state it cannot use, so restoring the real generators cannot fail later.
+    Values a generator would silently truncate (a word beyond 32 bits) are refused too:
+    the restore would not be the state saved.
     """
-    try:
-        torch_state, numpy_state, python_state = rng["torch"], rng["numpy"], rng["python"]
-        keys, internal = numpy_state["keys"], python_state["internal"]
-        ok = (
-            isinstance(rng, Mapping)
-            and set(rng) == {"torch", "numpy", "python"}
-            and set(numpy_state) == {"keys", "pos", "has_gauss", "cached_gaussian"}
-            and set(python_state) == {"version", "internal", "gauss_next"}
-            and type(torch_state) is Tensor
-            and torch_state.dtype == torch.uint8
-            and torch_state.shape == torch.get_rng_state().shape
-            and type(keys) is Tensor
-            and keys.dtype == torch.int64
-            and keys.shape == (MT19937_WORDS,)
-            and type(numpy_state["pos"]) is int
-            and 0 <= numpy_state["pos"] <= MT19937_WORDS  # NumPy does not check: it would read past its keys
-            and type(numpy_state["has_gauss"]) is int
-            and numpy_state["has_gauss"] in (0, 1)
-            and type(numpy_state["cached_gaussian"]) is float
-            and is_number(numpy_state["cached_gaussian"])
-            and type(python_state["version"]) is int
-            and python_state["version"] == 3
-            and type(internal) is Tensor
-            and internal.dtype == torch.int64
-            and internal.shape == (MT19937_WORDS + 1,)
-            and (python_state["gauss_next"] is None or type(python_state["gauss_next"]) is float)
-        )
-        if ok:
-            for name, tensor in (("torch", torch_state), ("numpy.keys", keys), ("python.internal", internal)):
-                check_plain_tensor(f"rng_state.{name}", tensor)
-            ok = torch_state.is_contiguous() and bool(((keys >= 0) & (keys < 2**32)).all())
-        if ok:  # the same conversions chapter 5's restore makes, on generators nobody uses
-            torch.Generator().set_state(torch_state)
-            np.random.RandomState().set_state(
-                (
-                    "MT19937",
-                    keys.numpy().astype(np.uint32),
-                    numpy_state["pos"],
-                    numpy_state["has_gauss"],
-                    numpy_state["cached_gaussian"],
-                )
-            )
-            random.Random().setstate(
-                (python_state["version"], tuple(internal.tolist()), python_state["gauss_next"])
-            )
-    except (TypeError, KeyError, AttributeError, ValueError, OverflowError, RuntimeError, IndexError):
-        ok = False
-    if not ok:
+    if not isinstance(rng, Mapping) or set(rng) != {"torch", "numpy", "python"}:
         raise ModelFileError("its rng_state is not the torch, NumPy and Python generator states")
+    for name, check in (("torch", check_torch_rng), ("numpy", check_numpy_rng), ("python", check_python_rng)):
+        try:
+            ok = check(rng[name])
+        except (TypeError, KeyError, AttributeError, ValueError, OverflowError, RuntimeError, IndexError):
+            ok = False
+        if not ok:
+            raise ModelFileError(f"its rng_state has no usable {name} generator state")
+
+
+def is_words(tensor: Any, count: int) -> bool:
+    """A plain int64 tensor of `count` Mersenne Twister words, each in 0 .. 2**32 - 1."""
+    if type(tensor) is not Tensor or tensor.dtype != torch.int64 or tensor.shape != (count,):
+        return False
+    check_plain_tensor("rng_state words", tensor)
+    return bool(((tensor >= 0) & (tensor < WORD_VALUES)).all())
+
+
+def check_torch_rng(state: Any) -> bool:
+    if type(state) is not Tensor or state.dtype != torch.uint8 or state.shape != torch.get_rng_state().shape:
+        return False
+    check_plain_tensor("rng_state.torch", state)
+    if not state.is_contiguous():
+        return False
+    torch.Generator().set_state(state)  # refuses a state it cannot use
+    return True
+
+
+def check_numpy_rng(state: Any) -> bool:
+    if not isinstance(state, Mapping) or set(state) != {"keys", "pos", "has_gauss", "cached_gaussian"}:
+        return False
+    keys, pos, has_gauss, gaussian = state["keys"], state["pos"], state["has_gauss"], state["cached_gaussian"]
+    if not (
+        is_words(keys, MT19937_WORDS)
+        and type(pos) is int
+        and 0 <= pos <= MT19937_WORDS  # NumPy does not check: it would read past its keys
+        and type(has_gauss) is int
+        and has_gauss in (0, 1)
+        and type(gaussian) is float
+        and is_number(gaussian)
+    ):
+        return False
+    np.random.RandomState().set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, gaussian))
+    return True
+
+
+def check_python_rng(state: Any) -> bool:
+    if not isinstance(state, Mapping) or set(state) != {"version", "internal", "gauss_next"}:
+        return False
+    version, internal, gauss_next = state["version"], state["internal"], state["gauss_next"]
+    if not (
+        type(version) is int
+        and version == 3
+        and is_words(internal, MT19937_WORDS + 1)  # the words, then the position in them
+        and internal[-1].item() <= MT19937_WORDS
+        and (gauss_next is None or (type(gauss_next) is float and is_number(gauss_next)))
+    ):
+        return False
+    random.Random().setstate((version, tuple(internal.tolist()), gauss_next))
+    return True
 
 
 def check_checkpoint(
@@ -559,28 +596,35 @@ def check_checkpoint(
     model_class: Callable[..., nn.Module],
     max_epoch: int,
     fixed_args: Mapping[str, int] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> None:
     """Raise ModelFileError unless `checkpoint` is a chapter-5 checkpoint that fits the model.
 
     Everything is checked before use: an optimizer state of the wrong shapes would make a
-    fused optimizer write past its buffers and crash the process, not raise. `max_epoch` is
-    the last epoch training may reach; `fixed_args` are constructor arguments the data
-    decides (the number of features and classes), which the file must not change.
+    fused optimizer write past its buffers and crash the process, not raise; a missing or
+    inconsistent piece would resume, but not bit-identically. `max_epoch` is the last
+    epoch training may reach; `fixed_args` are constructor arguments the data decides (the
+    number of features and classes), which the file must not change; `steps_per_epoch`,
+    the optimizer steps an epoch takes, fixes the step count the epoch needs.
     """
     try:
-        check_checkpoint_fields(checkpoint, model_class, max_epoch, fixed_args or {})
+        check_checkpoint_fields(checkpoint, model_class, max_epoch, fixed_args or {}, steps_per_epoch)
     except RecursionError:
         raise ModelFileError("its data is nested too deeply") from None
 
 
 def check_checkpoint_fields(
-    checkpoint: Any, model_class: Callable[..., nn.Module], max_epoch: int, fixed_args: Mapping[str, int]
+    checkpoint: Any,
+    model_class: Callable[..., nn.Module],
+    max_epoch: int,
+    fixed_args: Mapping[str, int],
+    steps_per_epoch: int | None = None,
 ) -> None:
     if not isinstance(checkpoint, Mapping) or set(checkpoint) != set(CHECKPOINT_KEYS):
         raise ModelFileError(f"not a training checkpoint (it needs the keys {', '.join(CHECKPOINT_KEYS)})")
     epoch = checkpoint["epoch"]
-    if type(epoch) is not int or epoch < 0:
-        raise ModelFileError("its epoch is not a whole number >= 0")
+    if type(epoch) is not int or epoch < 1:
+        raise ModelFileError("its epoch is not a whole number >= 1")
     if epoch > max_epoch:
         raise ModelFileError(f"it is at epoch {epoch}, beyond the {max_epoch} epochs asked for")
     loss = checkpoint["loss"]
@@ -591,5 +635,21 @@ def check_checkpoint_fields(
         raise ModelFileError(f"its model_args {args} do not fit the data, which needs {dict(fixed_args)}")
     model = model_class(**args)
     check_state_dict_fits(checkpoint["model_state_dict"], model)
-    check_optimizer_state(checkpoint["optimizer_state_dict"], model)
+    steps = None if steps_per_epoch is None else epoch * steps_per_epoch
+    check_optimizer_state(checkpoint["optimizer_state_dict"], model, steps)
     check_rng_state(checkpoint["rng_state"])
+
+
+def read_checkpoint(
+    path: Path,
+    model_class: Callable[..., nn.Module],
+    max_epoch: int,
+    fixed_args: Mapping[str, int] | None = None,
+    steps_per_epoch: int | None = None,
+) -> dict[str, Any]:
+    """A chapter-5 checkpoint read from `path` (`read_untrusted`) and checked field by field
+    (`check_checkpoint`); otherwise a one-line ModelFileError that names the file."""
+    checkpoint = read_untrusted(path)
+    with refusing(path):
+        check_checkpoint(checkpoint, model_class, max_epoch, fixed_args, steps_per_epoch)
+    return dict(checkpoint)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -53,7 +54,7 @@ def state(trained: Multiclass) -> dict[str, torch.Tensor]:
 
 def test_real_run_shows_every_fix_working(tips_run):
     stdout = tips_run.stdout
-    assert stdout.count("same predictions True") == 4
+    assert stdout.count("same predictions True") == 5
     assert "same tensors True" in stdout
     assert "  accuracy with the output layer left untrained: 0.67 (trained: 1.00)" in stdout
     assert "every tensor identical: True" in stdout
@@ -61,6 +62,7 @@ def test_real_run_shows_every_fix_working(tips_run):
     assert "Optimizer created after the load  -> training changes weights: True" in stdout
     assert sorted(path.name for path in tips_run.artifacts.iterdir()) == sorted(
         ["iris-model.pth", "tips-saved-on-gpu.pth", "tips-two-models.pth"]
+        + ["tips-lightning.ckpt", "tips-lightning-hparams.ckpt"]
         + (["tips-real-gpu.pth"] if torch.cuda.is_available() else [])
     )
 
@@ -197,3 +199,51 @@ def test_several_models_and_optimizers_round_trip_exactly(ns, chapter_cwd):
             assert all(torch.equal(tensor, loaded["state"][index][key]) for key, tensor in entry.items())
     assert not torch.equal(ns["model_a"].hidden.weight, ns["model_b"].hidden.weight)
     assert ns["exact"] is True
+
+
+# Lightning is too heavy to install for a test: the chapter writes its documented checkpoint
+# layout with torch.save (Trainer.save_checkpoint's keys; weights under "state_dict", named
+# after the LightningModule's attribute), and these tests check that file and the load.
+LIGHTNING_KEYS = [
+    "epoch",
+    "global_step",
+    "pytorch-lightning_version",
+    "state_dict",
+    "loops",
+    "callbacks",
+    "optimizer_states",
+    "lr_schedulers",
+    "hparams_name",
+    "hyper_parameters",
+]
+
+
+def test_the_lightning_checkpoint_has_the_documented_layout_and_loads_weights_only(ns, chapter_cwd, state):
+    checkpoint = torch.load(chapter_cwd / ns["lightning_file"], weights_only=True)
+    assert list(checkpoint) == LIGHTNING_KEYS
+    assert list(checkpoint["state_dict"]) == [f"model.{key}" for key in state]
+    assert type(checkpoint["optimizer_states"]) is list and type(checkpoint["lr_schedulers"]) is list
+    with pytest.raises(RuntimeError, match=r"(?s)Missing key\(s\).*Unexpected key\(s\)"):
+        Multiclass().load_state_dict(checkpoint["state_dict"])
+
+
+def test_the_lightning_weights_load_into_the_plain_model_exactly(ns, chapter_cwd, trained, state):
+    loaded = ns["from_lightning"].state_dict()
+    assert list(loaded) == list(state)
+    assert all(torch.equal(loaded[key], state[key]) for key in state)
+    # And again here, from the file alone, as the cell teaches it.
+    weights = torch.load(chapter_cwd / ns["lightning_file"], weights_only=True)["state_dict"]
+    consume_prefix_in_state_dict_if_present(weights, "model.")
+    model = Multiclass()
+    model.load_state_dict(weights)
+    X_test = load_iris_split().X_test
+    assert same_outputs(model, trained, X_test) and same_outputs(ns["from_lightning"], trained, X_test)
+
+
+def test_hyper_parameters_holding_an_object_are_refused_by_weights_only(ns, chapter_cwd, chapter):
+    path = chapter_cwd / ns["hparams_file"]
+    with pytest.raises(pickle.UnpicklingError, match=r"torch\.nn\.modules\.loss\.NLLLoss"):
+        torch.load(path, weights_only=True)
+    assert "UnpicklingError" in chapter.stdout and "torch.nn.modules.loss.NLLLoss" in chapter.stdout
+    with torch.serialization.safe_globals([nn.NLLLoss]):
+        assert isinstance(torch.load(path, weights_only=True)["hyper_parameters"]["loss_fn"], nn.NLLLoss)
