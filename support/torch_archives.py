@@ -305,10 +305,14 @@ def inflated_records(archive: zipfile.ZipFile, size: int) -> tuple[list[dict[str
 
 def read_torchscript(archive: zipfile.ZipFile, folder: str) -> tuple[Found, list[str]]:
     """The tensors TorchScript's data.pkl names, and the code files the archive carries."""
-    info = archive.getinfo(f"{folder}/data.pkl")
-    if info.file_size > MAX_PICKLE_BYTES:
-        raise ModelFileError(f"its data.pkl has {info.file_size} bytes: not read")
-    obj, _ = read_pickle(io.BytesIO(archive.read(info)))
+    try:
+        info = archive.getinfo(f"{folder}/data.pkl")
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise ModelFileError(f"its data.pkl has {info.file_size} bytes: not read")
+        data = archive.read(info)
+    except (KeyError, *ZIP_ERRORS):
+        raise ModelFileError("its data.pkl is missing or damaged: its tensors cannot be listed") from None
+    obj, _ = read_pickle(io.BytesIO(data))
     code = sorted(
         safe_text(name.removeprefix(f"{folder}/code/__torch__/"), 100)
         for name in archive.namelist()

@@ -498,8 +498,15 @@ def test_every_bad_input_of_the_loader_gets_a_refusal_and_nothing_worse(
 
 @pytest.mark.parametrize("name", ["checkpoint.pth", "model.safetensors", "model.pt2", "hostile.pkl"])
 def test_damaged_copies_of_each_format_get_a_report_or_one_line(name, files, tmp_path, capsys):
-    copy = tmp_path / name
-    for damaged in damaged_copies(files[name].read_bytes(), 50):
+    damaged_copies_get_a_report_or_one_line(files[name], tmp_path, capsys)
+
+
+def damaged_copies_get_a_report_or_one_line(
+    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """50 copies of `path`, each damaged a little: each gets a printable report or one error line."""
+    copy = tmp_path / path.name
+    for damaged in damaged_copies(path.read_bytes(), 50):
         copy.write_bytes(damaged)
         try:
             report = report_on(copy)

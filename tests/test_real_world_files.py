@@ -32,6 +32,7 @@ from build_model import Multiclass
 from support.cli import EXIT_BAD_INPUT
 from support.untrusted_files import ModelFileError
 from tests.helpers import REPO, run_chapter_here
+from tests.test_inspect_file import damaged_copies_get_a_report_or_one_line
 
 INSTALL = "pip install -c constraints.txt '.[realworld]'"
 
@@ -462,3 +463,17 @@ def test_the_readme_real_world_report_is_what_the_script_prints(tmp_path):
     result = run_chapter_here(*command[1:], cwd=tmp_path)
     assert result.returncode == (0 if "(exit 0)" in shown else EXIT_BAD_INPUT)
     assert result.stdout == shown
+
+
+@pytest.mark.parametrize(
+    "name", ["legacy-gpu.pth", "scripted.pt", "arrays.npz", "compressed.npz", "array.npy"]
+)
+def test_damaged_copies_of_each_real_world_file_get_a_report_or_one_line(name, made, tmp_path, capsys):
+    damaged_copies_get_a_report_or_one_line(made[name], tmp_path, capsys)
+
+
+def test_damaged_copies_of_onnx_and_gguf_files_get_a_report_or_one_line(
+    onnx_file, gguf_file, tmp_path, capsys
+):
+    for path in (onnx_file, gguf_file):
+        damaged_copies_get_a_report_or_one_line(path, tmp_path, capsys)
