@@ -1,10 +1,13 @@
 """Chapter 9, a tool: inspect any model file without running it.
 
-A `.pth` from a colleague, last month's checkpoint, a `.safetensors` download, a `.pt2`
-program or a DCP folder: what is it, what does it hold, what would loading it import, is
-it intact, and does it fit your model? Everything here is read from the bytes. Nothing in
-the file is executed: a plain pickle is never unpickled, and `torch.load` is only ever
-called with `weights_only=True`, after the file's checksums and sizes have been checked.
+A `.pth` from a colleague, last month's checkpoint (legacy format, Lightning, saved on a
+GPU), a `.safetensors` download or a sharded Hugging Face folder, a TorchScript or `.pt2`
+program, or a DCP folder: what is it, what does it hold, what would loading it import, is
+it intact, and does it fit your model? ONNX, GGUF, NumPy and HDF5/Keras files are named,
+with what reads them. Everything here is read from the bytes. Nothing in the file is
+executed: a plain pickle is never unpickled, and `torch.load` is only ever called with
+`weights_only=True`, after the file's checksums and sizes have been checked. The readers
+of each format are in support/ (torch_archives, other_formats, model_folders, checkpoints).
 
 Unlike the other chapters, this one is a tool to run on your own files rather than a
 lesson to step through cell by cell: its sections below answer one question each, and
@@ -15,10 +18,11 @@ Run:
     python inspect_file.py [PATH] [--model Multiclass [--model-args n_hidden=8]] [--json]
     python inspect_file.py PATH --model-file my_model.py --model-class Net [--model-args ...]
 
-PATH defaults to artifacts/iris-model.pth (chapter 2's model); a DCP checkpoint is a
-folder. Reads PATH only and writes nothing. Exit status 0: intact, and loads with
-`torch.load(weights_only=True)` (safetensors: with safetensors) and fits the model if one
-was named; 2: anything else, with the reasons listed.
+PATH defaults to artifacts/iris-model.pth (chapter 2's model); a DCP checkpoint or a
+sharded model is a folder. Reads PATH only and writes nothing. Exit status 0: intact, and
+loads as the report says (`torch.load(weights_only=True)`, with `map_location="cpu"` for
+a file saved on a device this machine lacks; safetensors, or every shard of a sharded
+folder) and fits the model if one was named; 2: anything else, with the reasons listed.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -31,7 +32,8 @@ import inspect_file
 from build_model import Multiclass
 from support.cli import EXIT_BAD_INPUT
 from support.untrusted_files import ModelFileError
-from tests.helpers import REPO, run_chapter_here
+from tests.bad_files import EXIT_TOO_MUCH_MEMORY, grew_too_much, limit_memory
+from tests.helpers import REPO, run_chapter_here, run_in_fork
 from tests.test_inspect_file import damaged_copies_get_a_report_or_one_line
 
 INSTALL = "pip install -c constraints.txt '.[realworld]'"
@@ -477,3 +479,53 @@ def test_damaged_copies_of_onnx_and_gguf_files_get_a_report_or_one_line(
 ):
     for path in (onnx_file, gguf_file):
         damaged_copies_get_a_report_or_one_line(path, tmp_path, capsys)
+
+
+# %%
+# Every hostile input of a new reader, through the command line: one line, bounded memory
+
+
+def forged_index_folder(folder: Path, shard: str) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file(state(), folder / "model-00001-of-00001.safetensors")
+    index = {"metadata": {"total_size": 268}, "weight_map": dict.fromkeys(state(), shard)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+def forged_gguf(path: Path) -> Path:
+    path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (10**12).to_bytes(8, "little") + bytes(16))
+    return path
+
+
+HOSTILE = {
+    "onnx external ../../etc/passwd": (True, lambda d: onnx_with_external_data(d, "../../etc/passwd")),
+    "onnx external absolute": (True, lambda d: onnx_with_external_data(d, "/etc/passwd")),
+    "onnx graphs nested 20000 deep": (
+        True,
+        lambda d: (d / "m.onnx").write_bytes(nested_graphs(20_000)) and d / "m.onnx",
+    ),
+    "gguf claiming 10**12 tensors": (False, lambda d: forged_gguf(d / "forged.gguf")),
+    "index naming ../../etc/passwd": (False, lambda d: forged_index_folder(d / "m", "../../etc/passwd")),
+    "index naming an absolute shard": (False, lambda d: forged_index_folder(d / "m", "/etc/passwd")),
+}
+
+
+def inspect_hostile_in_child(path: Path, cwd: Path) -> int:
+    before = limit_memory()
+    result = run_chapter_here("inspect_file.py", str(path), cwd=cwd)
+    sys.stderr.write(result.stdout + result.stderr)
+    return EXIT_TOO_MUCH_MEMORY if grew_too_much(before) else result.returncode
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_each_hostile_input_of_a_new_reader_is_one_error_line_in_bounded_memory(name, tmp_path):
+    needs_onnx, make = HOSTILE[name]
+    if needs_onnx:
+        optional("onnx")
+    path = make(tmp_path)
+    code, output = run_in_fork(inspect_hostile_in_child, path, tmp_path, cwd=tmp_path, timeout=60)
+    assert code == EXIT_BAD_INPUT, output
+    assert output.startswith("error: ") and output.count("\n") == 1, output
