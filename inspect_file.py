@@ -71,6 +71,7 @@ from support.untrusted_files import (
     describe_load_error,
     open_regular_file,
     pickle_globals,
+    refusing,
 )
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors refuses larger JSON headers too
@@ -793,7 +794,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
     if is_folder:
         return inspect_folder(path, described, model)
     shapes: dict[str, tuple] = {}
-    with open_regular_file(path) as file:
+    with open_regular_file(path) as file, refusing(path):
         size = os.fstat(file.fileno()).st_size
         report = new_report(path, size)
         head = file.read(16)
@@ -862,7 +863,8 @@ def inspect_folder(path: Path, described: str, model: nn.Module | None) -> dict[
         raise ModelFileError(
             f"{path} is a folder with neither a .metadata file (DCP) nor an *.index.json (sharded weights)"
         )
-    shapes = inspect_sharded(path, index, report, inspect_path)
+    with refusing(path):  # a forged index is refused in one line that names the folder
+        shapes = inspect_sharded(path, index, report, inspect_path)
     return with_fit(report, shapes, described, model)
 
 

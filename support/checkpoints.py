@@ -21,6 +21,7 @@ from support.cli import safe_text
 from support.untrusted_files import describe_load_error
 
 CPU_LOAD = 'torch.load(path, map_location="cpu", weights_only=True)'
+MAX_READ_IN_BYTES = 256 * 2**20  # a larger file's trial load maps its weights instead of reading them
 LIGHTNING_VERSION_KEYS = ("pytorch-lightning_version", "lightning_version")
 TRAINING_KEYS = {  # what a training loop saves beside the weights
     "optimizer", "optimizer_state_dict", "optimizer_states", "optim", "scheduler", "lr_scheduler",
@@ -69,7 +70,9 @@ def note_devices(path: Path, report: dict[str, Any]) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.load(path, map_location="cpu", weights_only=True)
+            # the exact command; a large zip is mapped rather than read in, on the CPU all the same
+            mmap = report["kind"] == "torch-zip" and report["bytes"] > MAX_READ_IN_BYTES
+            torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # a file from anywhere can fail in any way: a finding, not a crash
         report["reasons"].append(f"{CPU_LOAD} refuses it: {describe_load_error(err)}")
         return

@@ -118,7 +118,12 @@ def inspect_sharded(
         if name in missing:
             records.append({"name": safe_text(name, 80), "bytes": 0, "verdict": "missing"})
             continue
-        shard = inspect_shard(path)
+        try:
+            shard = inspect_shard(path)
+        except ModelFileError as err:  # a shard that cannot be read at all is one reason among the others
+            records.append({"name": safe_text(name, 80), "bytes": path.stat().st_size, "verdict": "refused"})
+            report["reasons"].append(f"shard {safe_text(name, 80)}: {err}")
+            continue
         verdict = "refused" if shard["reasons"] else "ok"
         tensors = len(shard["contents"].get("tensors") or [])
         records.append(
@@ -149,10 +154,12 @@ def inspect_sharded(
         report["reasons"].append(f"tensors the index names are not in their shard: {key_list(absent)}")
     if unlisted:
         report["reasons"].append(f"tensors in the shards that the index does not name: {key_list(unlisted)}")
-    if not missing and total is not None and total != report["contents"]["storage_bytes"]:
+    if not missing and total is not None:
+        taken = report["contents"]["storage_bytes"]
         report["integrity"]["notes"].append(
-            f"the index's total_size says {total} bytes; the shards' tensors take "
-            f"{report['contents']['storage_bytes']}"
+            f"the index's total_size, {total} bytes, matches the shards' tensors"
+            if total == taken
+            else f"the index's total_size says {total} bytes; the shards' tensors take {taken}"
         )
     if config := model_config(folder):
         report["metadata"]["config.json"] = config

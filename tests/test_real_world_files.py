@@ -398,6 +398,7 @@ def test_a_sharded_folder_lists_every_shard_and_its_config_and_loads(kind, hub_f
     assert {r["verdict"] for r in report["integrity"]["records"]} == {"ok"}
     assert shapes_of(report) == EXPECTED_SHAPES
     assert report["metadata"]["config.json"]["architectures"] == "IrisMulticlass"
+    assert "the index's total_size, 268 bytes, matches the shards' tensors" in report["integrity"]["notes"]
     assert report["fit"]["fits"] and report["reasons"] == []
 
 
