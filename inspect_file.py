@@ -1,10 +1,13 @@
 """Chapter 9, a tool: inspect any model file without running it.
 
-A `.pth` from a colleague, last month's checkpoint, a `.safetensors` download, a `.pt2`
-program or a DCP folder: what is it, what does it hold, what would loading it import, is
-it intact, and does it fit your model? Everything here is read from the bytes. Nothing in
-the file is executed: a plain pickle is never unpickled, and `torch.load` is only ever
-called with `weights_only=True`, after the file's checksums and sizes have been checked.
+A `.pth` from a colleague, last month's checkpoint (legacy format, Lightning, saved on a
+GPU), a `.safetensors` download or a sharded Hugging Face folder, a TorchScript or `.pt2`
+program, or a DCP folder: what is it, what does it hold, what would loading it import, is
+it intact, and does it fit your model? ONNX, GGUF, NumPy and HDF5/Keras files are named,
+with what reads them. Everything here is read from the bytes. Nothing in the file is
+executed: a plain pickle is never unpickled, and `torch.load` is only ever called with
+`weights_only=True`, after the file's checksums and sizes have been checked. The readers
+of each format are in support/ (torch_archives, other_formats, model_folders, checkpoints).
 
 Unlike the other chapters, this one is a tool to run on your own files rather than a
 lesson to step through cell by cell: its sections below answer one question each, and
@@ -15,10 +18,11 @@ Run:
     python inspect_file.py [PATH] [--model Multiclass [--model-args n_hidden=8]] [--json]
     python inspect_file.py PATH --model-file my_model.py --model-class Net [--model-args ...]
 
-PATH defaults to artifacts/iris-model.pth (chapter 2's model); a DCP checkpoint is a
-folder. Reads PATH only and writes nothing. Exit status 0: intact, and loads with
-`torch.load(weights_only=True)` (safetensors: with safetensors) and fits the model if one
-was named; 2: anything else, with the reasons listed.
+PATH defaults to artifacts/iris-model.pth (chapter 2's model); a DCP checkpoint or a
+sharded model is a folder. Reads PATH only and writes nothing. Exit status 0: intact, and
+loads as the report says (`torch.load(weights_only=True)`, with `map_location="cpu"` for
+a file saved on a device this machine lacks; safetensors, or every shard of a sharded
+folder) and fits the model if one was named; 2: anything else, with the reasons listed.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ import torch
 from torch import Tensor, nn
 
 from build_model import MODEL_FILE, Multiclass
+from support import other_formats, torch_archives
+from support.checkpoints import note_devices, note_training_framework
 from support.cli import (
     DEFAULT_OUT_DIR,
     EXIT_BAD_INPUT,
@@ -53,6 +59,7 @@ from support.cli import (
     parse_chapter_args,
     safe_text,
 )
+from support.model_folders import find_index, inspect_sharded
 from support.untrusted_files import (
     CHUNK,
     LEGACY_MAGIC,
@@ -64,6 +71,7 @@ from support.untrusted_files import (
     describe_load_error,
     open_regular_file,
     pickle_globals,
+    refusing,
 )
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors refuses larger JSON headers too
@@ -330,7 +338,8 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location=note_device, weights_only=True, mmap=True)
+            mmap = report["kind"] != "legacy-torch"  # torch maps zip archives only
+            obj = torch.load(path, map_location=note_device, weights_only=True, mmap=mmap)
     except Exception as err:  # any failure of a file from anywhere is a finding, not a crash
         report["needs"]["weights_only"] = f"refused: {describe_load_error(err)}"
         report["reasons"].append(f"torch.load(weights_only=True) refuses it: {describe_load_error(err)}")
@@ -599,6 +608,7 @@ def new_report(path: Path, size: int) -> dict[str, Any]:
         "needs": {},
         "fit": None,
         "reasons": [],
+        "caveats": [],
     }
 
 
@@ -610,7 +620,9 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
         report["reasons"].append("the file is truncated or corrupted (its zip archive is incomplete)")
         return {}
     kind, folder = zip_layout(archive)
-    records, problems = check_records(archive, size)
+    kind = other_formats.zip_kind(archive) if kind == "zip" else kind
+    deflates = kind in ("torchscript", "npz", "keras")  # their writers compress records on purpose
+    records, problems = (torch_archives.inflated_records if deflates else check_records)(archive, size)
     report["integrity"].update(records=records, problems=problems)
     report["reasons"] += problems
 
@@ -658,6 +670,12 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
         report["format"] = "TorchScript archive (torch.jit.save)"
         report["reasons"].append("TorchScript: torch.jit.load runs the code stored in it")
         report["needs"]["weights_only"] = "not applicable: torch.jit.load reads it, not torch.load"
+        return torchscript_contents(archive, folder, report)
+    if kind == "npz":
+        other_formats.inspect_numpy(file, size, report, archive)
+        return {}
+    if kind == "keras":
+        other_formats.inspect_keras(report)
         return {}
     report["format"] = "a zip archive, but not one that torch.save wrote"
     report["reasons"].append("not a model file")
@@ -675,6 +693,52 @@ def inspect_pickle_file(data: bytes, report: dict[str, Any]) -> None:
     report["needs"]["weights_only"] = "no: torch.load cannot read a plain pickle; pickle.load would run it"
     report["reasons"] += report["integrity"]["problems"]
     report["reasons"].append("a plain pickle: only pickle.load reads it, and that runs whatever it names")
+
+
+def inspect_legacy(path: Path, file: Any, size: int, report: dict[str, Any]) -> dict[str, tuple]:
+    """Its pickles read with stand-ins, every storage record checked against them, then loaded."""
+    caveat = "the legacy format has no checksums: damage inside the weights cannot be detected"
+    report["integrity"]["notes"].append(caveat)
+    report["caveats"].append(f"{caveat}; re-save it with torch.save to get them")
+    try:
+        layout = torch_archives.read_legacy(file, size)
+    except ModelFileError as err:
+        report["needs"]["weights_only"] = f"not tried: {err}"
+        report["reasons"].append(str(err))
+        return {}
+    report["integrity"]["problems"] += layout.problems
+    report["reasons"] += layout.problems
+    if layout.problems:
+        report["needs"]["weights_only"] = "not tried: the file failed the layout checks"
+        return {}
+    report["integrity"]["notes"].append(
+        f"its {len(layout.storages)} storage records hold exactly the values its data declares"
+    )
+    return torch_contents(path, report)
+
+
+def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> dict[str, tuple]:
+    """The tensors a TorchScript archive's data.pkl names, read with stand-ins; its code files."""
+    try:
+        found, code = torch_archives.read_torchscript(archive, folder)
+    except ModelFileError as err:
+        report["reasons"].append(str(err))
+        return {}
+    storages = {t.storage.key: t.storage for t in found.tensors}
+    for key, ref in storages.items():
+        record = f"{folder}/data/{key}"
+        held = archive.getinfo(record).file_size if record in archive.namelist() else 0
+        if held < ref.nbytes:
+            report["reasons"].append(f"storage {key} needs {ref.nbytes} bytes; its record holds {held}")
+    report["contents"]["tensors"] = [
+        tensor_row(t.name, t.shape, t.storage.dtype, t.storage.location, math.prod(t.shape) * t.storage.width)
+        for t in found.tensors
+    ]
+    report["contents"]["storage_bytes"] = sum(ref.nbytes for ref in storages.values())
+    if found.cut_off:
+        report["contents"]["note"] = f"only the first {torch_archives.MAX_OBJECTS} objects were walked"
+    report["metadata"]["code"] = f"{len(code)} files: {', '.join(code[:6])}{', ...' if len(code) > 6 else ''}"
+    return {t.name: (tuple(t.shape), t.storage.dtype) for t in found.tensors}
 
 
 def legacy_globals(data: bytes) -> list[str]:
@@ -728,13 +792,9 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
     except OSError:
         is_folder = False  # open_regular_file below says why in one line
     if is_folder:
-        if not os.path.lexists(path / ".metadata"):
-            raise ModelFileError(f"{path} is a folder without a .metadata file: not a DCP checkpoint")
-        report = new_report(path, 0)
-        inspect_dcp(path, report)
-        return report
+        return inspect_folder(path, described, model)
     shapes: dict[str, tuple] = {}
-    with open_regular_file(path) as file:
+    with open_regular_file(path) as file, refusing(path):
         size = os.fstat(file.fileno()).st_size
         report = new_report(path, size)
         head = file.read(16)
@@ -757,25 +817,55 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         elif kind == "legacy-torch":
             report["kind"], report["format"] = kind, "legacy torch.save format (before PyTorch 1.6)"
             note_globals(report, legacy_globals(file.read(min(size, MAX_PICKLE_BYTES))), None)
-            report["needs"]["weights_only"] = "not tried: the legacy format has no checksums to verify first"
-            report["reasons"].append("legacy format: it carries no checksums; re-save it with torch.save")
-            report["integrity"]["notes"].append(
-                "the legacy format has no checksums: damage cannot be detected"
-            )
+            file.seek(0)
+            shapes = inspect_legacy(path, file, size, report)
         elif kind == "pickle":
             report["kind"], report["format"] = kind, f"plain pickle, protocol {head[1]}"
             inspect_pickle_file(file.read(min(size, MAX_PICKLE_BYTES)), report)
+        elif (other := other_formats.sniff_other(head, path)) == "gguf":
+            other_formats.inspect_gguf(file, size, report)
+        elif other == "npy":
+            other_formats.inspect_numpy(file, size, report, None)
+        elif other == "hdf5":
+            other_formats.inspect_hdf5(report)
+        elif other == "onnx":
+            shapes = other_formats.inspect_onnx(path, size, report)
         else:
             report["kind"] = "unknown"
             report["format"] = (
                 "empty" if size == 0 else f"not a model file (it starts with {safe_text(head[:8])})"
             )
             report["reasons"].append("not a model file")
+    if report["kind"] in ("torch-zip", "legacy-torch"):
+        note_devices(path, report)
+    return with_fit(report, shapes, described, model)
+
+
+def with_fit(
+    report: dict[str, Any], shapes: dict[str, tuple], described: str, model: nn.Module | None
+) -> dict:
     if model is not None and shapes:
         check_fit(shapes, described, model, report)
     elif model is not None and not report["reasons"]:
         report["reasons"].append(f"it holds no state_dict to check against {described}")
+    note_training_framework(report)
     return report
+
+
+def inspect_folder(path: Path, described: str, model: nn.Module | None) -> dict[str, Any]:
+    """A DCP checkpoint (a .metadata file) or sharded weights (an index JSON and its shards)."""
+    report = new_report(path, 0)
+    if os.path.lexists(path / ".metadata"):
+        inspect_dcp(path, report)
+        return report
+    index = find_index(path)
+    if index is None:
+        raise ModelFileError(
+            f"{path} is a folder with neither a .metadata file (DCP) nor an *.index.json (sharded weights)"
+        )
+    with refusing(path):  # a forged index is refused in one line that names the folder
+        shapes = inspect_sharded(path, index, report, inspect_path)
+    return with_fit(report, shapes, described, model)
 
 
 # ---- The readable report ----
@@ -806,6 +896,8 @@ def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
         f" (the state_dict is under '{contents['state_dict_key']}')" if contents.get("state_dict_key") else ""
     )
     print(f"\nContents   {len(rows)} tensors{where}")
+    if contents.get("checkpoint_of"):
+        print(f"  {contents['checkpoint_of']}")
     cells = [["name", "shape", "dtype", "device", "bytes", ""]]
     for row in rows[:MAX_ROWS]:
         shares = f"shares storage with {', '.join(row['shares'][:3])}" if row["shares"] else ""
@@ -850,20 +942,35 @@ def print_needs(needs: dict[str, Any]) -> None:
         print(f"  {line}")
 
 
+INTACT_KINDS = (
+    "torch-zip",
+    "pt2",
+    "safetensors",
+    "torchscript",
+    "legacy-torch",
+    "sharded-safetensors",
+    "sharded-torch",
+)
+
+
 def print_integrity(report: dict[str, Any]) -> None:
     print("\nIntegrity")
     records, problems = report["integrity"]["records"], report["integrity"]["problems"]
     if records and "crc32" in records[0]:
         passed = sum(r["crc32"] == "ok" for r in records)
         print(f"  {len(records)} zip records, {passed} pass their CRC32 check")
+    elif records and "verdict" in records[0]:
+        print(f"  {len(records)} shards:")
+        for line in aligned([[r["name"], f"{r['bytes']} bytes", r["verdict"]] for r in records]):
+            print(f"    {line}")
     elif records:
         print(f"  {len(records)} files: {', '.join(r['name'] for r in records[:6])}")
     for note in report["integrity"]["notes"]:
         print(f"  {note}")
     for problem in problems:
         print(f"  problem: {problem}")
-    if not problems and report["kind"] in ("torch-zip", "pt2", "safetensors", "torchscript"):
-        print("  intact")
+    if not problems and report["kind"] in INTACT_KINDS:
+        print("  intact" if report["kind"] != "legacy-torch" else "  intact, as far as its layout shows")
 
 
 def print_fit(fit: dict[str, Any] | None) -> None:
@@ -876,7 +983,8 @@ def print_fit(fit: dict[str, Any] | None) -> None:
             ["mismatch:", f"{item['name']} is {item['file']} in the file, {item['model']} in the model"]
         )
     if fit["prefix_fix"]:
-        lines += [["fix:", fit["prefix_fix"]], ["", fit["prefix_code"]]]
+        lines += [["fix:", fit["prefix_fix"]], *([["", fit["state_from"]]] if fit.get("state_from") else [])]
+        lines.append(["", fit["prefix_code"]])
     for line in aligned(lines) if lines else []:
         print(f"  {line}")
 
@@ -889,14 +997,24 @@ def print_report(report: dict[str, Any]) -> None:
     print_integrity(report)
     print_fit(report["fit"])
     if report["reasons"]:
-        print(f"\nVerdict    refused (exit {EXIT_BAD_INPUT}):")
+        named_only = set(report["reasons"]) == {report.get("other_format")}
+        print(f"\nVerdict    {'not for torch.load' if named_only else 'refused'} (exit {EXIT_BAD_INPUT}):")
         for reason in dict.fromkeys(report["reasons"]):
             print(f"  - {reason}")
     else:
-        loads = (
-            "with safetensors" if report["kind"] == "safetensors" else "with torch.load(weights_only=True)"
-        )
-        print(f"\nVerdict    intact, and loads {loads} (exit 0)")
+        print(f"\nVerdict    intact, and loads {loads_with(report)} (exit 0)")
+        for caveat in report["caveats"]:
+            print(f"  - caveat: {caveat}")
+
+
+def loads_with(report: dict[str, Any]) -> str:
+    if report.get("loads_with"):
+        return f"with {report['loads_with']}"
+    if report["kind"] in ("safetensors", "sharded-safetensors"):
+        return "with safetensors" + (", shard by shard" if report["kind"] != "safetensors" else "")
+    return "with torch.load(weights_only=True)" + (
+        ", shard by shard" if report["kind"] == "sharded-torch" else ""
+    )
 
 
 # ---- Inspect the file named on the command line ----

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt ".[dev,formats,plots]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt ".[dev,formats,plots,realworld]"
 [ "${1:-}" = "--setup-only" ] && exit 0
 
 run() {

@@ -1,0 +1,175 @@
+"""Sharded weights: a folder of shards and the index JSON that maps each tensor to its shard.
+
+Hugging Face saves a large model as `model-00001-of-00003.safetensors`, ... (or
+`pytorch_model-00001-of-00003.bin`, ... from torch.save) plus `model.safetensors.index.json`
+(`pytorch_model.bin.index.json`), whose `weight_map` names each tensor's shard, and usually a
+`config.json` naming the architecture. Every shard is inspected as a file of its own; the
+index is then checked against what the shards hold. A shard the index names outside the
+folder is refused before anything is opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from support.cli import safe_text
+from support.untrusted_files import ModelFileError, key_list, open_regular_file
+
+MAX_INDEX_BYTES = 64 * 2**20  # an index for a model of 100,000 tensors is a few MiB
+MAX_CONFIG_BYTES = 2**20
+MAX_SHARDS = 10_000
+
+
+def find_index(folder: Path) -> Path | None:
+    """The folder's `*.index.json` (one only), or None."""
+    found = sorted(p for p in folder.iterdir() if p.name.endswith(".index.json"))
+    if len(found) > 1:
+        raise ModelFileError(f"{folder} holds {len(found)} index files; inspect a folder with one")
+    return found[0] if found else None
+
+
+def read_json(path: Path, limit: int) -> Any:
+    """A JSON file of at most `limit` bytes, or ModelFileError."""
+    with open_regular_file(path) as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > limit:
+            raise ModelFileError(f"{path.name} has {size} bytes, more than the {limit} this tool reads")
+        data = file.read()
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ModelFileError(f"{path.name} is not valid JSON ({safe_text(err, 80)})") from None
+
+
+def shard_path(folder: Path, name: Any) -> Path:
+    """The shard `name` in `folder`: a plain file name, inside it even after links, or refused."""
+    text = name if isinstance(name, str) else ""
+    outside = (
+        not text
+        or PurePosixPath(text).name != text
+        or PureWindowsPath(text).name != text
+        or text in (".", "..")
+        or ":" in text
+    )
+    if outside or not (folder / text).resolve().is_relative_to(folder.resolve()):
+        raise ModelFileError(
+            f"its index names the shard {safe_text(name, 80)}, which is not a file in the folder"
+        )
+    return folder / text
+
+
+def read_index(index_path: Path) -> tuple[dict[str, str], int | None]:
+    """The index's weight_map (tensor -> shard file name) and its metadata's total_size."""
+    index = read_json(index_path, MAX_INDEX_BYTES)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) for k in weight_map):
+        raise ModelFileError(f"{index_path.name} has no weight_map of tensor names to shard files")
+    metadata = index.get("metadata")
+    total = metadata.get("total_size") if isinstance(metadata, dict) else None
+    return weight_map, total if type(total) is int else None
+
+
+def model_config(folder: Path) -> dict[str, str]:
+    """What config.json beside the shards says the model is (its architectures, type, dtype)."""
+    path = folder / "config.json"
+    if not path.is_file():
+        return {}
+    config = read_json(path, MAX_CONFIG_BYTES)
+    if not isinstance(config, dict):
+        return {"config.json": "not a JSON object"}
+    shown = {}
+    for key in ("architectures", "model_type", "torch_dtype", "dtype", "transformers_version"):
+        value = config.get(key)
+        if isinstance(value, list):
+            value = ", ".join(map(str, value))
+        if value is not None:
+            shown[key] = safe_text(value, 80)
+    return shown
+
+
+def inspect_sharded(
+    folder: Path, index_path: Path, report: dict[str, Any], inspect_shard: Callable[[Path], dict[str, Any]]
+) -> dict[str, tuple]:
+    """Every shard, the index against them, totals and config.json; the shapes of all tensors."""
+    weight_map, total = read_index(index_path)
+    names = list(dict.fromkeys(weight_map.values()))
+    if len(names) > MAX_SHARDS:
+        raise ModelFileError(
+            f"its index names {len(names)} shards, more than the {MAX_SHARDS} this tool reads"
+        )
+    shards = {name: shard_path(folder, name) for name in names}  # refuses a path outside before any opens
+    safetensors = all(name.endswith(".safetensors") for name in names)
+    report["kind"] = "sharded-safetensors" if safetensors else "sharded-torch"
+    report["format"] = (
+        f"sharded {'safetensors' if safetensors else 'torch.save'} folder: {len(names)} shards "
+        f"and {safe_text(index_path.name, 80)}"
+    )
+    missing = [name for name, path in shards.items() if not path.exists()]
+    if missing:
+        report["reasons"].append(f"shards the index names are not in the folder: {key_list(missing)}")
+    rows, shapes, records, held = [], {}, [], {}
+    globals_found: set[str] = set()
+    loads: set[str] = set()
+    for name, path in shards.items():
+        if name in missing:
+            records.append({"name": safe_text(name, 80), "bytes": 0, "verdict": "missing"})
+            continue
+        try:
+            shard = inspect_shard(path)
+        except ModelFileError as err:  # a shard that cannot be read at all is one reason among the others
+            records.append({"name": safe_text(name, 80), "bytes": path.stat().st_size, "verdict": "refused"})
+            report["reasons"].append(f"shard {safe_text(name, 80)}: {err}")
+            continue
+        verdict = "refused" if shard["reasons"] else "ok"
+        tensors = len(shard["contents"].get("tensors") or [])
+        records.append(
+            {"name": safe_text(name, 80), "bytes": shard["bytes"], "verdict": verdict, "tensors": tensors}
+        )
+        shown = safe_text(name, 80)
+        report["reasons"] += [f"shard {shown}: {reason}" for reason in shard["reasons"]]
+        report["integrity"]["problems"] += [f"shard {shown}: {p}" for p in shard["integrity"]["problems"]]
+        report["integrity"]["notes"] += [f"shard {shown}: {note}" for note in shard["integrity"]["notes"]]
+        globals_found.update(shard["needs"].get("globals", []))
+        loads.add(shard["needs"].get("weights_only", ""))
+        if "map_location" in shard["needs"]:
+            report["needs"]["map_location"] = shard["needs"]["map_location"]
+        if "loads_with" in shard:
+            report["loads_with"] = f"{shard['loads_with']}, shard by shard"
+        for row in shard["contents"].get("tensors") or []:
+            rows.append({**row, "shard": safe_text(name, 80)})
+            held[row["name"]] = name
+            shapes[row["name"]] = (tuple(row["shape"]), row["dtype"])
+    report["integrity"]["records"] = records
+    report["bytes"] = sum(record["bytes"] for record in records)
+    report["contents"]["tensors"] = rows
+    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    present = [name for name in names if name not in missing]
+    absent = [t for t, shard in weight_map.items() if shard in present and held.get(t) != shard]
+    unlisted = [t for t in held if t not in weight_map]
+    if absent:
+        report["reasons"].append(f"tensors the index names are not in their shard: {key_list(absent)}")
+    if unlisted:
+        report["reasons"].append(f"tensors in the shards that the index does not name: {key_list(unlisted)}")
+    if not missing and total is not None:
+        taken = report["contents"]["storage_bytes"]
+        report["integrity"]["notes"].append(
+            f"the index's total_size, {total} bytes, matches the shards' tensors"
+            if total == taken
+            else f"the index's total_size says {total} bytes; the shards' tensors take {taken}"
+        )
+    if config := model_config(folder):
+        report["metadata"]["config.json"] = config
+    report["needs"]["globals"] = sorted(globals_found)
+    if safetensors:
+        report["needs"]["weights_only"] = "not needed: safetensors holds no code"
+    else:
+        report["needs"]["weights_only"] = (
+            f"{loads.pop()}, every shard"
+            if len(loads) == 1
+            else "differs from shard to shard (see the reasons)"
+        )
+    return shapes

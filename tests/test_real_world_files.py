@@ -1,0 +1,532 @@
+"""inspect_file.py on files other libraries write, made by the real writers at test time.
+
+torch's own legacy writer, torch.jit.save and torch.onnx.export; huggingface_hub's
+save_torch_state_dict for sharded folders; numpy.savez; the gguf package's GGUFWriter.
+Lightning is too heavy to install for tests: its checkpoint is written here in the layout
+Lightning documents, with torch.save. A GPU-saved file is made as chapter 6 makes it
+(torch.save with every storage tagged cuda:0), and for real where a GPU exists. Writers
+from the `realworld` extra skip, saying so, where it is not installed.
+
+Each file is built once per session and inspected in this process; the README's real-world
+report is checked against the script's printed output.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from types import ModuleType
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import inspect_file
+from build_model import Multiclass
+from support.cli import EXIT_BAD_INPUT
+from support.untrusted_files import ModelFileError
+from tests.bad_files import EXIT_TOO_MUCH_MEMORY, grew_too_much, limit_memory
+from tests.helpers import REPO, run_chapter_here, run_in_fork
+from tests.test_inspect_file import damaged_copies_get_a_report_or_one_line
+
+INSTALL = "pip install -c constraints.txt '.[realworld]'"
+
+
+def optional(module: str) -> ModuleType:
+    """The module, or a skip that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        pytest.skip(f"{module} is not installed ({INSTALL})")
+
+
+def state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return Multiclass().state_dict()
+
+
+def on_meta(**kwargs: int) -> nn.Module:
+    with torch.device("meta"):
+        return Multiclass(**kwargs)
+
+
+def report_on(path: Path, model: nn.Module | None = None) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return inspect_file.inspect_path(path, "Multiclass()" if model else "", model)
+
+
+def shapes_of(report: dict) -> dict[str, list[int]]:
+    return {row["name"]: row["shape"] for row in report["contents"]["tensors"]}
+
+
+EXPECTED_SHAPES = {name: list(tensor.shape) for name, tensor in state().items()}
+
+
+def save_as_if_on_gpu(obj: object, path: Path, **kwargs: bool) -> None:
+    """What torch.save writes for tensors on cuda:0, on any machine (chapter 6 does the same)."""
+    with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
+        torch.save(obj, path, **kwargs)
+
+
+def lightning_checkpoint() -> dict:
+    """The layout Lightning's Trainer.save_checkpoint writes (documented in its checkpointing
+    guide), for a LightningModule that holds the model as `self.model`."""
+    model = Multiclass()
+    optimizer = torch.optim.Adam(model.parameters())
+    return {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.5.0",
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "loops": {"fit_loop": {"epoch_progress": {"current": {"completed": 3}}}},
+        "callbacks": {},
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [],
+        "hparams_name": "kwargs",
+        "hyper_parameters": {"n_hidden": 8, "lr": 0.001},
+    }
+
+
+@pytest.fixture(scope="session")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The files torch itself and NumPy write (always installed)."""
+    root = tmp_path_factory.mktemp("real-world")
+    model = Multiclass().eval()
+    model.load_state_dict(state())
+    files = {
+        "legacy.pth": lambda p: torch.save(state(), p, _use_new_zipfile_serialization=False),
+        "legacy-gpu.pth": lambda p: save_as_if_on_gpu(state(), p, _use_new_zipfile_serialization=False),
+        "zip-gpu.pth": lambda p: save_as_if_on_gpu(state(), p),
+        "scripted.pt": lambda p: torch.jit.save(torch.jit.script(model), p),
+        "traced.pt": lambda p: torch.jit.save(torch.jit.trace(model, torch.randn(2, 4)), p),
+        "lightning.ckpt": lambda p: torch.save(lightning_checkpoint(), p),
+        "arrays.npz": lambda p: np.savez(p, **{k: v.numpy() for k, v in state().items()}),
+        "compressed.npz": lambda p: np.savez_compressed(p, weight=np.ones((3, 4), np.float32)),
+        "array.npy": lambda p: np.save(p, np.arange(12, dtype=np.int64).reshape(3, 4)),
+        "objects.npy": lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True),
+    }
+    paths = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notices
+        for name, make in files.items():
+            make(root / name)
+            paths[name] = root / name
+    if torch.cuda.is_available():
+        paths["real-gpu.pth"] = root / "real-gpu.pth"
+        torch.save({k: v.to("cuda:0") for k, v in state().items()}, paths["real-gpu.pth"])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    optional("onnx")
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    model = Multiclass().eval()
+    model.load_state_dict(state())
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated; it needs no onnxscript
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 4),),
+            path,
+            dynamo=False,
+            input_names=["features"],
+            output_names=["log_probs"],
+            dynamic_axes={"features": {0: "batch"}, "log_probs": {0: "batch"}},
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def hub_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    hub = optional("huggingface_hub")
+    root = tmp_path_factory.mktemp("hub")
+    config = {"architectures": ["IrisMulticlass"], "model_type": "iris-mlp", "torch_dtype": "float32"}
+    folders = {}
+    for name, safe in (("safetensors", True), ("bin", False)):
+        folder = root / name
+        folder.mkdir()
+        hub.save_torch_state_dict(state(), folder, max_shard_size=150, safe_serialization=safe)
+        (folder / "config.json").write_text(json.dumps(config))  # what transformers writes beside them
+        folders[name] = folder
+    return folders
+
+
+@pytest.fixture(scope="session")
+def gguf_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gguf = optional("gguf")
+    path = tmp_path_factory.mktemp("gguf") / "model.gguf"
+    writer = gguf.GGUFWriter(path, arch="iris-mlp")
+    writer.add_name("Multiclass")
+    for name, tensor in state().items():
+        writer.add_tensor(name, tensor.numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# %%
+# Torch's own formats: legacy, GPU-saved, TorchScript, framework checkpoints
+
+
+def test_a_legacy_file_from_torchs_own_writer_is_listed_and_loads(made):
+    report = report_on(made["legacy.pth"], on_meta())
+    assert report["kind"] == "legacy-torch"
+    assert shapes_of(report) == EXPECTED_SHAPES
+    assert report["fit"]["fits"] and report["reasons"] == []
+    assert any("no checksums" in caveat for caveat in report["caveats"])
+
+
+@pytest.mark.parametrize("name", ["legacy-gpu.pth", "zip-gpu.pth"])
+def test_a_file_saved_on_a_gpu_names_the_device_and_the_map_location_fix_it_tried(name, made):
+    report = report_on(made[name], on_meta())
+    assert {row["device"] for row in report["contents"]["tensors"]} == {"cuda:0"}
+    assert report["contents"]["devices"] == ["cuda:0"]
+    if torch.cuda.is_available():
+        assert "map_location" not in report["needs"]
+    else:
+        with pytest.raises(RuntimeError, match="Attempting to deserialize object on a CUDA device"):
+            torch.load(made[name], weights_only=True)
+        assert report["needs"]["map_location"] == "cpu"
+        assert report["loads_with"] == 'torch.load(path, map_location="cpu", weights_only=True)'
+        assert any("which this machine does not have" in note for note in report["integrity"]["notes"])
+    loaded = torch.load(made[name], map_location="cpu", weights_only=True)
+    assert all(torch.equal(loaded[k], v) for k, v in state().items())
+    assert report["reasons"] == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU to save from one for real")
+def test_a_file_really_saved_on_a_gpu_is_reported_on_its_device(made):
+    report = report_on(made["real-gpu.pth"])
+    assert report["contents"]["devices"] == ["cuda:0"] and report["reasons"] == []
+
+
+@pytest.mark.parametrize("name", ["scripted.pt", "traced.pt"])
+def test_torchscript_is_intact_its_tensors_named_and_exit_2_because_loading_runs_its_code(name, made):
+    report = report_on(made[name], on_meta())
+    assert report["kind"] == "torchscript"
+    assert report["integrity"]["problems"] == []
+    assert {r["crc32"] for r in report["integrity"]["records"]} == {"ok"}
+    with zipfile.ZipFile(made[name]) as archive:  # the code records are deflated, and were checked
+        assert any(info.compress_type == zipfile.ZIP_DEFLATED for info in archive.infolist())
+    assert shapes_of(report) == EXPECTED_SHAPES
+    assert report["fit"]["fits"]
+    assert report["reasons"] == ["TorchScript: torch.jit.load runs the code stored in it"]
+
+
+def test_a_lightning_checkpoint_is_named_and_fit_gives_the_prefix_and_the_key(made):
+    report = report_on(made["lightning.ckpt"], on_meta())
+    assert report["contents"]["checkpoint_of"].startswith("a Lightning checkpoint (version 2.5.0)")
+    assert report["contents"]["state_dict_key"] == "state_dict"
+    assert {"pytorch-lightning_version", "optimizer_states", "hyper_parameters"} <= set(
+        report["contents"]["top_level"]
+    )
+    fit = report["fit"]
+    assert fit["prefix_fix"] == "strip the prefix 'model.'"
+    assert fit["state_from"] == "state = torch.load(path, weights_only=True)['state_dict']"
+    checkpoint = torch.load(made["lightning.ckpt"], weights_only=True)  # the fix, as the report says it
+    fixed = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    Multiclass().load_state_dict(fixed)
+    assert report_on(made["lightning.ckpt"])["reasons"] == []  # without --model: it loads, exit 0
+
+
+def test_a_training_loop_checkpoint_is_named_with_the_key_of_its_weights(tmp_path):
+    model = Multiclass()
+    path = tmp_path / "loop.pth"
+    optimizer = torch.optim.Adam(model.parameters())
+    torch.save({"epoch": 2, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    report = report_on(path, on_meta())
+    assert report["contents"]["checkpoint_of"] == (
+        "a training-loop checkpoint: the weights are under 'model', beside epoch, optimizer"
+    )
+    assert report["fit"]["fits"] and report["reasons"] == []
+
+
+# %%
+# Other libraries' formats: named for what they are, with what reads them, exit 2
+
+
+def test_numpy_files_are_named_with_their_arrays_and_object_arrays_need_pickle(made):
+    npz = report_on(made["arrays.npz"])
+    assert npz["format"] == "NumPy archive (.npz) of 4 arrays"
+    assert shapes_of(npz) == EXPECTED_SHAPES
+    assert npz["reasons"] == [npz["other_format"]] and "numpy.load" in npz["other_format"]
+    compressed = report_on(made["compressed.npz"])
+    assert compressed["integrity"]["problems"] == [] and compressed["reasons"] == [compressed["other_format"]]
+    assert shapes_of(report_on(made["array.npy"])) == {"array": [3, 4]}
+    objects = report_on(made["objects.npy"])
+    assert any("allow_pickle=True" in reason for reason in objects["reasons"])
+
+
+def test_an_onnx_export_lists_producer_opset_io_and_initializers(onnx_file):
+    report = report_on(onnx_file, on_meta())
+    assert report["kind"] == "onnx"
+    assert report["metadata"]["onnx"]["producer"].startswith("pytorch ")
+    assert report["metadata"]["onnx"]["opset"].startswith("ai.onnx ")
+    assert report["metadata"]["inputs"] == {"features": "[batch, 4] float32"}
+    assert report["metadata"]["outputs"] == {"log_probs": "[batch, 3] float32"}
+    assert shapes_of(report) == EXPECTED_SHAPES
+    assert report["fit"]["fits"]
+    assert report["reasons"] == [report["other_format"]]
+
+
+def onnx_with_external_data(folder: Path, location: str) -> Path:
+    onnx = optional("onnx")
+    from onnx import TensorProto, helper
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    weight.ClearField("float_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        weight.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [weight],
+    )
+    path = folder / "model.onnx"
+    onnx.save(helper.make_model(graph), path)
+    return path
+
+
+def nested_graphs(depth: int) -> bytes:
+    """ModelProto.graph -> node -> attribute -> g -> node -> ..., `depth` levels, as raw protobuf."""
+
+    def field(number: int, payload: bytes) -> bytes:
+        length, size = b"", len(payload)
+        while True:
+            length += bytes([(size & 0x7F) | (0x80 if size > 0x7F else 0)])
+            size >>= 7
+            if not size:
+                break
+        return bytes([number << 3 | 2]) + length + payload
+
+    graph = b""
+    for _ in range(depth):
+        attribute = field(1, b"g") + field(6, graph)  # AttributeProto: name, g
+        graph = field(1, field(5, attribute))  # GraphProto.node[0].attribute[0]
+    return b"\x08\x09" + field(7, graph)  # ir_version 9, then the graph
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda d: onnx_with_external_data(d, "../../etc/passwd"), "leaves the model's folder"),
+        (lambda d: onnx_with_external_data(d, "/etc/passwd"), "is the absolute path /etc/passwd"),
+        (
+            lambda d: (d / "model.onnx").write_bytes(nested_graphs(5000)) and d / "model.onnx",
+            "not a well-formed",
+        ),
+        (
+            lambda d: (
+                (d / "model.onnx").write_bytes(b"\x08\x09\x3a\xff\xff\xff\xff\x0f") and d / "model.onnx"
+            ),
+            "not a well-formed",
+        ),
+    ],
+    ids=["external ../../etc/passwd", "external absolute", "graphs nested 5000 deep", "a 4 GiB length claim"],
+)
+def test_a_hostile_onnx_file_is_refused_in_one_line_and_nothing_is_read_outside(make, words, tmp_path):
+    optional("onnx")
+    path = make(tmp_path)
+    with pytest.raises(ModelFileError) as refused:
+        report_on(path)
+    assert words in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_onnx_file_larger_than_one_protobuf_may_be_is_refused_before_parsing(tmp_path):
+    optional("onnx")
+    path = tmp_path / "huge.onnx"
+    with path.open("wb") as file:  # sparse: no disk used
+        file.write(b"\x08\x09\x12\x07pytorch")
+        file.truncate(2**31)
+    with pytest.raises(ModelFileError, match="more than the 2147483647 one ONNX protobuf may hold"):
+        report_on(path)
+
+
+def test_a_gguf_file_is_named_with_its_tensors_and_architecture(gguf_file):
+    report = report_on(gguf_file)
+    assert report["kind"] == "gguf"
+    assert report["metadata"]["gguf"]["general.architecture"] == "iris-mlp"
+    assert report["metadata"]["gguf"]["general.name"] == "Multiclass"
+    assert shapes_of(report) == EXPECTED_SHAPES
+    assert report["reasons"] == [report["other_format"]]
+
+
+def test_a_gguf_header_claiming_10_to_the_12_tensors_is_refused_without_reading_them(tmp_path):
+    path = tmp_path / "forged.gguf"
+    path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (10**12).to_bytes(8, "little") + bytes(16))
+    with pytest.raises(ModelFileError, match="claims 1000000000000 tensors"):
+        report_on(path)
+
+
+def test_an_hdf5_file_and_a_keras_archive_are_named(tmp_path):
+    hdf5 = tmp_path / "model.h5"  # the HDF5 signature: h5py is not needed to be named
+    hdf5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(504))
+    assert report_on(hdf5)["kind"] == "hdf5"
+    keras = tmp_path / "model.keras"  # Keras 3's documented archive layout
+    with zipfile.ZipFile(keras, "w") as archive:
+        for name in ("config.json", "metadata.json", "model.weights.h5"):
+            archive.writestr(name, "{}")
+    report = report_on(keras)
+    assert report["kind"] == "keras" and report["reasons"] == [report["other_format"]]
+
+
+# %%
+# Sharded folders written by huggingface_hub
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_a_sharded_folder_lists_every_shard_and_its_config_and_loads(kind, hub_folders):
+    folder = hub_folders[kind]
+    report = report_on(folder, on_meta())
+    shards = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    assert len(shards) > 1  # max_shard_size forced real shards
+    assert [r["name"] for r in report["integrity"]["records"]] == shards
+    assert {r["verdict"] for r in report["integrity"]["records"]} == {"ok"}
+    assert shapes_of(report) == EXPECTED_SHAPES
+    assert report["metadata"]["config.json"]["architectures"] == "IrisMulticlass"
+    assert "the index's total_size, 268 bytes, matches the shards' tensors" in report["integrity"]["notes"]
+    assert report["fit"]["fits"] and report["reasons"] == []
+
+
+def copy_folder(folder: Path, to: Path) -> Path:
+    to.mkdir()
+    for path in folder.iterdir():
+        (to / path.name).write_bytes(path.read_bytes())
+    return to
+
+
+def edit_index(folder: Path, change) -> None:
+    index = next(folder.glob("*.index.json"))
+    data = json.loads(index.read_text())
+    change(data["weight_map"])
+    index.write_text(json.dumps(data))
+
+
+def test_a_sharded_folder_is_checked_against_its_index(hub_folders, tmp_path):
+    folder = copy_folder(hub_folders["safetensors"], tmp_path / "missing")
+    first = sorted(folder.glob("*.safetensors"))[0]
+    first.unlink()
+    reasons = report_on(folder)["reasons"]
+    assert any(f"shards the index names are not in the folder: ['{first.name}']" in r for r in reasons)
+    folder = copy_folder(hub_folders["safetensors"], tmp_path / "extra-name")
+    edit_index(folder, lambda weights: weights.update({"ghost.weight": next(iter(weights.values()))}))
+    assert any(
+        "tensors the index names are not in their shard: ['ghost.weight']" in r
+        for r in report_on(folder)["reasons"]
+    )
+    folder = copy_folder(hub_folders["safetensors"], tmp_path / "unlisted")
+    edit_index(folder, lambda weights: weights.pop("output.bias"))
+    assert any(
+        "tensors in the shards that the index does not name: ['output.bias']" in r
+        for r in report_on(folder)["reasons"]
+    )
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
+def test_an_index_naming_a_shard_outside_the_folder_is_refused_before_opening_it(
+    shard, hub_folders, tmp_path
+):
+    folder = copy_folder(hub_folders["safetensors"], tmp_path / "forged")
+    edit_index(folder, lambda weights: weights.update({"hidden.weight": shard}))
+    with pytest.raises(ModelFileError, match="which is not a file in the folder"):
+        report_on(folder)
+
+
+# %%
+# The README's real-world report is the script's output
+
+
+VERIFIED_TORCH = re.search(r"^torch==(\S+)$", (REPO / "constraints.txt").read_text(), re.M).group(1)
+
+
+@pytest.mark.skipif(
+    torch.__version__.split("+")[0] != VERIFIED_TORCH or torch.cuda.is_available(),
+    reason=f"the README shows what torch {VERIFIED_TORCH} writes, inspected on a machine without a GPU",
+)
+def test_the_readme_real_world_report_is_what_the_script_prints(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```console\n\$ (python inspect_file.py .*?)\n(.*?)```", readme, flags=re.DOTALL)
+    assert block, "the README's chapter 9 section shows a real-world report"
+    command, shown = block.group(1).split(), block.group(2)
+    save_as_if_on_gpu(state(), tmp_path / command[2], _use_new_zipfile_serialization=False)
+    result = run_chapter_here(*command[1:], cwd=tmp_path)
+    assert result.returncode == (0 if "(exit 0)" in shown else EXIT_BAD_INPUT)
+    assert result.stdout == shown
+
+
+@pytest.mark.parametrize(
+    "name", ["legacy-gpu.pth", "scripted.pt", "arrays.npz", "compressed.npz", "array.npy"]
+)
+def test_damaged_copies_of_each_real_world_file_get_a_report_or_one_line(name, made, tmp_path, capsys):
+    damaged_copies_get_a_report_or_one_line(made[name], tmp_path, capsys)
+
+
+def test_damaged_copies_of_onnx_and_gguf_files_get_a_report_or_one_line(
+    onnx_file, gguf_file, tmp_path, capsys
+):
+    for path in (onnx_file, gguf_file):
+        damaged_copies_get_a_report_or_one_line(path, tmp_path, capsys)
+
+
+# %%
+# Every hostile input of a new reader, through the command line: one line, bounded memory
+
+
+def forged_index_folder(folder: Path, shard: str) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file(state(), folder / "model-00001-of-00001.safetensors")
+    index = {"metadata": {"total_size": 268}, "weight_map": dict.fromkeys(state(), shard)}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
+def forged_gguf(path: Path) -> Path:
+    path.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + (10**12).to_bytes(8, "little") + bytes(16))
+    return path
+
+
+HOSTILE = {
+    "onnx external ../../etc/passwd": (True, lambda d: onnx_with_external_data(d, "../../etc/passwd")),
+    "onnx external absolute": (True, lambda d: onnx_with_external_data(d, "/etc/passwd")),
+    "onnx graphs nested 20000 deep": (
+        True,
+        lambda d: (d / "m.onnx").write_bytes(nested_graphs(20_000)) and d / "m.onnx",
+    ),
+    "gguf claiming 10**12 tensors": (False, lambda d: forged_gguf(d / "forged.gguf")),
+    "index naming ../../etc/passwd": (False, lambda d: forged_index_folder(d / "m", "../../etc/passwd")),
+    "index naming an absolute shard": (False, lambda d: forged_index_folder(d / "m", "/etc/passwd")),
+}
+
+
+def inspect_hostile_in_child(path: Path, cwd: Path) -> int:
+    before = limit_memory()
+    result = run_chapter_here("inspect_file.py", str(path), cwd=cwd)
+    sys.stderr.write(result.stdout + result.stderr)
+    return EXIT_TOO_MUCH_MEMORY if grew_too_much(before) else result.returncode
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_each_hostile_input_of_a_new_reader_is_one_error_line_in_bounded_memory(name, tmp_path):
+    needs_onnx, make = HOSTILE[name]
+    if needs_onnx:
+        optional("onnx")
+    path = make(tmp_path)
+    code, output = run_in_fork(inspect_hostile_in_child, path, tmp_path, cwd=tmp_path, timeout=60)
+    assert code == EXIT_BAD_INPUT, output
+    assert output.startswith("error: ") and output.count("\n") == 1, output
