@@ -5,10 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt ".[dev,formats,plots,realworld]"
-[ "${1:-}" = "--setup-only" ] && exit 0
+say() { printf '== %s\n' "$*"; }
+pinned() { sed -n "s/^$1==//p" constraints.txt; }
 
+say "Creating .venv with $(python3 --version)"
+python3 -m venv .venv
+say "Installing torch $(pinned torch), numpy $(pinned numpy), scikit-learn $(pinned scikit-learn)" \
+    "and the extras (safetensors, matplotlib, onnx, huggingface_hub, gguf; pytest, ruff, jupytext," \
+    "ipykernel), pinned in constraints.txt, into .venv: about 2 minutes on a fast connection" \
+    "(PyPI's Linux torch brings CUDA libraries of several GB), seconds once .venv has them"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt ".[dev,formats,plots,realworld]"
+say ".venv is ready"
+if [ "${1:-}" = "--setup-only" ]; then
+    say "Run a chapter with .venv/bin/python CHAPTER.py, the tests with .venv/bin/python -m pytest"
+    exit 0
+fi
+
+say "Running the nine chapters in reading order, each writing into artifacts/"
 run() {
     printf '\n===== python %s =====\n' "$*"
     .venv/bin/python "$@"

@@ -1,10 +1,9 @@
 """How much does training cost on top of starting Python with torch and scikit-learn?
 
-Every training script pays a floor before its first step: `import torch`, scikit-learn's
-data helpers, and building one `torch.optim` optimizer (whose first construction imports
-`torch._dynamo`). This benchmark times whole processes -- the floor and `train_iris.py`
-with its default settings -- alternately, and reports the median of each and their ratio.
-Wall time on a shared machine is noisy: compare the ratio, not the seconds.
+Every training script pays a floor before its first step (see benchmarks/floor.py). This
+benchmark times whole processes -- the floor and `train_iris.py` with its default settings
+-- alternately, and reports the median of each and their ratio. Wall time on a shared
+machine is noisy: compare the ratio, not the seconds.
 
     python benchmarks/train_vs_floor.py [--rounds 7]
 
@@ -14,39 +13,18 @@ Writes only into a temporary folder.
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from support.cli import OneLineParser, positive_int  # noqa: E402 -- after the path that finds it
-
-FLOOR = (
-    "import torch\n"
-    "from sklearn.datasets import load_iris\n"
-    "from sklearn.model_selection import train_test_split\n"
-    "torch.optim.Adam([torch.zeros(1, requires_grad=True)])\n"
-)
-
-
-def wall_time(command: list[str], cwd: Path) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, capture_output=True)
-    return time.perf_counter() - start
+from floor import FLOOR_COMMAND, REPO, measure, rounds_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--rounds", type=positive_int, default=7, help="alternating runs of each, at least 1 (default: 7)"
-    )
-    args = parser.parse_args(argv)
+    args = rounds_parser(__doc__.splitlines()[0], default=7).parse_args(argv)
 
     commands = {
-        "floor (imports + one optimizer)": [sys.executable, "-c", FLOOR],
+        "floor (imports + one optimizer)": FLOOR_COMMAND,
         "train_iris.py (defaults)": [sys.executable, str(REPO / "train_iris.py")],
         "train_iris.py --epochs 1": [sys.executable, str(REPO / "train_iris.py"), "--epochs", "1"],
     }
@@ -54,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         for _ in range(args.rounds):
             for name, command in commands.items():
-                times[name].append(wall_time(command, Path(scratch)))
+                times[name].append(measure(command, Path(scratch)).wall)
 
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, median in medians.items():
