@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -163,11 +164,37 @@ def available_memory_mb() -> float | None:
 # in a collective). No rank outlives its launcher.
 
 
-def quiet_gloo() -> None:
-    """Before a process group starts: gloo (as built into torch 2.10) prints a line such as
-    `[Gloo] Rank 0 is connected to 1 peer ranks...` on stdout for every group, which is no
-    lesson. It reads its log level when a group connects; later torches print nothing."""
-    os.environ.setdefault("GLOO_LOG_LEVEL", "WARN")
+GLOO_LINE = b"[Gloo] Rank "  # what gloo's C++ code prints when a rank joins a group
+
+
+def copy_all_but_gloo_lines(source: int, sink: int) -> None:
+    with open(source, "rb") as lines:
+        for line in lines:
+            if not line.startswith(GLOO_LINE):
+                os.write(sink, line)
+
+
+@contextmanager
+def without_gloo_lines() -> Iterator[None]:
+    """While this rank is in its process groups: gloo (as built into torch 2.10) prints
+    `[Gloo] Rank 0 is connected to 1 peer ranks...` on stdout for every group, from C++ and
+    under no log level, which is no lesson. This rank's stdout goes through a pipe that drops
+    those lines and passes on the rest, whole lines in order; later torches print none."""
+    sys.stdout.flush()
+    sink = os.dup(1)
+    source, pipe_in = os.pipe()
+    os.dup2(pipe_in, 1)
+    os.close(pipe_in)
+    pump = threading.Thread(target=copy_all_but_gloo_lines, args=(source, sink), daemon=True)
+    pump.start()
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(sink, 1)  # closes the pipe's input: the pump copies what is left, then ends
+        pump.join(timeout=5)
+        if not pump.is_alive():
+            os.close(sink)
 
 
 def run_rank(
@@ -184,22 +211,24 @@ def run_rank(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to report
     die_with_parent()
     torch.set_num_threads(1)  # ranks sharing a machine must not each use every core
-    quiet_gloo()
-    dist.init_process_group(
-        "gloo",
-        init_method=init_method,
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=timeout),
-    )
     failure = None
-    try:
-        work(rank, world_size)
-    except BaseException as err:  # any failure ends the run (DCP's CheckpointException is a BaseException)
-        failure = root_error_line(err)
-        (reports / f"rank-{rank}.txt").write_text(failure)
-    if failure is None:
-        dist.destroy_process_group()
+    with without_gloo_lines():
+        dist.init_process_group(
+            "gloo",
+            init_method=init_method,
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout),
+        )
+        try:
+            work(rank, world_size)
+        except (
+            BaseException
+        ) as err:  # any failure ends the run (DCP's CheckpointException is a BaseException)
+            failure = root_error_line(err)
+            (reports / f"rank-{rank}.txt").write_text(failure)
+        if failure is None:
+            dist.destroy_process_group()
     sys.stdout.flush()
     os._exit(1 if failure else 0)  # a failed rank skips the group's clean-up, which could wait on the others
 
@@ -285,14 +314,14 @@ def run_under_torchrun(work: Callable[[int, int], None], timeout: float) -> None
     rank = int(os.environ["RANK"])
     die_with_parent()
     torch.set_num_threads(1)
-    quiet_gloo()
-    dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
-    try:
-        work(rank, int(os.environ["WORLD_SIZE"]))
-    except BaseException as err:
-        print(f"error: rank {rank} failed: {root_error_line(err)}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(1)
-    dist.destroy_process_group()
+    with without_gloo_lines():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout))
+        try:
+            work(rank, int(os.environ["WORLD_SIZE"]))
+        except BaseException as err:
+            print(f"error: rank {rank} failed: {root_error_line(err)}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
+        dist.destroy_process_group()
     if rank != 0:
         sys.exit(0)  # what follows runs on one process
