@@ -6,6 +6,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -15,10 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from support import cli
 
 REPO = Path(__file__).resolve().parent.parent
+# The torch whose numbers the README and the committed pictures show (constraints.txt's pin).
+VERIFIED_TORCH = re.search(r"^torch==(\S+)$", (REPO / "constraints.txt").read_text(), re.M).group(1)
+ON_VERIFIED_TORCH = torch.__version__.split("+")[0] == VERIFIED_TORCH
 # README order: what walkthrough.sh runs.
 CHAPTERS = [
     "build_model.py",

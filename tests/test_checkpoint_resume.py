@@ -38,7 +38,6 @@ from support.cli import EXIT_INTERRUPTED
 from support.saving import remove_abandoned_partials
 from support.untrusted_files import ModelFileError, check_checkpoint, read_checkpoint
 from tests.helpers import (
-    REPO,
     SCRIPT_ENV,
     ChapterResult,
     assert_one_line_refusal,
@@ -141,20 +140,6 @@ def test_the_reader_run_writes_its_files_and_a_real_picture(checkpoint_run):
     assert pixels[..., :3].std() > 0.05  # not blank
     ink = (pixels[..., :3].max(axis=2) - pixels[..., :3].min(axis=2)) > 0.3
     assert ink.mean() > 0.005  # coloured lines, not only grey axes
-
-
-@pytest.mark.skipif(
-    torch.__version__.split("+")[0]
-    != re.search(r"^torch==(\S+)$", (REPO / "constraints.txt").read_text(), re.M)[1],
-    reason="the README shows the numbers the pinned torch computes; other versions may differ",
-)
-def test_the_readme_shows_this_chapters_output_line_for_line(checkpoint_run):
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### 5. ") : readme.index("### 6. ")]
-    excerpts = re.findall(r"```text\n(.*?)```", section, flags=re.DOTALL)
-    assert excerpts
-    for excerpt in excerpts:
-        assert excerpt in checkpoint_run.stdout, excerpt
 
 
 def test_help_says_what_each_flag_does(tmp_path):

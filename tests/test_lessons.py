@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import jupytext
 import pytest
@@ -84,7 +85,8 @@ def is_bare_string(source: str) -> bool:
 def shows_something(source: str) -> bool:
     """True if running the cell prints or displays: a call or expression at top level, or a
     loop, with or if block (whose body prints)."""
-    return any(isinstance(node, ast.Expr | ast.For | ast.While | ast.With | ast.If | ast.Try) for node in ast.parse(source).body)
+    shows = ast.Expr | ast.For | ast.While | ast.With | ast.If | ast.Try
+    return any(isinstance(node, shows) for node in ast.parse(source).body)
 
 
 @pytest.mark.parametrize("script", NOTEBOOK_CHAPTERS)
@@ -124,7 +126,7 @@ def test_the_readmes_jupytext_command_makes_notebooks_that_name_their_kernel(tmp
     kernel = re.search(r"--name (\S+)", install).group(1)
     assert f"--set-kernel {kernel}" in convert
     env = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "jupyter"), "HOME": str(tmp_path)}
-    bin_dir = os.path.dirname(sys.executable)
+    bin_dir = Path(sys.executable).parent
     install_args = shlex.split(install)[1:]
     subprocess.run([sys.executable, *install_args[1:]], env=env, check=True, capture_output=True)
     convert_args = shlex.split(convert.replace("\\\n", " "))
@@ -133,7 +135,7 @@ def test_the_readmes_jupytext_command_makes_notebooks_that_name_their_kernel(tmp
     options = [arg for arg in convert_args[1:] if not arg.endswith(".py")]
     (tmp_path / "train_iris.py").write_text((REPO / "train_iris.py").read_text())
     subprocess.run(
-        [os.path.join(bin_dir, "jupytext"), *options, "train_iris.py"],
+        [bin_dir / "jupytext", *options, "train_iris.py"],
         cwd=tmp_path,
         env=env,
         check=True,

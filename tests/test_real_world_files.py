@@ -33,7 +33,7 @@ from build_model import Multiclass
 from support.cli import EXIT_BAD_INPUT
 from support.untrusted_files import ModelFileError
 from tests.bad_files import EXIT_TOO_MUCH_MEMORY, grew_too_much, limit_memory
-from tests.helpers import REPO, run_chapter_here, run_in_fork
+from tests.helpers import REPO, VERIFIED_TORCH, run_chapter_here, run_in_fork
 from tests.test_inspect_file import damaged_copies_get_a_report_or_one_line
 
 INSTALL = "pip install -c constraints.txt '.[realworld]'"
@@ -448,9 +448,6 @@ def test_an_index_naming_a_shard_outside_the_folder_is_refused_before_opening_it
 
 # %%
 # The README's real-world report is the script's output
-
-
-VERIFIED_TORCH = re.search(r"^torch==(\S+)$", (REPO / "constraints.txt").read_text(), re.M).group(1)
 
 
 @pytest.mark.skipif(
