@@ -331,20 +331,6 @@ def test_the_chapter_writes_what_its_docstring_says(save_load_run, trained_model
         assert name in docstring
 
 
-def readme_section() -> str:
-    readme = (REPO / "README.md").read_text()
-    return re.search(r"^### 4\. .*?(?=^### )", readme, flags=re.MULTILINE | re.DOTALL).group(0)
-
-
-def test_the_readme_shows_what_the_chapter_prints(save_load_run):
-    blocks = re.findall(r"```text\n(.*?)```", readme_section(), re.DOTALL)
-    lines = [line for block in blocks for line in block.splitlines()]
-    assert len(lines) >= 8
-    printed_lines = save_load_run.stdout.splitlines()
-    for line in lines:
-        assert line in printed_lines, line
-
-
 def run_with_failing_save(cwd: Path, file_name: str, failure) -> ChapterResult:
     """Run the chapter here, with `failure()` called when torch.save writes `file_name`."""
     real_save = torch.save
