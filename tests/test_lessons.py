@@ -128,7 +128,7 @@ def test_the_readmes_jupytext_command_makes_notebooks_that_name_their_kernel(tmp
     env = {**os.environ, "JUPYTER_DATA_DIR": str(tmp_path / "jupyter"), "HOME": str(tmp_path)}
     bin_dir = Path(sys.executable).parent
     install_args = shlex.split(install)[1:]
-    subprocess.run([sys.executable, *install_args[1:]], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, *install_args], env=env, check=True, capture_output=True)
     convert_args = shlex.split(convert.replace("\\\n", " "))
     chapter_files = [arg for arg in convert_args if arg.endswith(".py")]
     assert chapter_files == NOTEBOOK_CHAPTERS
