@@ -135,8 +135,20 @@ def parse_chapter_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     if not in_notebook():
         install_one_line_errors()
     if getattr(args, "out_dir", None) is not None:
+        args.out_dir = as_named_for_reader(args.out_dir)
         watch_for_saves(args.out_dir)
     return args
+
+
+def as_named_for_reader(folder: Path) -> Path:
+    """The folder as the reader should read it in every line: relative when it lies under the
+    current directory, so `artifacts` stays `artifacts`; absolute when it does not, so that
+    `--out-dir ../elsewhere` is not mistaken for a folder in here."""
+    if folder.is_absolute():
+        return folder
+    here = Path.cwd()
+    absolute = Path(os.path.normpath(here / folder))
+    return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
 
 
 def prepare_out_dir(out_dir: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Every chapter answers --help and refuses an unknown flag in one line, as the README says."""
+"""Every chapter answers --help, refuses an unknown or abbreviated flag in one line, and names
+its output folder so that the reader knows where it is."""
 
 from __future__ import annotations
 
@@ -24,3 +25,25 @@ def test_every_chapter_refuses_an_unknown_flag_in_one_line(script, tmp_path):
     run = run_chapter_here(script, "--no-such-flag", cwd=tmp_path)
     assert_one_line_refusal(run, "unrecognized arguments: --no-such-flag")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("script", ["train_iris.py", "inspect_state.py"])
+def test_an_abbreviated_flag_is_refused_not_guessed(script, tmp_path):
+    run = run_chapter_here(script, "--out", "elsewhere", cwd=tmp_path)
+    assert_one_line_refusal(run, "unrecognized arguments: --out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_outside_the_current_one_is_named_in_full(tmp_path):
+    here = tmp_path / "here"
+    here.mkdir()
+    run = run_chapter_here("inspect_state.py", "--out-dir", "../elsewhere", cwd=here)
+    assert run.returncode == 2
+    assert run.stderr.startswith(f"error: {tmp_path / 'elsewhere' / 'iris-model.pth'} not found")
+    assert f"--out-dir {tmp_path / 'elsewhere'}\n" in run.stderr
+
+
+def test_a_folder_under_the_current_one_keeps_its_short_name(tmp_path):
+    run = run_chapter_here("inspect_state.py", "--out-dir", "./runs/../artifacts", cwd=tmp_path)
+    assert run.stderr.startswith("error: artifacts/iris-model.pth not found; ")
+    assert run.stderr.endswith(" --out-dir artifacts\n")
