@@ -70,13 +70,16 @@ from support.untrusted_files import (
     check_pickle_nesting,
     describe_load_error,
     open_regular_file,
+    pickle_budget_problem,
     pickle_globals,
     refusing,
+    zip_structure_problems,
 )
 
-MAX_HEADER_BYTES = 100 * 2**20  # safetensors refuses larger JSON headers too
+MAX_HEADER_BYTES = 16 * 2**20  # a JSON header this tool parses; a large model's takes well under 1 MiB
 MAX_DEPTH = 32  # containers nested deeper than this are not listed
 MAX_ROWS = 60  # tensors listed in the readable report (all of them in --json)
+MAX_OBJECTS = torch_archives.MAX_OBJECTS  # containers walked when listing a loaded file's tensors
 # What runs code when unpickled: never allowlist these with safe_globals, whatever the file says.
 RUNS_CODE_MODULES = (
     "os.", "posix.", "nt.", "subprocess.", "sys.", "importlib.", "runpy.", "shutil.", "socket.",
@@ -135,8 +138,9 @@ def zip_layout(archive: zipfile.ZipFile) -> tuple[str, str]:
 
 
 def is_safetensors(head: bytes) -> bool:
-    """8 bytes of header length, then the JSON header: '{"' (its length is checked later)."""
-    return len(head) >= 10 and head[8:10] == b'{"'
+    """8 bytes of header length, then the JSON header: '{', after any whitespace JSON allows
+    (its length is checked later)."""
+    return len(head) >= 10 and head[8:].lstrip(b" \t\r\n")[:1] == b"{"
 
 
 def sniff(head: bytes) -> str:
@@ -206,8 +210,10 @@ def check_records(archive: zipfile.ZipFile, size: int) -> tuple[list[dict[str, A
 def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]:
     """The parsed JSON header, and what is wrong with it or with the data it describes."""
     header_size = struct.unpack("<Q", file.read(8))[0]
-    if header_size > min(size - 8, MAX_HEADER_BYTES):
+    if header_size > size - 8:
         return {}, [f"its header claims {header_size} bytes; the file has {size}"]
+    if header_size > MAX_HEADER_BYTES:
+        return {}, [f"its header has {header_size} bytes, more than the {MAX_HEADER_BYTES} this tool parses"]
     try:
         header = json.loads(file.read(header_size))
     except (ValueError, UnicodeDecodeError) as err:
@@ -267,13 +273,21 @@ class Listing:
     odd: list[str] = field(default_factory=list)  # tensors that are not plain, dense, with data
     non_finite: list[str] = field(default_factory=list)
     too_deep: bool = False
+    walked: set[int] = field(default_factory=set)  # containers already listed: each is walked once
+    cut_off: bool = False
 
     def add(self, obj: Any, name: str = "", depth: int = 0) -> None:
+        """List the tensors under `obj`. A container met again (shared, as pickles allow) is
+        not walked again: 1 KB of lists of the same list would otherwise have 8**30 paths."""
         if isinstance(obj, Tensor):
             self.add_tensor(obj, name)
         elif depth >= MAX_DEPTH:
             self.too_deep = True
-        elif isinstance(obj, Mapping | list | tuple):
+        elif isinstance(obj, Mapping | list | tuple) and id(obj) not in self.walked:
+            if len(self.walked) >= MAX_OBJECTS:
+                self.cut_off = True
+                return
+            self.walked.add(id(obj))
             items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
             for key, value in items:
                 shown = safe_text(key if isinstance(key, str) else repr(key), 80)
@@ -293,11 +307,8 @@ class Listing:
         self.rows.append(row)
         if address and tensor.untyped_storage().nbytes():
             self.storages.setdefault(address, []).append(row)
-        try:
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                self.non_finite.append(name)
-        except RuntimeError:  # a dtype isfinite does not support (float8): not checked
-            pass
+        if not finite(tensor):
+            self.non_finite.append(name)
 
 
 def summary(value: Any) -> str:
@@ -357,6 +368,8 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
     )
     if listing.too_deep:
         report["contents"]["note"] = f"containers nested deeper than {MAX_DEPTH} levels are not listed"
+    if listing.cut_off:
+        report["contents"]["note"] = f"only the first {MAX_OBJECTS} containers were walked"
     if listing.odd:
         report["reasons"].append(f"not plain dense tensors with data: {', '.join(listing.odd[:5])}")
     if listing.non_finite:
@@ -409,11 +422,24 @@ def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
     """Let safetensors itself validate the header (it reads no tensor data to do so)."""
     from safetensors import safe_open  # the `formats` extra; without it, the checks above stand alone
 
+    non_finite = []
     try:
         with safe_open(path, framework="pt") as opened:
-            opened.keys()
+            for name in sorted(opened.keys()):  # one tensor in memory at a time
+                if not finite(opened.get_tensor(name)):
+                    non_finite.append(safe_text(name, 80))
     except Exception as err:  # safetensors raises its own error types for a bad header
         report["reasons"].append(f"safetensors refuses it: {error_line(err)}")
+    if non_finite:  # the rule torch.save files meet too
+        report["reasons"].append(f"NaN or infinite values in {', '.join(non_finite[:5])}")
+
+
+def finite(tensor: Tensor) -> bool:
+    """False for a floating-point tensor holding NaN or infinity (a dtype isfinite lacks: True)."""
+    try:
+        return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+    except RuntimeError:  # float8: not checked
+        return True
 
 
 def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> dict[str, tuple]:
@@ -547,8 +573,10 @@ def load_model_class(path: Path, name: str) -> type[nn.Module]:
     return model_class
 
 
-def prefix_fix(file_keys: set[str], model_keys: set[str]) -> tuple[str, str] | None:
+def prefix_fix(file_keys: set[Any], model_keys: set[str]) -> tuple[str, str] | None:
     """('strip', 'module.') or ('add', 'net.') if that one change to the file's names makes them match."""
+    if not all(isinstance(key, str) for key in file_keys):  # a key a module could never have
+        return None
     for keys, others, verb in ((file_keys, model_keys, "strip"), (model_keys, file_keys, "add")):
         first = next(iter(keys), "").split(".")
         for parts in range(1, min(4, len(first))):
@@ -623,6 +651,7 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
     kind = other_formats.zip_kind(archive) if kind == "zip" else kind
     deflates = kind in ("torchscript", "npz", "keras")  # their writers compress records on purpose
     records, problems = (torch_archives.inflated_records if deflates else check_records)(archive, size)
+    problems += zip_structure_problems(file, size, archive)
     report["integrity"].update(records=records, problems=problems)
     report["reasons"] += problems
 
@@ -647,7 +676,20 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
             report["reasons"].append(f"its data.pkl has {pickle_info.file_size} bytes: not scanned or loaded")
             report["needs"]["weights_only"] = f"not tried: data.pkl is over {MAX_PICKLE_BYTES} bytes"
             return {}
-        torch_needs(path, stored_bytes(file, pickle_info), report)
+        data_pkl = stored_bytes(file, pickle_info)
+        if too_much := pickle_budget_problem(data_pkl):  # not even scanned: reading it would take long
+            report["reasons"].append(too_much)
+            report["needs"]["weights_only"] = "not tried: its pickle is too large to scan"
+            return {}
+        try:
+            forged = torch_archives.torch_zip_problems(archive, folder)
+        except ModelFileError as err:
+            forged = [str(err)]
+        except ZIP_ERRORS:
+            forged = []  # a damaged record: its CRC32 check above says so
+        problems += forged
+        report["reasons"] += forged
+        torch_needs(path, data_pkl, report)
         if problems:
             report["needs"]["weights_only"] = "not tried: the file failed the integrity checks"
             return {}

@@ -93,6 +93,18 @@ REASONS = {
     "directory": "Is a directory",
     "larger than the limit": f"more than the {MAX_FILE_BYTES}",
     "missing": "not found",
+    "two records with one name": "two records named",
+    "a pickle after data.pkl's STOP": "bytes follow data.pkl's STOP opcode",
+    "an extra pickle record": "a record torch.save never writes",
+    "bytes after the end record": "bytes follow its end-of-central-directory record",
+    "a local header that lies": "local header of record",
+    "a zip64 count that lies": "its end record counts 11 records, its directory lists 10",
+    "a storage record too short": "a tensor claims more bytes than the file stores",
+    "a view past its storage": "a tensor claims more values than its storage holds",
+    "shared lists 30 deep": "it holds a list, not a state_dict",
+    "pickle bomb under the size limit": "opcodes",
+    "protocol 0 hostile pickle": "unpickling it would import __builtin__.exec",
+    "integer keys": "it holds a dict, not a state_dict",
 }
 
 
