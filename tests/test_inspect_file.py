@@ -516,3 +516,29 @@ def damaged_copies_get_a_report_or_one_line(
         inspect_file.print_report(report)
         json.dumps(report)
     assert "Traceback" not in capsys.readouterr().out
+
+
+def test_safetensors_gets_the_nan_rule_of_torch_files_and_a_header_may_start_with_whitespace(tmp_path):
+    nan = tmp_path / "nan.safetensors"
+    save_file({**state(), "hidden.bias": torch.full((8,), float("nan"))}, nan)
+    assert "NaN or infinite values in hidden.bias" in report_on(nan)["reasons"]
+    spaced = tmp_path / "spaced.safetensors"
+    save_file(state(), spaced)
+    data = spaced.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = b" " + data[8 : 8 + length].rstrip(b" ")  # the same JSON, one space moved to the front
+    spaced.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + length :])
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(spaced)["hidden.weight"], state()["hidden.weight"])
+    report = report_on(spaced)
+    assert report["kind"] == "safetensors" and report["reasons"] == []
+
+
+def test_a_safetensors_header_over_the_limit_is_refused_naming_the_limit(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    header = b"{}" + b" " * inspect_file.MAX_HEADER_BYTES
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert report_on(path)["reasons"] == [
+        f"its header has {len(header)} bytes, more than the {inspect_file.MAX_HEADER_BYTES} this tool parses"
+    ]
