@@ -63,6 +63,7 @@ from support.model_folders import find_index, inspect_sharded
 from support.untrusted_files import (
     CHUNK,
     LEGACY_MAGIC,
+    LEGACY_PICKLES,
     MAX_PICKLE_BYTES,
     ZIP_ERRORS,
     ZIP_MAGIC,
@@ -484,14 +485,34 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
 # pickle gets the same answer from a scan of its opcodes.
 
 
+def weights_only_names() -> frozenset[str]:
+    """The globals `weights_only=True` allows: the tensor, storage and dtype rebuilders."""
+    try:  # a private table: fall back to the names every torch.save file of tensors uses
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals())
+    except (ImportError, AttributeError, TypeError):
+        return frozenset(torch_archives.TENSOR_REBUILDERS | {"collections.OrderedDict", "torch.Size"})
+
+
+KNOWN_DATA_GLOBALS = weights_only_names()
+
+
 def runs_code(name: str) -> bool:
-    """True for a global that runs code (or is no plain `module.name` at all)."""
+    """True for a function, a gadget or anything but a class outside the names weights_only
+    allows: unpickling calls it with arguments the file chooses, so any such function
+    (`timeit.timeit`, `pydoc.locate`, `operator.methodcaller`, ...) can run code. A class
+    (a CapWords name outside the modules that run commands) is listed for safe_globals instead."""
+    if name in KNOWN_DATA_GLOBALS:
+        return False
     module, _, attribute = name.replace("__builtin__.", "builtins.", 1).rpartition(".")
     if not all(part.isidentifier() for part in name.split(".")) or not module:
         return True
-    return (module == "builtins" and attribute in RUNS_CODE_BUILTINS) or f"{module}.".startswith(
-        RUNS_CODE_MODULES
-    )
+    if module == "builtins" and attribute in RUNS_CODE_BUILTINS:
+        return True
+    if any(f"{part}." in RUNS_CODE_MODULES for part in module.split(".")):  # pathlib.os.system too
+        return True
+    return not attribute[:1].isupper()
 
 
 def note_globals(report: dict[str, Any], found: list[str], unsafe: list[str] | None) -> None:
@@ -511,9 +532,11 @@ def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
-        unsafe = []
         report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
-    note_globals(report, pickle_globals(data_pkl, limit=200), sorted(unsafe))
+        note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), None)
+        report["needs"]["not_allowed_by_weights_only"] = None  # unknown: never "nothing"
+        return
+    note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), sorted(unsafe))
 
 
 # ---- Does it fit your model? ----
@@ -784,14 +807,9 @@ def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str
 
 
 def legacy_globals(data: bytes) -> list[str]:
-    """The globals of the object pickle in a legacy file: the 4th, after magic, protocol and sys info."""
-    start = 0
-    for _ in range(3):
-        ops = safe_ops(data[start:])
-        if not ops or ops[-1][0].name != "STOP":
-            return []
-        start += ops[-1][2] + 1
-    return pickle_globals(data[start:], limit=200)
+    """The globals of every pickle in a legacy file (magic, protocol, sys info, object, keys):
+    a payload may sit in any of them, not only the object's."""
+    return pickle_globals(data, limit=200, pickles=LEGACY_PICKLES)
 
 
 def safe_ops(data: bytes) -> list[tuple]:
@@ -971,7 +989,9 @@ def print_needs(needs: dict[str, Any]) -> None:
     if "globals" in needs:
         lines.append(["imports:", ", ".join(needs["globals"]) or "nothing"])
     if "not_allowed_by_weights_only" in needs:
-        lines.append(["beyond weights_only:", ", ".join(needs["not_allowed_by_weights_only"]) or "nothing"])
+        beyond = needs["not_allowed_by_weights_only"]
+        shown = "not known: torch's own scan failed" if beyond is None else ", ".join(beyond) or "nothing"
+        lines.append(["beyond weights_only:", shown])
     if needs.get("safe_globals_needed"):
         names = ", ".join(needs["safe_globals_needed"])
         lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])

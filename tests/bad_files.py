@@ -132,6 +132,31 @@ def global_pickle(module: str, name: str) -> bytes:
     return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b")R."
 
 
+def gadget_pickle(module: str, name: str, argument: str) -> bytes:
+    """A pickle that calls module.name(argument): protocol 2's GLOBAL, or protocol 4's
+    STACK_GLOBAL where the name is dotted (only it reaches an attribute of an attribute)."""
+
+    def text(value: str) -> bytes:
+        return b"X" + struct.pack("<L", len(value.encode())) + value.encode()
+
+    if "." in name:
+        return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(argument) + b"\x85R."
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + text(argument) + b"\x85R."
+
+
+def gadgets(marker: Path) -> dict[str, tuple[str, str, str]]:
+    """Functions outside os and builtins that run what they are given, each set to make `marker`."""
+    touch = f"open({str(marker)!r}, 'w').close()"
+    return {
+        "timeit.timeit": ("timeit", "timeit", touch),
+        "cProfile.run": ("cProfile", "run", touch),
+        "pathlib.os.system": ("pathlib", "os.system", f"touch {marker}"),
+        "torch.utils.collect_env.run": ("torch.utils.collect_env", "run", f"touch {marker}"),
+        "pydoc.locate": ("pydoc", "locate", "os.system"),
+        "operator.methodcaller": ("operator", "methodcaller", "system"),
+    }
+
+
 def nested_dict_pickle(depth: int) -> bytes:
     """{'a': {'a': ... {} ...}} `depth` levels deep, built by the unpickler's stack, no recursion."""
     return b"\x80\x02" + b"}X\x01\x00\x00\x00a" * depth + b"}" + b"s" * depth + b"."
@@ -418,6 +443,10 @@ def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
         ),
         "protocol 0 hostile pickle": lambda p: p.write_bytes(pickle.dumps(Hostile(marker), protocol=0)),
         "integer keys": lambda p: save({0: torch.zeros(1)}, p),
+        **{
+            f"a {name} gadget": lambda p, call=call: torch_like_zip(p, gadget_pickle(*call))
+            for name, call in gadgets(marker).items()
+        },
     }
 
 

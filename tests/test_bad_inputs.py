@@ -34,6 +34,7 @@ from tests.bad_files import (
     EXIT_TOO_MUCH_MEMORY,
     build_corpus,
     damaged_copies,
+    gadgets,
     grew_too_much,
     limit_memory,
     probes,
@@ -45,6 +46,7 @@ EXIT_LOADED = 4
 TIMEOUT = 60  # seconds; every probe is refused in well under one, so reaching this means a hang
 # The probes each chapter meets in-process: code, a hang, memory, escapes, damage, a misfit.
 CHAPTER_PROBES = ["hostile torch.save", "FIFO", "zip bomb", "escape codes in a GLOBAL (zip)", "flipped byte"]
+CHAPTER_PROBES += ["a timeit.timeit gadget", "two records with one name", "a storage record too short"]
 # The probe each chapter meets in a real process of its own.
 SUBPROCESS_PROBE = {
     "inspect_state.py": "hostile pickle",
@@ -105,6 +107,8 @@ REASONS = {
     "pickle bomb under the size limit": "opcodes",
     "protocol 0 hostile pickle": "unpickling it would import __builtin__.exec",
     "integer keys": "it holds a dict, not a state_dict",
+    **{f"a {name} gadget": f"it refers to {name}" for name in gadgets(Path("unused"))},
+    "a pathlib.os.system gadget": "unreadable pickle data",  # torch's weights_only reads no protocol 4
 }
 
 
