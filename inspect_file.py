@@ -512,7 +512,7 @@ def runs_code(name: str) -> bool:
         return True
     if any(f"{part}." in RUNS_CODE_MODULES for part in module.split(".")):  # pathlib.os.system too
         return True
-    return not attribute[:1].isupper()
+    return not attribute.lstrip("_")[:1].isupper()  # _StorageInfo is a class too
 
 
 def note_globals(report: dict[str, Any], found: list[str], unsafe: list[str] | None) -> None:

@@ -254,6 +254,7 @@ def test_a_dcp_folder_lists_its_files_and_the_classes_its_metadata_pickle_import
     assert report["kind"] == "dcp"
     assert {".metadata", "__0_0.distcp"} <= {r["name"] for r in report["integrity"]["records"]}
     assert "torch.distributed.checkpoint.metadata.Metadata" in report["needs"]["globals"]
+    assert report["needs"]["never_allow"] == []  # its classes are data, named no function
     assert any("pickle.load" in reason for reason in report["reasons"])
 
 
