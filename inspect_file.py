@@ -63,6 +63,7 @@ from support.model_folders import find_index, inspect_sharded
 from support.untrusted_files import (
     CHUNK,
     LEGACY_MAGIC,
+    LEGACY_PICKLES,
     MAX_PICKLE_BYTES,
     ZIP_ERRORS,
     ZIP_MAGIC,
@@ -70,13 +71,16 @@ from support.untrusted_files import (
     check_pickle_nesting,
     describe_load_error,
     open_regular_file,
+    pickle_budget_problem,
     pickle_globals,
     refusing,
+    zip_structure_problems,
 )
 
-MAX_HEADER_BYTES = 100 * 2**20  # safetensors refuses larger JSON headers too
+MAX_HEADER_BYTES = 16 * 2**20  # a JSON header this tool parses; a large model's takes well under 1 MiB
 MAX_DEPTH = 32  # containers nested deeper than this are not listed
 MAX_ROWS = 60  # tensors listed in the readable report (all of them in --json)
+MAX_OBJECTS = torch_archives.MAX_OBJECTS  # containers walked when listing a loaded file's tensors
 # What runs code when unpickled: never allowlist these with safe_globals, whatever the file says.
 RUNS_CODE_MODULES = (
     "os.", "posix.", "nt.", "subprocess.", "sys.", "importlib.", "runpy.", "shutil.", "socket.",
@@ -135,8 +139,9 @@ def zip_layout(archive: zipfile.ZipFile) -> tuple[str, str]:
 
 
 def is_safetensors(head: bytes) -> bool:
-    """8 bytes of header length, then the JSON header: '{"' (its length is checked later)."""
-    return len(head) >= 10 and head[8:10] == b'{"'
+    """8 bytes of header length, then the JSON header: '{', after any whitespace JSON allows
+    (its length is checked later)."""
+    return len(head) >= 10 and head[8:].lstrip(b" \t\r\n")[:1] == b"{"
 
 
 def sniff(head: bytes) -> str:
@@ -206,8 +211,10 @@ def check_records(archive: zipfile.ZipFile, size: int) -> tuple[list[dict[str, A
 def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]:
     """The parsed JSON header, and what is wrong with it or with the data it describes."""
     header_size = struct.unpack("<Q", file.read(8))[0]
-    if header_size > min(size - 8, MAX_HEADER_BYTES):
+    if header_size > size - 8:
         return {}, [f"its header claims {header_size} bytes; the file has {size}"]
+    if header_size > MAX_HEADER_BYTES:
+        return {}, [f"its header has {header_size} bytes, more than the {MAX_HEADER_BYTES} this tool parses"]
     try:
         header = json.loads(file.read(header_size))
     except (ValueError, UnicodeDecodeError) as err:
@@ -267,13 +274,21 @@ class Listing:
     odd: list[str] = field(default_factory=list)  # tensors that are not plain, dense, with data
     non_finite: list[str] = field(default_factory=list)
     too_deep: bool = False
+    walked: set[int] = field(default_factory=set)  # containers already listed: each is walked once
+    cut_off: bool = False
 
     def add(self, obj: Any, name: str = "", depth: int = 0) -> None:
+        """List the tensors under `obj`. A container met again (shared, as pickles allow) is
+        not walked again: 1 KB of lists of the same list would otherwise have 8**30 paths."""
         if isinstance(obj, Tensor):
             self.add_tensor(obj, name)
         elif depth >= MAX_DEPTH:
             self.too_deep = True
-        elif isinstance(obj, Mapping | list | tuple):
+        elif isinstance(obj, Mapping | list | tuple) and id(obj) not in self.walked:
+            if len(self.walked) >= MAX_OBJECTS:
+                self.cut_off = True
+                return
+            self.walked.add(id(obj))
             items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
             for key, value in items:
                 shown = safe_text(key if isinstance(key, str) else repr(key), 80)
@@ -293,11 +308,8 @@ class Listing:
         self.rows.append(row)
         if address and tensor.untyped_storage().nbytes():
             self.storages.setdefault(address, []).append(row)
-        try:
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                self.non_finite.append(name)
-        except RuntimeError:  # a dtype isfinite does not support (float8): not checked
-            pass
+        if not finite(tensor):
+            self.non_finite.append(name)
 
 
 def summary(value: Any) -> str:
@@ -357,6 +369,8 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
     )
     if listing.too_deep:
         report["contents"]["note"] = f"containers nested deeper than {MAX_DEPTH} levels are not listed"
+    if listing.cut_off:
+        report["contents"]["note"] = f"only the first {MAX_OBJECTS} containers were walked"
     if listing.odd:
         report["reasons"].append(f"not plain dense tensors with data: {', '.join(listing.odd[:5])}")
     if listing.non_finite:
@@ -409,11 +423,24 @@ def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
     """Let safetensors itself validate the header (it reads no tensor data to do so)."""
     from safetensors import safe_open  # the `formats` extra; without it, the checks above stand alone
 
+    non_finite = []
     try:
         with safe_open(path, framework="pt") as opened:
-            opened.keys()
+            for name in sorted(opened.keys()):  # one tensor in memory at a time
+                if not finite(opened.get_tensor(name)):
+                    non_finite.append(safe_text(name, 80))
     except Exception as err:  # safetensors raises its own error types for a bad header
         report["reasons"].append(f"safetensors refuses it: {error_line(err)}")
+    if non_finite:  # the rule torch.save files meet too
+        report["reasons"].append(f"NaN or infinite values in {', '.join(non_finite[:5])}")
+
+
+def finite(tensor: Tensor) -> bool:
+    """False for a floating-point tensor holding NaN or infinity (a dtype isfinite lacks: True)."""
+    try:
+        return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+    except RuntimeError:  # float8: not checked
+        return True
 
 
 def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> dict[str, tuple]:
@@ -458,14 +485,34 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
 # pickle gets the same answer from a scan of its opcodes.
 
 
+def weights_only_names() -> frozenset[str]:
+    """The globals `weights_only=True` allows: the tensor, storage and dtype rebuilders."""
+    try:  # a private table: fall back to the names every torch.save file of tensors uses
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        return frozenset(_get_allowed_globals())
+    except (ImportError, AttributeError, TypeError):
+        return frozenset(torch_archives.TENSOR_REBUILDERS | {"collections.OrderedDict", "torch.Size"})
+
+
+KNOWN_DATA_GLOBALS = weights_only_names()
+
+
 def runs_code(name: str) -> bool:
-    """True for a global that runs code (or is no plain `module.name` at all)."""
+    """True for a function, a gadget or anything but a class outside the names weights_only
+    allows: unpickling calls it with arguments the file chooses, so any such function
+    (`timeit.timeit`, `pydoc.locate`, `operator.methodcaller`, ...) can run code. A class
+    (a CapWords name outside the modules that run commands) is listed for safe_globals instead."""
+    if name in KNOWN_DATA_GLOBALS:
+        return False
     module, _, attribute = name.replace("__builtin__.", "builtins.", 1).rpartition(".")
     if not all(part.isidentifier() for part in name.split(".")) or not module:
         return True
-    return (module == "builtins" and attribute in RUNS_CODE_BUILTINS) or f"{module}.".startswith(
-        RUNS_CODE_MODULES
-    )
+    if module == "builtins" and attribute in RUNS_CODE_BUILTINS:
+        return True
+    if any(f"{part}." in RUNS_CODE_MODULES for part in module.split(".")):  # pathlib.os.system too
+        return True
+    return not attribute.lstrip("_")[:1].isupper()  # _StorageInfo is a class too
 
 
 def note_globals(report: dict[str, Any], found: list[str], unsafe: list[str] | None) -> None:
@@ -485,9 +532,11 @@ def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
-        unsafe = []
         report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
-    note_globals(report, pickle_globals(data_pkl, limit=200), sorted(unsafe))
+        note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), None)
+        report["needs"]["not_allowed_by_weights_only"] = None  # unknown: never "nothing"
+        return
+    note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), sorted(unsafe))
 
 
 # ---- Does it fit your model? ----
@@ -547,8 +596,10 @@ def load_model_class(path: Path, name: str) -> type[nn.Module]:
     return model_class
 
 
-def prefix_fix(file_keys: set[str], model_keys: set[str]) -> tuple[str, str] | None:
+def prefix_fix(file_keys: set[Any], model_keys: set[str]) -> tuple[str, str] | None:
     """('strip', 'module.') or ('add', 'net.') if that one change to the file's names makes them match."""
+    if not all(isinstance(key, str) for key in file_keys):  # a key a module could never have
+        return None
     for keys, others, verb in ((file_keys, model_keys, "strip"), (model_keys, file_keys, "add")):
         first = next(iter(keys), "").split(".")
         for parts in range(1, min(4, len(first))):
@@ -623,6 +674,7 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
     kind = other_formats.zip_kind(archive) if kind == "zip" else kind
     deflates = kind in ("torchscript", "npz", "keras")  # their writers compress records on purpose
     records, problems = (torch_archives.inflated_records if deflates else check_records)(archive, size)
+    problems += zip_structure_problems(file, size, archive)
     report["integrity"].update(records=records, problems=problems)
     report["reasons"] += problems
 
@@ -647,7 +699,20 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
             report["reasons"].append(f"its data.pkl has {pickle_info.file_size} bytes: not scanned or loaded")
             report["needs"]["weights_only"] = f"not tried: data.pkl is over {MAX_PICKLE_BYTES} bytes"
             return {}
-        torch_needs(path, stored_bytes(file, pickle_info), report)
+        data_pkl = stored_bytes(file, pickle_info)
+        if too_much := pickle_budget_problem(data_pkl):  # not even scanned: reading it would take long
+            report["reasons"].append(too_much)
+            report["needs"]["weights_only"] = "not tried: its pickle is too large to scan"
+            return {}
+        try:
+            forged = torch_archives.torch_zip_problems(archive, folder)
+        except ModelFileError as err:
+            forged = [str(err)]
+        except ZIP_ERRORS:
+            forged = []  # a damaged record: its CRC32 check above says so
+        problems += forged
+        report["reasons"] += forged
+        torch_needs(path, data_pkl, report)
         if problems:
             report["needs"]["weights_only"] = "not tried: the file failed the integrity checks"
             return {}
@@ -742,14 +807,9 @@ def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str
 
 
 def legacy_globals(data: bytes) -> list[str]:
-    """The globals of the object pickle in a legacy file: the 4th, after magic, protocol and sys info."""
-    start = 0
-    for _ in range(3):
-        ops = safe_ops(data[start:])
-        if not ops or ops[-1][0].name != "STOP":
-            return []
-        start += ops[-1][2] + 1
-    return pickle_globals(data[start:], limit=200)
+    """The globals of every pickle in a legacy file (magic, protocol, sys info, object, keys):
+    a payload may sit in any of them, not only the object's."""
+    return pickle_globals(data, limit=200, pickles=LEGACY_PICKLES)
 
 
 def safe_ops(data: bytes) -> list[tuple]:
@@ -929,7 +989,9 @@ def print_needs(needs: dict[str, Any]) -> None:
     if "globals" in needs:
         lines.append(["imports:", ", ".join(needs["globals"]) or "nothing"])
     if "not_allowed_by_weights_only" in needs:
-        lines.append(["beyond weights_only:", ", ".join(needs["not_allowed_by_weights_only"]) or "nothing"])
+        beyond = needs["not_allowed_by_weights_only"]
+        shown = "not known: torch's own scan failed" if beyond is None else ", ".join(beyond) or "nothing"
+        lines.append(["beyond weights_only:", shown])
     if needs.get("safe_globals_needed"):
         names = ", ".join(needs["safe_globals_needed"])
         lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -119,7 +120,8 @@ class StandInUnpickler(pickle.Unpickler):
             raise ModelFileError("it refers to storage data in a form torch does not write")
         location = location.decode(errors="replace") if isinstance(location, bytes) else location
         ref = StorageRef(dtype, safe_text(key, 60), safe_text(location, 30), numel, width)
-        self.storages.setdefault(ref.key, ref)
+        if self.storages.setdefault(ref.key, ref) != ref:  # torch.load keeps the first, a scanner may not
+            raise ModelFileError(f"storage {ref.key} is declared twice, with different types or sizes")
         return ref
 
 
@@ -319,3 +321,88 @@ def read_torchscript(archive: zipfile.ZipFile, folder: str) -> tuple[Found, list
         if name.startswith(f"{folder}/code/") and name.endswith(".py")
     )
     return name_tensors(obj), code
+
+
+# ---- torch.save's zip format: what torch.load and every other reader agree on ----
+
+# Every record torch.save (PyTorch 1.6 to 2.x) writes under its archive folder
+TORCH_ZIP_RECORDS = re.compile(
+    r"data\.pkl|data/\d+|version|\.data/version|byteorder|\.data/serialization_id"
+    r"|\.format_version|\.storage_alignment"
+)
+
+
+def torch_zip_problems(archive: zipfile.ZipFile, folder: str) -> list[str]:
+    """Records torch.save never writes, bytes after data.pkl's STOP, and storage records that
+    do not hold exactly what data.pkl declares, each tensor's view inside its storage.
+
+    torch.load reads data.pkl's first pickle and the storage records it names, nothing
+    else; with `mmap=True` it does not even check a record's size, so a tensor declaring
+    more than its record holds would read the bytes of whatever follows in the file.
+    data.pkl is read with stand-ins: nothing in it runs.
+    """
+    names = archive.namelist()
+    for name in names:
+        inside = name.removeprefix(f"{folder}/")
+        if inside == name or not TORCH_ZIP_RECORDS.fullmatch(inside):
+            return [f"it has a record torch.save never writes: {safe_text(name, 80)} (torch.load ignores it)"]
+    data = archive.read(f"{folder}/data.pkl")
+    stream = io.BytesIO(data)
+    obj, unpickler = read_pickle(stream)
+    if stream.tell() != len(data):
+        return [f"{len(data) - stream.tell()} bytes follow data.pkl's STOP opcode (a second pickle?)"]
+    problems = []
+    for key, ref in sorted(unpickler.storages.items()):
+        record = f"{folder}/data/{key}"
+        held = archive.getinfo(record).file_size if record in names else 0
+        if held != ref.nbytes:
+            claims = "more" if ref.nbytes > held else "fewer"
+            problems.append(
+                f"a tensor claims {claims} bytes than the file stores for it: storage {key} declares "
+                f"{ref.nbytes}, its record holds {held}"
+            )
+    for name in names:
+        key = name.removeprefix(f"{folder}/data/")
+        if key != name and key not in unpickler.storages:
+            problems.append(f"record {safe_text(name, 80)} belongs to no tensor in data.pkl")
+    return problems + view_problems(obj)
+
+
+def view_problems(obj: Any, limit: int = MAX_OBJECTS) -> list[str]:
+    """Tensors whose shape, strides and offset reach outside the storage they view."""
+    problems, seen, stack = [], set(), [obj]
+    while stack and len(seen) < limit:
+        value = stack.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, StandIn):
+            if value.global_name in TENSOR_REBUILDERS and (problem := view_problem(value.args)):
+                problems.append(problem)
+            stack += [*value.args, value.state, *value.entries.keys(), *value.entries.values(), *value.listed]
+        elif isinstance(value, dict):
+            stack += [*value.keys(), *value.values()]
+        elif isinstance(value, list | tuple):
+            stack += value
+    if stack:
+        problems.append(f"it holds more than {limit} objects: not every tensor could be checked")
+    return problems[:5]
+
+
+def view_problem(args: tuple) -> str:
+    """What is wrong with one `_rebuild_tensor_v2(storage, offset, size, stride, ...)` call, or ''."""
+    if len(args) < 4 or not isinstance(args[0], StorageRef):
+        return "a tensor is rebuilt from something other than a storage"
+    storage, offset, shape, stride = args[:4]
+    numbers = [offset, *shape, *stride] if isinstance(shape, tuple) and isinstance(stride, tuple) else [None]
+    if not all(type(n) is int and n >= 0 for n in numbers) or len(shape) != len(stride):
+        return f"a tensor over storage {storage.key} has a malformed shape, stride or offset"
+    extent = (
+        0 if 0 in shape else offset + sum((n - 1) * step for n, step in zip(shape, stride, strict=True)) + 1
+    )
+    if extent > storage.numel:
+        return (
+            f"a tensor claims more values than its storage holds: shape {list(shape)} at offset {offset} "
+            f"reaches value {extent}, storage {storage.key} has {storage.numel}"
+        )
+    return ""

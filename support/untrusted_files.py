@@ -16,6 +16,7 @@ import pickletools
 import random
 import re
 import stat
+import struct
 import warnings
 import zipfile
 import zlib
@@ -44,6 +45,7 @@ ZIP_ERRORS = (
     zlib.error,
 )
 MAX_PICKLE_BYTES = 2**20  # a state_dict's pickle holds names and shapes only; tensors have their own records
+MAX_PICKLE_OPS = 200_000  # opcodes read from one pickle; a state_dict takes some 25 a tensor
 
 
 class ModelFileError(ChapterError):
@@ -88,6 +90,126 @@ def open_regular_file(path: Path, made_by: str = "") -> IO[bytes]:
     return os.fdopen(fd, "rb")
 
 
+EOCD = b"PK\x05\x06"  # the end-of-central-directory record, the last 22 bytes of a zip without a comment
+ZIP64_EOCD, ZIP64_LOCATOR = b"PK\x06\x06", b"PK\x06\x07"  # torch.save writes both, before it
+DESCRIPTOR = b"PK\x07\x08"  # the optional signature of a data descriptor (sizes after the data)
+LOCAL_HEADER = struct.Struct(
+    "<4s5H3L2H"
+)  # signature, version, flags, method, time, date, CRC, sizes, lengths
+
+
+def directory_end(file: IO[bytes], size: int) -> tuple[int, int, int, int] | str:
+    """(records counted, directory offset, directory size, where the directory's end records
+    begin) from the zip's last bytes, zip64 included; or what is wrong with them."""
+    if size < 22:
+        return "it is too short to end in a zip directory"
+    file.seek(size - 22)
+    end = file.read(22)
+    if end[:4] != EOCD or end[20:22] != b"\0\0":
+        return "bytes follow its end-of-central-directory record: torch.save writes none"
+    _, _, _, count, directory_size, offset = struct.unpack("<4H2L", end[4:20])
+    ends_at = size - 22
+    file.seek(max(0, size - 42))
+    locator = file.read(20)
+    if size >= 42 and locator[:4] == ZIP64_LOCATOR:
+        (record_at,) = struct.unpack("<Q", locator[8:16])
+        file.seek(record_at)
+        record = file.read(56)
+        if record[:4] != ZIP64_EOCD or record_at + 12 + struct.unpack("<Q", record[4:12])[0] != size - 42:
+            return "its zip64 end records do not point at each other"
+        count64, size64, offset64 = struct.unpack("<3Q", record[32:56])
+        for short, full, limit in (
+            (count, count64, 0xFFFF),
+            (directory_size, size64, 2**32 - 1),
+            (offset, offset64, 2**32 - 1),
+        ):
+            if short not in (full, limit):
+                return f"its zip64 end record says {full} where its end record says {short}"
+        count, directory_size, offset, ends_at = count64, size64, offset64, record_at
+    elif count == 0xFFFF or 2**32 - 1 in (offset, directory_size):
+        return "its end record defers to a zip64 record that is not there"
+    return count, offset, directory_size, ends_at
+
+
+def zip_structure_problems(file: IO[bytes], size: int, archive: zipfile.ZipFile) -> list[str]:
+    """What would make this zip mean different things to different readers.
+
+    Python's zipfile, torch's reader and a streaming unzip each trust a different part of
+    a zip: the first or the last of two records with one name, the directory or the local
+    headers, the end record or its zip64 twin. torch.save writes none of these shapes: one
+    record per name, each local header naming what the directory names, records back to
+    back from byte 0, then the directory and its end records, nothing after.
+    """
+    infos = archive.infolist()
+    seen: set[str] = set()
+    for info in infos:
+        if info.filename in seen:
+            return [
+                f"it has two records named {safe_text(info.filename, 80)}: "
+                "readers disagree on which one counts"
+            ]
+        seen.add(info.filename)
+    end = directory_end(file, size)
+    if isinstance(end, str):
+        return [end]
+    count, offset, directory_size, ends_at = end
+    if count != len(infos):
+        return [f"its end record counts {count} records, its directory lists {len(infos)}"]
+    if offset + directory_size != ends_at or offset != archive.start_dir:
+        return ["its zip directory is not where its end record says (bytes were added or removed)"]
+    position = 0
+    for info in sorted(infos, key=lambda i: i.header_offset):
+        if info.header_offset != position:
+            return [f"bytes {position}..{info.header_offset} belong to no record, or records overlap"]
+        position = record_end(file, info)
+        if position < 0:
+            return [f"the local header of record {safe_text(info.filename, 80)} disagrees with the directory"]
+    if position != offset:
+        return [f"bytes {position}..{offset} belong to no record, or records overlap the directory"]
+    return []
+
+
+def record_end(file: IO[bytes], info: zipfile.ZipInfo) -> int:
+    """Where the record's bytes (and its data descriptor) end; -1 if its local header says
+    something other than its directory entry: another name, method, CRC32 or size."""
+    file.seek(info.header_offset)
+    header = file.read(LOCAL_HEADER.size)
+    if len(header) < LOCAL_HEADER.size:
+        return -1
+    magic, _, flags, method, _, _, crc, packed, inflated, name_length, extra_length = LOCAL_HEADER.unpack(
+        header
+    )
+    name = file.read(name_length)
+    if (
+        magic != ZIP_MAGIC
+        or method != info.compress_type
+        or name != info.orig_filename.encode("utf-8" if flags & 0x800 else "cp437", errors="replace")
+    ):
+        return -1
+    data_end = info.header_offset + LOCAL_HEADER.size + name_length + extra_length + info.compress_size
+    expected = (info.CRC, info.compress_size, info.file_size)
+    if not flags & 0x08:  # sizes in the local header: they must be the directory's (or zip64's)
+        same = crc == info.CRC and all(
+            short in (full, 2**32 - 1)
+            for short, full in ((packed, info.compress_size), (inflated, info.file_size))
+        )
+        return data_end if same else -1
+    if (crc, packed, inflated) != (0, 0, 0) and (crc, packed, inflated) != expected:
+        return -1
+    file.seek(data_end)
+    descriptor = file.read(24)
+    for start, fmt in ((4, "<L2L"), (4, "<L2Q"), (0, "<L2L"), (0, "<L2Q")):  # with or without its signature
+        if start and descriptor[:4] != DESCRIPTOR:
+            continue
+        length = struct.calcsize(fmt)
+        if (
+            len(descriptor) >= start + length
+            and struct.unpack(fmt, descriptor[start : start + length]) == expected
+        ):
+            return data_end + start + length
+    return -1
+
+
 def check_zip_records(file: IO[bytes], size: int) -> None:
     """For a torch.save zip: its layout, every record stored (not compressed), inside the file, CRC32 right.
 
@@ -126,23 +248,41 @@ def check_zip_records(file: IO[bytes], size: int) -> None:
             raise ModelFileError(
                 f"record {safe_text(info.filename)} fails its CRC32 check: the file is damaged"
             ) from None
+    from support.torch_archives import torch_zip_problems  # it reads pickles with this module's checks
+
+    if problems := zip_structure_problems(file, size, archive) or torch_zip_problems(archive, folder):
+        raise ModelFileError(problems[0])
 
 
-def pickle_globals(data: bytes, limit: int = 20) -> list[str]:
-    """The `module.name` globals a pickle would import, found by reading its opcodes, not running them.
+def pickle_globals(data: bytes, limit: int = 20, pickles: int = 1) -> list[str]:
+    """The `module.name` globals the first `pickles` pickles in `data` would import, found by
+    reading their opcodes, not running them (all of them: pass a large `pickles`).
 
-    Reading stops at the first malformed opcode. A STACK_GLOBAL takes its two names from the
-    stack, so the strings pushed (or fetched from the memo) before it are tracked, as pickle
+    Reading stops at the first malformed opcode, and after MAX_PICKLE_OPS opcodes. GLOBAL and
+    INST (protocols 0 to 3) carry their names; a STACK_GLOBAL takes its two from the stack,
+    so the strings pushed (or fetched from the memo) before it are tracked, as pickle
     scanners do; anything else pushed counts as a non-string.
     """
     found: list[str] = []
+    start, count = 0, 0
+    for _ in range(pickles):
+        end = scan_one_pickle(data, start, found, limit, MAX_PICKLE_OPS - count)
+        if end < 0 or end >= len(data) or len(found) >= limit:
+            break
+        count += end - start  # at least one byte an opcode: a bound on the opcodes read
+        start = end
+    return list(dict.fromkeys(found))
+
+
+def scan_one_pickle(data: bytes, start: int, found: list[str], limit: int, budget: int) -> int:
+    """Add the globals of the pickle at `data[start:]` to `found`; where it ends, or -1 if it does not."""
     pushed: list[str | None] = []  # what each opcode left on the stack, if it was a string
     memo: dict[int, str | None] = {}
     try:
-        for opcode, arg, position in pickletools.genops(data):
+        for count, (opcode, arg, position) in enumerate(pickletools.genops(data[start:])):
             name = opcode.name
             if name in ("GLOBAL", "INST"):  # two lines follow: the module, then the name
-                module, attribute = data[position + 1 :].split(b"\n", 2)[:2]
+                module, attribute = data[start + position + 1 :].split(b"\n", 2)[:2]
                 found.append(f"{module.decode(errors='replace')}.{attribute.decode(errors='replace')}")
             elif name == "STACK_GLOBAL" and len(pushed) >= 2 and None not in pushed[-2:]:
                 found.append(f"{pushed[-2]}.{pushed[-1]}")
@@ -155,11 +295,44 @@ def pickle_globals(data: bytes, limit: int = 20) -> list[str]:
             elif name not in ("PROTO", "FRAME"):
                 is_string = isinstance(arg, str) and ("UNICODE" in name or "STRING" in name)
                 pushed.append(arg if is_string else None)
-            if name == "STOP" or len(found) >= limit:
+            if name == "STOP":
+                return start + position + 1
+            if len(found) >= limit or count >= budget:
                 break
     except (ValueError, EOFError):  # a malformed or cut-short pickle: report what was found so far
         pass
-    return list(dict.fromkeys(found))
+    return -1
+
+
+def is_pickle(data: bytes) -> bool:
+    """Whether `data` is one whole pickle of any protocol (0 and 1 start with no PROTO byte)."""
+    try:
+        for count, (opcode, _, position) in enumerate(pickletools.genops(data)):
+            if opcode.name == "STOP":
+                return count > 0 and position + 1 == len(data.rstrip(b"\n"))
+            if count >= MAX_PICKLE_OPS:
+                return False
+    except (ValueError, EOFError):
+        pass
+    return False
+
+
+def too_many_ops() -> str:
+    return (
+        f"its pickle has more than {MAX_PICKLE_OPS} opcodes, far more than names and shapes need "
+        "(a pickle bomb?)"
+    )
+
+
+def pickle_budget_problem(data: bytes) -> str:
+    """Why `data`'s first pickle is too much to read through (too many opcodes), or ''."""
+    try:
+        for count, _ in enumerate(pickletools.genops(data)):
+            if count >= MAX_PICKLE_OPS:
+                return too_many_ops()
+    except (ValueError, EOFError):  # malformed: whatever reads it next says so
+        pass
+    return ""
 
 
 def refuse_other_formats(head: bytes, file: IO[bytes], size: int) -> None:
@@ -171,9 +344,10 @@ def refuse_other_formats(head: bytes, file: IO[bytes], size: int) -> None:
             "it is in the legacy torch.save format (before PyTorch 1.6), which carries no checksums; "
             "re-save it with a current PyTorch"
         )
-    if head[:1] == bytes([PICKLE_PROTOCOL]):
-        file.seek(0)
-        names = pickle_globals(file.read(size))
+    file.seek(0)
+    data = file.read(min(size, MAX_PICKLE_BYTES))
+    if head[:1] == bytes([PICKLE_PROTOCOL]) or is_pickle(data):
+        names = pickle_globals(data, pickles=100)
         imports = f"; unpickling it would import {safe_text(', '.join(names), 120)}" if names else ""
         raise ModelFileError(f"it is a plain pickle, not a torch.save file{imports}; nothing in it was run")
     raise ModelFileError("not a PyTorch weights file (it is not a torch.save zip archive)")
@@ -214,10 +388,12 @@ def pickle_nesting(stream: IO[bytes], limit: int) -> int:
     stack: list[int | None] = []  # object numbers; None for a MARK
     memo: dict[object, int] = {}
     deepest = 0
-    for opcode, arg, _ in pickletools.genops(stream):
+    for count, (opcode, arg, _) in enumerate(pickletools.genops(stream)):
         name = opcode.name
         if name == "STOP":
             break
+        if count >= MAX_PICKLE_OPS:
+            raise ModelFileError(too_many_ops())
         if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
             continue

@@ -34,7 +34,7 @@ MAX_GROWTH_MB = 256  # a refusal may allocate this much at most; the zip bomb al
 HEADROOM = 2 * 2**30  # address space a child may add before allocation fails: the machine stays usable
 EXIT_TOO_MUCH_MEMORY = 3
 BOMB_BYTES = 2**30  # what the zip bomb's one record inflates to
-DEEP = 100_000  # nesting depth of the deeply nested probe
+DEEP = 60_000  # nesting depth of the deeply nested probe (its opcodes stay under the opcode limit)
 MANY = 4 * 2**20  # objects the pickle bomb builds: 4 MiB of pickle, about 300 MiB once unpickled
 
 
@@ -103,12 +103,15 @@ class DeclaredStorage:
 class DeclaredTensor:
     """Pickles the way torch.save pickles a 1-d float32 tensor over a DeclaredStorage."""
 
-    def __init__(self, numel: int, location: str = "cpu") -> None:
-        self.storage = DeclaredStorage("0", numel, location)
+    def __init__(self, numel: int, location: str = "cpu", offset: int = 0) -> None:
+        self.storage, self.offset = DeclaredStorage("0", numel, location), offset
 
     def __reduce__(self) -> tuple:
         size = (self.storage.numel,)
-        return (torch._utils._rebuild_tensor_v2, (self.storage, 0, size, (1,), False, OrderedDict()))
+        return (
+            torch._utils._rebuild_tensor_v2,
+            (self.storage, self.offset, size, (1,), False, OrderedDict()),
+        )
 
 
 class TorchLikePickler(pickle.Pickler):
@@ -127,6 +130,31 @@ def torch_pickle(obj: object) -> bytes:
 def global_pickle(module: str, name: str) -> bytes:
     """A pickle that imports module.name and calls it: GLOBAL, EMPTY_TUPLE, REDUCE, STOP."""
     return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b")R."
+
+
+def gadget_pickle(module: str, name: str, argument: str) -> bytes:
+    """A pickle that calls module.name(argument): protocol 2's GLOBAL, or protocol 4's
+    STACK_GLOBAL where the name is dotted (only it reaches an attribute of an attribute)."""
+
+    def text(value: str) -> bytes:
+        return b"X" + struct.pack("<L", len(value.encode())) + value.encode()
+
+    if "." in name:
+        return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(argument) + b"\x85R."
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + text(argument) + b"\x85R."
+
+
+def gadgets(marker: Path) -> dict[str, tuple[str, str, str]]:
+    """Functions outside os and builtins that run what they are given, each set to make `marker`."""
+    touch = f"open({str(marker)!r}, 'w').close()"
+    return {
+        "timeit.timeit": ("timeit", "timeit", touch),
+        "cProfile.run": ("cProfile", "run", touch),
+        "pathlib.os.system": ("pathlib", "os.system", f"touch {marker}"),
+        "torch.utils.collect_env.run": ("torch.utils.collect_env", "run", f"touch {marker}"),
+        "pydoc.locate": ("pydoc", "locate", "os.system"),
+        "operator.methodcaller": ("operator", "methodcaller", "system"),
+    }
 
 
 def nested_dict_pickle(depth: int) -> bytes:
@@ -262,6 +290,95 @@ def make_too_large(path: Path) -> None:
         f.truncate(untrusted_files.MAX_FILE_BYTES + 1)  # sparse: no disk used
 
 
+# Zips that torch.load reads one way and other readers another: each starts from torch.save's own file.
+
+
+def saved_records(path: Path) -> list[tuple[str, bytes]]:
+    """torch.save's records of a trained-like state_dict, in order, as (name, bytes)."""
+    save(trained_like_state(), path)
+    with zipfile.ZipFile(path) as archive:
+        return [(info.filename, archive.read(info)) for info in archive.infolist()]
+
+
+def rewrite_records(path: Path, change: Callable[[list[tuple[str, bytes]]], None]) -> None:
+    """torch.save's file rewritten record by record (stored, CRC32s right) after `change`."""
+    records = saved_records(path)
+    change(records)
+    write_zip(path, [stored(name, data) for name, data in records])
+
+
+def hostile_pickle(marker: Path) -> bytes:
+    return pickle.dumps(Hostile(marker), protocol=2)
+
+
+def make_duplicate_record(path: Path, marker: Path) -> None:
+    """A second data.pkl, after the first: zipfile's getinfo finds the hostile one, torch the first."""
+    rewrite_records(path, lambda records: records.append((records[0][0], hostile_pickle(marker))))
+
+
+def make_pickle_after_stop(path: Path, marker: Path) -> None:
+    """data.pkl holds the state_dict's pickle, then a second one: torch.load stops at the first STOP."""
+
+    def append(records: list[tuple[str, bytes]]) -> None:
+        records[0] = (records[0][0], records[0][1] + hostile_pickle(marker))
+
+    rewrite_records(path, append)
+
+
+def make_extra_pickle(path: Path, marker: Path) -> None:
+    """A record torch.load never reads, holding a payload for whoever scans or loads it next."""
+
+    def add(records: list[tuple[str, bytes]]) -> None:
+        folder = records[0][0].partition("/")[0]
+        records.append((f"{folder}/extra.pkl", hostile_pickle(marker)))
+
+    rewrite_records(path, add)
+
+
+def make_bytes_after_end(path: Path, marker: Path) -> None:
+    save(trained_like_state(), path)
+    with path.open("ab") as f:
+        f.write(hostile_pickle(marker))
+
+
+def make_local_header_lie(path: Path) -> None:
+    """The first record's local header claims another size than the directory does."""
+    rewrite_records(path, lambda records: None)
+    data = bytearray(path.read_bytes())
+    data[18:22] = struct.pack("<L", struct.unpack("<L", data[18:22])[0] + 4)  # its compressed size
+    path.write_bytes(bytes(data))
+
+
+def make_zip64_count_lie(path: Path) -> None:
+    """torch.save's end record deferring to its zip64 twin (count 65535), which counts one more record."""
+    save(trained_like_state(), path)
+    data = bytearray(path.read_bytes())
+    end = len(data) - 22
+    (zip64_at,) = struct.unpack("<Q", data[end - 20 + 8 : end - 20 + 16])
+    data[end + 10 : end + 12] = b"\xff\xff"
+    (count,) = struct.unpack("<Q", data[zip64_at + 32 : zip64_at + 40])
+    data[zip64_at + 32 : zip64_at + 40] = struct.pack("<Q", count + 1)
+    path.write_bytes(bytes(data))
+
+
+def make_short_storage(path: Path) -> None:
+    """hidden.weight's record cut to 8 bytes (CRC32 right): torch.load(mmap=True) would read past it."""
+
+    def shorten(records: list[tuple[str, bytes]]) -> None:
+        at = next(i for i, (name, _) in enumerate(records) if name.endswith("/data/0"))
+        records[at] = (records[at][0], records[at][1][:8])
+
+    rewrite_records(path, shorten)
+
+
+def shared_lists_pickle(levels: int = 30, width: int = 8) -> bytes:
+    """Lists of the same list, `levels` deep: ~1 KB of pickle, width**levels paths to walk."""
+    value: list = []
+    for _ in range(levels):
+        value = [value] * width
+    return pickle.dumps(value, protocol=2)
+
+
 def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
     """Probe name -> a function that writes that probe at the path it is given."""
     state = trained_like_state
@@ -308,6 +425,28 @@ def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
         "directory": lambda p: p.mkdir(),
         "larger than the limit": make_too_large,
         "missing": lambda p: None,
+        "two records with one name": lambda p: make_duplicate_record(p, marker),
+        "a pickle after data.pkl's STOP": lambda p: make_pickle_after_stop(p, marker),
+        "an extra pickle record": lambda p: make_extra_pickle(p, marker),
+        "bytes after the end record": lambda p: make_bytes_after_end(p, marker),
+        "a local header that lies": make_local_header_lie,
+        "a zip64 count that lies": make_zip64_count_lie,
+        "a storage record too short": make_short_storage,
+        "a view past its storage": lambda p: torch_like_zip(
+            p,
+            torch_pickle({"hidden.weight": DeclaredTensor(4, offset=8)}),
+            [stored("archive/data/0", bytes(16))],
+        ),
+        "shared lists 30 deep": lambda p: torch_like_zip(p, shared_lists_pickle()),
+        "pickle bomb under the size limit": lambda p: torch_like_zip(
+            p, many_lists_pickle(untrusted_files.MAX_PICKLE_BYTES - 16)
+        ),
+        "protocol 0 hostile pickle": lambda p: p.write_bytes(pickle.dumps(Hostile(marker), protocol=0)),
+        "integer keys": lambda p: save({0: torch.zeros(1)}, p),
+        **{
+            f"a {name} gadget": lambda p, call=call: torch_like_zip(p, gadget_pickle(*call))
+            for name, call in gadgets(marker).items()
+        },
     }
 
 

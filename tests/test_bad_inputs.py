@@ -34,6 +34,7 @@ from tests.bad_files import (
     EXIT_TOO_MUCH_MEMORY,
     build_corpus,
     damaged_copies,
+    gadgets,
     grew_too_much,
     limit_memory,
     probes,
@@ -45,6 +46,7 @@ EXIT_LOADED = 4
 TIMEOUT = 60  # seconds; every probe is refused in well under one, so reaching this means a hang
 # The probes each chapter meets in-process: code, a hang, memory, escapes, damage, a misfit.
 CHAPTER_PROBES = ["hostile torch.save", "FIFO", "zip bomb", "escape codes in a GLOBAL (zip)", "flipped byte"]
+CHAPTER_PROBES += ["a timeit.timeit gadget", "two records with one name", "a storage record too short"]
 # The probe each chapter meets in a real process of its own.
 SUBPROCESS_PROBE = {
     "inspect_state.py": "hostile pickle",
@@ -94,6 +96,20 @@ REASONS = {
     "directory": "Is a directory",
     "larger than the limit": f"more than the {MAX_FILE_BYTES}",
     "missing": "not found",
+    "two records with one name": "two records named",
+    "a pickle after data.pkl's STOP": "bytes follow data.pkl's STOP opcode",
+    "an extra pickle record": "a record torch.save never writes",
+    "bytes after the end record": "bytes follow its end-of-central-directory record",
+    "a local header that lies": "local header of record",
+    "a zip64 count that lies": "its end record counts 11 records, its directory lists 10",
+    "a storage record too short": "a tensor claims more bytes than the file stores",
+    "a view past its storage": "a tensor claims more values than its storage holds",
+    "shared lists 30 deep": "it holds a list, not a state_dict",
+    "pickle bomb under the size limit": "opcodes",
+    "protocol 0 hostile pickle": "unpickling it would import __builtin__.exec",
+    "integer keys": "it holds a dict, not a state_dict",
+    **{f"a {name} gadget": f"it refers to {name}" for name in gadgets(Path("unused"))},
+    "a pathlib.os.system gadget": "unreadable pickle data",  # torch's weights_only reads no protocol 4
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import pickletools
 import sys
 import warnings
 import zipfile
@@ -30,6 +31,8 @@ from tests.bad_files import (
     DeclaredTensor,
     build_corpus,
     damaged_copies,
+    gadget_pickle,
+    gadgets,
     global_pickle,
     grew_too_much,
     limit_memory,
@@ -251,6 +254,7 @@ def test_a_dcp_folder_lists_its_files_and_the_classes_its_metadata_pickle_import
     assert report["kind"] == "dcp"
     assert {".metadata", "__0_0.distcp"} <= {r["name"] for r in report["integrity"]["records"]}
     assert "torch.distributed.checkpoint.metadata.Metadata" in report["needs"]["globals"]
+    assert report["needs"]["never_allow"] == []  # its classes are data, named no function
     assert any("pickle.load" in reason for reason in report["reasons"])
 
 
@@ -322,6 +326,26 @@ def test_a_damaged_legacy_file_fails_its_layout_check_and_is_not_loaded(data, pr
     report = report_on(path)
     assert any(problem in reason for reason in report["reasons"]), report["reasons"]
     assert report["needs"]["weights_only"] == "not tried: the file failed the layout checks"
+
+
+def pickle_ends(data: bytes, count: int) -> list[int]:
+    """Where each of the first `count` pickles in `data`, back to back, ends."""
+    ends = [0]
+    for _ in range(count):
+        ends.append(
+            next(ends[-1] + p + 1 for op, _, p in pickletools.genops(data[ends[-1] :]) if op.name == "STOP")
+        )
+    return ends[1:]
+
+
+def test_every_pickle_of_a_legacy_file_is_scanned_not_only_the_objects(marker, tmp_path):
+    data = legacy_with(4)
+    protocol_end, sys_info_end = pickle_ends(data, 3)[1:]  # magic number, protocol, sys info
+    path = tmp_path / "legacy.pth"
+    path.write_bytes(data[:protocol_end] + pickle.dumps(Hostile(marker), protocol=2) + data[sys_info_end:])
+    report = report_on(path)
+    assert report["needs"]["never_allow"] == ["__builtin__.exec"]
+    assert not marker.exists()
 
 
 # %%
@@ -516,3 +540,73 @@ def damaged_copies_get_a_report_or_one_line(
         inspect_file.print_report(report)
         json.dumps(report)
     assert "Traceback" not in capsys.readouterr().out
+
+
+def test_safetensors_gets_the_nan_rule_of_torch_files_and_a_header_may_start_with_whitespace(tmp_path):
+    nan = tmp_path / "nan.safetensors"
+    save_file({**state(), "hidden.bias": torch.full((8,), float("nan"))}, nan)
+    assert "NaN or infinite values in hidden.bias" in report_on(nan)["reasons"]
+    spaced = tmp_path / "spaced.safetensors"
+    save_file(state(), spaced)
+    data = spaced.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = b" " + data[8 : 8 + length].rstrip(b" ")  # the same JSON, one space moved to the front
+    spaced.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + length :])
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(spaced)["hidden.weight"], state()["hidden.weight"])
+    report = report_on(spaced)
+    assert report["kind"] == "safetensors" and report["reasons"] == []
+
+
+def test_a_safetensors_header_over_the_limit_is_refused_naming_the_limit(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    header = b"{}" + b" " * inspect_file.MAX_HEADER_BYTES
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert report_on(path)["reasons"] == [
+        f"its header has {len(header)} bytes, more than the {inspect_file.MAX_HEADER_BYTES} this tool parses"
+    ]
+
+
+def test_when_torchs_own_scan_fails_the_report_never_says_nothing_is_beyond_weights_only(tmp_path):
+    path = tmp_path / "pop.pth"
+    torch_like_zip(path, b"\x80\x020cos\nsystem\n)R.")  # a POP on an empty stack: torch's scan fails
+    needs = report_on(path)["needs"]
+    assert needs["not_allowed_by_weights_only"] is None
+    assert needs["never_allow"] == ["os.system"]
+
+
+@pytest.mark.parametrize("name", ["timeit.timeit", "pathlib.os.system"])
+def test_each_gadget_probe_runs_code_when_unpickled(name, tmp_path):
+    made = tmp_path / "made"
+    pickle.loads(gadget_pickle(*gadgets(made)[name]))  # harmless: it only creates `made`
+    assert made.exists()
+
+
+@pytest.mark.parametrize("kind", ["torch-zip", "pickle"])
+@pytest.mark.parametrize("name", list(gadgets(Path("unused"))))
+def test_every_function_outside_weights_only_is_named_as_running_code(name, kind, marker, tmp_path):
+    path = tmp_path / "gadget.pth"
+    data = gadget_pickle(*gadgets(marker)[name])
+    torch_like_zip(path, data) if kind == "torch-zip" else path.write_bytes(data)
+    report = report_on(path)
+    assert report["kind"] == kind
+    assert report["needs"]["never_allow"] == [name]
+    assert not report["needs"].get("safe_globals_needed")  # a function is never safe_globals advice
+    assert report["reasons"]
+    assert not marker.exists()
+
+
+def test_the_tensor_rebuilders_of_a_real_file_are_not_named_as_running_code(files):
+    needs = report_on(files["state_dict.pth"])["needs"]
+    assert "torch._utils._rebuild_tensor_v2" in needs["globals"]
+    assert needs["never_allow"] == [] and needs["not_allowed_by_weights_only"] == []
+
+
+def test_a_file_with_non_string_keys_is_a_misfit_not_a_crash(tmp_path):
+    path = tmp_path / "int-keys.pth"
+    torch.save({0: torch.zeros(1)}, path)
+    result = run_chapter_here("inspect_file.py", str(path), "--model", "Multiclass", "--json", cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT and "Traceback" not in result.stderr
+    fit = json.loads(result.stdout)["fit"]
+    assert fit["fits"] is False and fit["unexpected"] == ["0"] and fit["prefix_fix"] is None
