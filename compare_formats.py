@@ -1,28 +1,39 @@
-"""Chapter 7: which file format to use -- pickle, torch.save, safetensors, torch.export, measured.
-
-Every format saves and loads the same weights, on this machine, in one run: file size, save
-and load time against plain file I/O of the same bytes, peak memory while loading, whether
-a working model needs your Python class, whether a file from a stranger is safe to load,
-and whether the loaded model predicts exactly the same. Then a harmless hostile file shows
-which loaders run code from the file, and which refuse it.
-
-Run (after `python train_iris.py`; or run it cell by cell in VS Code or Jupyter):
-
-    python compare_formats.py [--size-mb 32] [--repeat 3] [--json FILE]
-
-`--size-mb` sets the size of a synthetic model measured next to the iris one (try 1024 for
-a realistic one); it is made of 16 MiB layers, so the size is rounded to a multiple of 16.
-
-Reads OUT_DIR/iris-model.pth (default artifacts/iris-model.pth). Writes OUT_DIR/iris.pt2
-and OUT_DIR/iris.safetensors, the iris model in the two formats that travel without a
-pickle, and leaves them there for you to use; OUT_DIR/formats.png, the table as a picture,
-when matplotlib is installed (the `plots` extra); and FILE if `--json` is given. Every
-other file it measures lives in a private temporary folder inside OUT_DIR, deleted at the
-end. safetensors comes with the `formats` extra (`pip install -c constraints.txt
-".[formats]"`); without it, its rows are skipped.
-"""
+# %% [markdown]
+# # Chapter 7: which file format to use
+#
+# pickle, `torch.save`, `torch.save` with mmap, `torch.save` without checksums,
+# safetensors and `torch.export` save and load the same weights, measured on this machine
+# in one run: file size, save and load time against plain file I/O of the same bytes, peak
+# memory while loading, whether a working model needs your Python class, whether a file
+# from a stranger is safe to load, and whether the loaded model predicts exactly the same.
+# Then a harmless hostile file shows which loaders run code from the file, and which
+# refuse it.
+#
+#     python compare_formats.py [--size-mb 32] [--repeat 3] [--json FILE]
+#
+# `--size-mb` sets the size of a synthetic model measured next to the iris one (try 1024
+# for a realistic one); it is made of 16 MiB layers, so the size is rounded to a multiple
+# of 16.
+#
+# **Reads** `OUT_DIR/iris-model.pth` (default `artifacts/`), written by chapter 2.
+# **Writes** `OUT_DIR/iris.pt2` and `OUT_DIR/iris.safetensors`, the iris model in the two
+# formats that travel without a pickle, and leaves them for you to use;
+# `OUT_DIR/formats.png`, the table as a picture, when matplotlib is installed (the `plots`
+# extra); and FILE if `--json` is given. Every other file it measures lives in a private
+# temporary folder inside OUT_DIR, deleted at the end. safetensors comes with the
+# `formats` extra; without it, its rows are skipped.
+#
+# Next: chapter 8, `python distributed_checkpoint.py`, when one machine is not enough.
 
 # %%
+"""Chapter 7: which file format to use -- pickle, torch.save, safetensors, torch.export, measured.
+
+python compare_formats.py [--size-mb 32] [--repeat 3] [--json FILE]
+
+Reads OUT_DIR/iris-model.pth; writes OUT_DIR/iris.pt2, OUT_DIR/iris.safetensors and
+OUT_DIR/formats.png. Next: distributed_checkpoint.py.
+"""
+
 from __future__ import annotations
 
 import atexit
@@ -50,9 +61,7 @@ from build_model import (
 from support.cli import (
     chapter_parser,
     check_writable_file,
-    error_line,
     fail,
-    heading,
     parse_chapter_args,
     positive_int,
     prepare_out_dir,
@@ -67,7 +76,7 @@ from support.lab_tools import (
     timed_with_peak_memory,
     touch,
 )
-from support.pictures import import_pyplot, save_figure
+from support.pictures import import_pyplot
 from support.untrusted_files import load_model_or_exit
 
 try:
@@ -115,9 +124,10 @@ trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by=trai
 out_dir = prepare_out_dir(args.out_dir)
 scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix="compare-formats-"))  # mode 0700: only we can enter
 atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # gone even if the run stops early
+plt = import_pyplot(out_dir / "formats.png")  # None, after a line saying how to get it, without matplotlib
 
-# %%
-# # The models measured
+# %% [markdown]
+# ## The models measured
 #
 # The trained iris model, and a synthetic stack of Linear layers of about `--size-mb`
 # MiB, so that sizes and timings mean something. For each: the code that builds it (its
@@ -125,6 +135,7 @@ atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # gone even if the 
 # inputs to compare predictions on.
 
 
+# %%
 class SyntheticMLP(nn.Module):
     def __init__(self, width: int = WIDTH, depth: int = 2) -> None:
         super().__init__()
@@ -155,8 +166,8 @@ print(
     f" of {WIDTH}x{WIDTH} float32 (--size-mb {args.size_mb}, rounded to whole {LAYER_MIB} MiB layers)"
 )
 
-# %%
-# # Getting a working model back
+# %% [markdown]
+# ## Getting a working model back
 #
 # Each format below has a save and a load. Every load ends with a working model: the
 # formats that store a state_dict build the model under `torch.device("meta")` (no memory,
@@ -165,6 +176,7 @@ print(
 # `model = Multiclass()` and `model.load_state_dict(...)` without `assign` work just as well.
 
 
+# %%
 def into_model(build: Callable[[], nn.Module], state: dict[str, Tensor]) -> nn.Module:
     with torch.device("meta"):
         model = build()
@@ -187,13 +199,14 @@ def show_round_trip(format_name: str, path: Path, loaded: nn.Module) -> None:
 
 iris_build = models["iris"][1]
 
-# %%
-# # pickle
+# %% [markdown]
+# ## pickle
 #
 # Python's own serializer stores any object. `pickle.load` rebuilds it by calling the
 # functions the file names, whatever they are: never load a pickle you did not make.
 
-heading("Each format, once, on the iris model")
+# %%
+print("\n## Each format, once, on the iris model")
 
 
 def save_pickle(model: nn.Module, path: Path) -> None:
@@ -210,8 +223,8 @@ save_pickle(trained, scratch / "iris.pkl")
 loaded = load_pickle(scratch / "iris.pkl", iris_build)
 show_round_trip("pickle", scratch / "iris.pkl", loaded)
 
-# %%
-# # torch.save and torch.load
+# %% [markdown]
+# ## torch.save and torch.load
 #
 # `torch.save` writes a zip archive: `data.pkl`, a pickle of the structure, and one record
 # of raw bytes per storage (tensors that share memory share a record), each with a CRC32
@@ -220,6 +233,7 @@ show_round_trip("pickle", scratch / "iris.pkl", loaded)
 # bytes are read when first used.
 
 
+# %%
 def save_torch(model: nn.Module, path: Path) -> None:
     torch.save(model.state_dict(), path)
 
@@ -236,8 +250,8 @@ save_torch(trained, scratch / "iris.pth")
 show_round_trip("torch.save", scratch / "iris.pth", load_torch(scratch / "iris.pth", iris_build))
 show_round_trip("torch.save+mmap", scratch / "iris.pth", load_torch_mmap(scratch / "iris.pth", iris_build))
 
-# %%
-# # torch.save without CRC32 checksums
+# %% [markdown]
+# ## torch.save without CRC32 checksums
 #
 # Most of the extra time `torch.save` takes over raw file I/O is the CRC32 checksum of each
 # record. `set_crc32_options(False)` skips it and writes 0 as every checksum. `torch.load`
@@ -246,6 +260,7 @@ show_round_trip("torch.save+mmap", scratch / "iris.pth", load_torch_mmap(scratch
 # `zipfile.testzip()` now report every record as a bad CRC, so nothing can verify the file.
 
 
+# %%
 def save_torch_without_crc32(model: nn.Module, path: Path) -> None:
     previous = torch.serialization.get_crc32_options()
     torch.serialization.set_crc32_options(False)
@@ -259,8 +274,8 @@ save_torch_without_crc32(trained, scratch / "iris-no-crc32.pth")
 loaded = load_torch(scratch / "iris-no-crc32.pth", iris_build)
 show_round_trip("torch.save-crc32", scratch / "iris-no-crc32.pth", loaded)
 
-# %%
-# # safetensors
+# %% [markdown]
+# ## safetensors
 #
 # A safetensors file is a JSON header (names, dtypes, shapes, offsets, and string metadata
 # of your own) followed by the raw bytes. Loading it parses the header and maps the bytes:
@@ -268,6 +283,7 @@ show_round_trip("torch.save-crc32", scratch / "iris-no-crc32.pth", loaded)
 # arguments in its metadata. This one stays in OUT_DIR for you to use.
 
 
+# %%
 def save_safetensors(model: nn.Module, path: Path) -> None:
     save_file(model.state_dict(), path, metadata={"model_args": json.dumps(model.constructor_args())})
 
@@ -284,8 +300,8 @@ else:
     loaded = load_safetensors(out_dir / "iris.safetensors", iris_build)
     show_round_trip("safetensors", out_dir / "iris.safetensors", loaded)
 
-# %%
-# # torch.export: the computation itself
+# %% [markdown]
+# ## torch.export: the computation itself
 #
 # `torch.export.export` traces the model's forward into a graph; `torch.export.save`
 # writes the graph together with the weights to a `.pt2` file. `torch.export.load(path)
@@ -293,6 +309,7 @@ else:
 # exported as dynamic, so the model accepts any number of inputs. Tracing happens once,
 # here, and is not part of the save times below. This file stays in OUT_DIR too.
 
+# %%
 programs: dict[nn.Module, torch.export.ExportedProgram] = {}
 for model, _, inputs in models.values():
     batch = torch.export.Dim("batch")
@@ -310,8 +327,8 @@ def load_exported(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
 save_exported(trained, out_dir / "iris.pt2")
 show_round_trip("torch.export", out_dir / "iris.pt2", load_exported(out_dir / "iris.pt2", iris_build))
 
-# %%
-# # Raw file I/O: the baseline
+# %% [markdown]
+# ## Raw file I/O: the baseline
 #
 # The tensors' bytes, one after the other, and nothing else: names, shapes and dtypes
 # live only in your code. It is the yardstick, 1x, in the tables below. Rows within a few
@@ -319,6 +336,7 @@ show_round_trip("torch.export", out_dir / "iris.pt2", load_exported(out_dir / "i
 # runs.
 
 
+# %%
 def save_raw(model: nn.Module, path: Path) -> None:
     with path.open("wb") as f:
         for tensor in model.state_dict().values():
@@ -338,8 +356,8 @@ def load_raw(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
 save_raw(trained, scratch / "iris.bin")
 show_round_trip("raw", scratch / "iris.bin", load_raw(scratch / "iris.bin", iris_build))
 
-# %%
-# # Measuring
+# %% [markdown]
+# ## Measuring
 #
 # For each model and format: one untimed save first, then the median of `--repeat` saves
 # and loads. Files are written without fsync and read back while the operating system
@@ -348,6 +366,7 @@ show_round_trip("raw", scratch / "iris.bin", load_raw(scratch / "iris.bin", iris
 # once every byte is in memory, so every loaded tensor is touched: lazy loaders pay then.
 # Peak memory is how far the process's resident set grows during the load (Linux only).
 
+# %%
 FORMATS = {  # name: save, load, file suffix, needs your class for a working model, safe from a stranger
     "pickle": (save_pickle, load_pickle, ".pkl", True, "no"),
     "torch.save": (save_torch, load_torch, ".pth", True, "yes"),
@@ -416,13 +435,13 @@ def print_table(rows: list[dict]) -> None:
 
 rows = []
 for model_name in models:
-    heading(f"{model_name}: median of {args.repeat} runs")
+    print(f"\n## {model_name}: median of {args.repeat} runs")
     model_rows = [measure(format_name, model_name) for format_name in FORMATS]
     print_table(model_rows)
     rows += model_rows
 
-# %%
-# # How to read the table
+# %% [markdown]
+# ## How to read the table
 #
 # Raw file I/O copies every byte from the operating system's cache into fresh memory.
 # Loads far below 1x raw copy nothing: `torch.load(..., mmap=True)` and safetensors'
@@ -430,6 +449,7 @@ for model_name in models:
 # copy. Pickle holds a second copy of the bytes while loading, hence about twice the peak
 # memory. torch.export's load rebuilds the graph as well as the weights.
 
+# %%
 synthetic_rows = model_rows  # the last table: the synthetic model
 raw = synthetic_rows[-1]
 mapped = [row for row in synthetic_rows if row["format"] in ("torch.save+mmap", "safetensors")]
@@ -439,13 +459,14 @@ below = [
 if below:
     print(f"\nLoads below 1x raw ({', '.join(below)}): they map the cached file instead of copying it.")
 
-# %%
-# # Reading one tensor of a safetensors file
+# %% [markdown]
+# ## Reading one tensor of a safetensors file
 #
 # `safe_open` reads the header and maps the file, so one tensor can be read without
 # loading the rest, and the constructor arguments stored in the metadata rebuild the
 # model from the file alone.
 
+# %%
 if safe_open is not None:
     safetensors_file = out_dir / "iris.safetensors"
     with safe_open(safetensors_file, framework="pt") as f:
@@ -454,14 +475,14 @@ if safe_open is not None:
     model_args = json.loads(metadata["model_args"])
     rebuilt = Multiclass(**model_args)
     rebuilt.load_state_dict(load_file(safetensors_file))
-    heading(f"safe_open({safetensors_file})")
+    print(f"\n## safe_open({safetensors_file})")
     exact = torch.equal(hidden_weight, trained.hidden.weight)
     print(f"hidden.weight alone: shape {tuple(hidden_weight.shape)}, exact {exact}")
     print(f"metadata: {metadata}")
     print(f"Multiclass(**model_args) + load_file: same predictions {same_outputs(rebuilt, trained, X_test)}")
 
-# %%
-# # A .pt2 file runs without your code
+# %% [markdown]
+# ## A .pt2 file runs without your code
 #
 # A program that has never seen `Multiclass` loads the `.pt2` and predicts:
 # `fresh_process/run_pt2.py`, run with `python -I` in a fresh process whose import path holds
@@ -469,20 +490,24 @@ if safe_open is not None:
 # `build_model`). It gets all 45 test flowers at once, a batch size the model was not
 # exported with.
 
+# %%
 pt2_inputs, pt2_outputs = scratch.resolve() / "inputs.pt", scratch.resolve() / "outputs.pt"
 torch.save(X_test, pt2_inputs)
 child = run_fresh_python(
-    FRESH_PROCESS / "run_pt2.py", (out_dir / "iris.pt2").resolve(), pt2_inputs, pt2_outputs, cwd=scratch
+    FRESH_PROCESS / "run_pt2.py",
+    (out_dir / "iris.pt2").resolve(),
+    pt2_inputs,
+    pt2_outputs,
+    cwd=scratch,
+    check=True,
 )
-if child.returncode != 0:
-    fail(f"fresh_process/run_pt2.py failed: {(child.stderr.strip().splitlines() or ['no message'])[-1]}")
 with torch.no_grad():
     same = torch.equal(torch.load(pt2_outputs, weights_only=True), trained(X_test))
-heading("torch.export: the .pt2 in a process that cannot import this project")
+print("\n## torch.export: the .pt2 in a process that cannot import this project")
 print(f"fresh_process/run_pt2.py: {child.stdout.strip().split(': ')[-1]}, same predictions {same}")
 
-# %%
-# # A hostile file, for real
+# %% [markdown]
+# ## A hostile file, for real
 #
 # A pickle can name any function for the unpickler to call. This one, harmless, names
 # `exec` with code that creates a marker file; the marker tells whether the file's code
@@ -493,21 +518,19 @@ print(f"fresh_process/run_pt2.py: {child.stdout.strip().split(': ')[-1]}, same p
 # safe means. `get_unsafe_globals_in_checkpoint` lists what the file would call, without
 # loading it, and safetensors cannot store the object at all: it holds tensors and strings.
 
+# %%
 marker = scratch.resolve() / "code-from-the-file-ran"
 with (scratch / "hostile.pkl").open("wb") as f:
     pickle.dump(Hostile(marker), f)
 torch.save({"weight": Hostile(marker)}, scratch / "hostile.pth")
 
-heading("A hostile file: does loading run its code?")
+print("\n## A hostile file: does loading run its code?")
 for loader, how, file in [
     ("pickle.load", "pickle", "hostile.pkl"),
     ("torch.load(weights_only=False)", "torch", "hostile.pth"),
 ]:
     marker.unlink(missing_ok=True)
-    child = run_fresh_python(FRESH_PROCESS / "unsafe_load.py", how, file, cwd=scratch)
-    if child.returncode != 0:
-        last_line = (child.stderr.strip().splitlines() or ["no message"])[-1]
-        fail(f"fresh_process/unsafe_load.py {how} failed: {last_line}")
+    child = run_fresh_python(FRESH_PROCESS / "unsafe_load.py", how, file, cwd=scratch, check=True)
     verdict = "RAN the file's code" if marker.exists() else "ran nothing"
     print(f"  {loader:<32} -> {verdict} (in a fresh process)")
 
@@ -526,13 +549,14 @@ if save_file is not None:
     try:
         save_file({"weight": Hostile(marker)}, scratch / "hostile.safetensors")
     except (ValueError, TypeError) as err:
-        print(f"  {'safetensors save_file':<32} -> {error_line(err)}")
+        print(f"  {'safetensors save_file':<32} -> {type(err).__name__}: {str(err).splitlines()[0]}")
 
-# %%
-# # What to use when
+# %% [markdown]
+# ## What to use when
 #
 # Derived from the synthetic model's table just measured, not written in advance.
 
+# %%
 safe_loaders = [
     row for row in synthetic_rows if row["safe_for_untrusted"] == "yes" and row["format"] != "raw"
 ]
@@ -553,24 +577,24 @@ advice = [
     f"Never plain pickle: it runs code from the file, and loads {pickle_speed} {fastest['format']}"
     f" ({pickle_row['load_s'] / raw['load_s']:.2f}x raw, peak memory {pickle_peak}).",
 ]
-heading(f"What to use when (from the {synthetic_rows[0]['model']} table)")
+print(f"\n## What to use when (from the {synthetic_rows[0]['model']} table)")
 for line in advice:
     print(f"- {line}")
 
-# %%
-# # The table as a picture
+# %% [markdown]
+# ## The table as a picture
 #
 # Save and load time as a multiple of raw file I/O, and the peak memory while loading,
 # for each format, from this run's synthetic-model rows: your machine, not a fixed picture.
 
+# %%
 plotted = {  # the bars, exactly as drawn
     "format": [row["format"] for row in synthetic_rows],
     "save_x_raw": [row["save_s"] / raw["save_s"] for row in synthetic_rows],
     "load_x_raw": [row["load_s"] / raw["load_s"] for row in synthetic_rows],
     "peak_mb": [row["peak_mb"] for row in synthetic_rows],
 }
-plt = import_pyplot(out_dir / "formats.png")
-if plt:
+if plt:  # matplotlib, imported in the first cell where it is installed
     okabe_ito = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
     hatches = ["//", "\\\\", "..", "xx", "++", "--", "", "oo"]
     colours = [okabe_ito[i % 7] if name != "raw" else "#999999" for i, name in enumerate(plotted["format"])]
@@ -607,18 +631,17 @@ if plt:
     panels[0].set_yticks(list(places), plotted["format"])
     panels[0].invert_yaxis()
     fig.suptitle(f"{synthetic_rows[0]['model']}: median of {args.repeat} runs on this machine")
-    save_figure(fig, out_dir / "formats.png")
+    fig.savefig(out_dir / "formats.png", dpi=110)
+    print(f"Drew {out_dir / 'formats.png'}")
 
-# %%
-# # The rows as JSON, and tidying up
+# %% [markdown]
+# ## The rows as JSON, and tidying up
 #
 # `--json FILE` writes every row of both tables, for your own comparisons. The measured
 # files go with the temporary folder; iris.safetensors and iris.pt2 stay in OUT_DIR.
 
+# %%
 if args.json:
-    try:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    except OSError as err:
-        fail(f"cannot write {args.json}: {err.strerror or err}")
+    args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nRows written to {args.json}")
 shutil.rmtree(scratch, ignore_errors=True)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from support.cli import error_line
+from support.cli import ChapterError, error_line
 
 PAGE = 4096  # touching one value per page pulls every page into memory
 # The small programs the chapters run in a fresh Python process: real files a reader can open.
@@ -47,11 +47,12 @@ FRESH_PROCESS = Path(__file__).resolve().parent.parent / "fresh_process"
 
 
 def run_fresh_python(
-    program: Path, *args: object, cwd: Path, timeout: float = 120
+    program: Path, *args: object, cwd: Path, timeout: float = 120, check: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """Run `python -I program args...` in `cwd`: a new interpreter that ignores PYTHONPATH,
-    the user's site-packages and the current folder, so it cannot import this project."""
-    return subprocess.run(
+    the user's site-packages and the current folder, so it cannot import this project.
+    With `check`, a program that fails ends the chapter in one line naming it."""
+    child = subprocess.run(
         [sys.executable, "-I", str(program), *map(str, args)],
         cwd=cwd,
         capture_output=True,
@@ -59,6 +60,10 @@ def run_fresh_python(
         timeout=timeout,
         check=False,
     )
+    if check and child.returncode != 0:
+        last_line = (child.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ChapterError(f"{program.parent.name}/{program.name} failed: {last_line}")
+    return child
 
 
 @contextmanager
