@@ -1,3 +1,18 @@
+# %% [markdown]
+# # Chapter 1: the Multiclass network
+#
+# The network of the article "Save and Load Your PyTorch Models": four flower measurements
+# in, eight hidden units, log-probabilities of the three iris species out. Every later
+# chapter imports the class from here, together with the iris data, the seeding, one
+# training epoch and the scoring, so each is defined exactly once.
+#
+#     python build_model.py
+#
+# **Reads** nothing. **Writes** nothing.
+#
+# Next: chapter 2, `python train_iris.py`, which trains it and saves its state_dict.
+
+# %%
 """Chapter 1: the Multiclass network, and what every chapter needs to run it.
 
 The network is the one from the article "Save and Load Your PyTorch Models": four flower
@@ -9,10 +24,9 @@ Run it to look at the model (or run it cell by cell in VS Code or Jupyter):
 
     python build_model.py
 
-Reads nothing and writes nothing.
+Reads nothing and writes nothing. Next: train_iris.py.
 """
 
-# %%
 from __future__ import annotations
 
 import random
@@ -35,9 +49,19 @@ SPECIES = ("setosa", "versicolor", "virginica")  # class index -> name, as in lo
 LEARNING_RATE = 0.001  # the article's Adam learning rate
 BATCH_SIZE = 5  # the article's mini-batch size
 
+if __name__ == "__main__":  # run as chapter 1; the other chapters import what follows
+    from support.cli import chapter_parser, parse_chapter_args
+    from support.cli import seed as seed_number
 
-# %%
-# # The model
+    parser = chapter_parser(__doc__, out_dir=False)
+    parser.add_argument(
+        "--seed", type=seed_number, default=SEED, help=f"seeds the initial weights (default: {SEED})"
+    )
+    args = parse_chapter_args(parser)
+
+
+# %% [markdown]
+# ## The model
 #
 # The attribute names decide the keys of the state_dict (`hidden.weight`, `hidden.bias`,
 # `output.weight`, `output.bias`), so they are kept exactly as in the article: a file
@@ -45,6 +69,7 @@ BATCH_SIZE = 5  # the article's mini-batch size
 # the LogSoftmax have no weights, so they have no keys.
 
 
+# %%
 class Multiclass(nn.Module):
     """The article's network: 4 measurements -> 8 hidden units -> 3 log-probabilities."""
 
@@ -68,14 +93,15 @@ class Multiclass(nn.Module):
         }
 
 
-# %%
-# # Data, seeds, training and scoring
+# %% [markdown]
+# ## Data, seeds, training and scoring
 #
 # Iris ships inside scikit-learn, so nothing is downloaded. The split is stratified and
 # seeded with its own seed, so every chapter, whatever its `--seed`, trains on the same
 # 105 flowers and scores the same 45.
 
 
+# %%
 @dataclass(frozen=True)
 class IrisSplit:
     """The iris data as tensors: float32 measurements, int64 class indices."""
@@ -169,20 +195,14 @@ def flat_tensors(state: Mapping[Any, Any], prefix: str = "") -> dict[str, Tensor
     return tensors
 
 
-# %%
-# # Looking at the model
+# %% [markdown]
+# ## Looking at the model
 #
 # `print(model)` lists the layers in the order they were assigned. The parameters are the
 # weights and biases of the two Linear layers: 4*8 + 8 + 8*3 + 3 = 67 numbers in all.
 
+# %%
 if __name__ == "__main__":
-    from support.cli import chapter_parser, parse_chapter_args, seed
-
-    parser = chapter_parser(__doc__, out_dir=False)
-    parser.add_argument(
-        "--seed", type=seed, default=SEED, help=f"seeds the initial weights (default: {SEED})"
-    )
-    args = parse_chapter_args(parser)
     torch.manual_seed(args.seed)
     torch.set_printoptions(precision=4, sci_mode=False)
     model = Multiclass()
@@ -192,12 +212,13 @@ if __name__ == "__main__":
         print(f"  {name:<14} {tuple(param.shape)}")
     print(f"Trainable parameters: {sum(param.numel() for param in model.parameters())}")
 
-# %%
-# # One forward pass
+# %% [markdown]
+# ## One forward pass
 #
 # Five flowers in, one row of three log-probabilities out per flower. Exponentiating gives
 # probabilities that sum to 1. Untrained, the model's guesses mean nothing yet.
 
+# %%
 if __name__ == "__main__":
     flowers = load_iris_split().X_train[:5]  # (5, 4)
     with torch.no_grad():
