@@ -42,6 +42,7 @@ import pickle
 import shutil
 import statistics
 import tempfile
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -321,7 +322,12 @@ def save_exported(model: nn.Module, path: Path) -> None:
 
 
 def load_exported(path: Path, build: Callable[[], nn.Module]) -> nn.Module:
-    return torch.export.load(path).module()  # `build` is not used: no class needed
+    with warnings.catch_warnings():
+        # torch 2.10's loader wraps the archive's read-only bytes with torch.frombuffer, which
+        # warns that they are not writable; it never writes to them, so the warning says nothing.
+        warnings.filterwarnings("ignore", message="The given buffer is not writable", category=UserWarning)
+        program = torch.export.load(path)
+    return program.module()  # `build` is not used: no class needed
 
 
 save_exported(trained, out_dir / "iris.pt2")
