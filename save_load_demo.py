@@ -1,3 +1,24 @@
+# %% [markdown]
+# # Chapter 4: saving and loading the trained model
+#
+# Four ways through the same trained weights, each checked for identical predictions:
+# 1. pickle the state_dict;
+# 2. `torch.save` the state_dict and load it with `weights_only=True` (the recommended way);
+# 3. `torch.save` the whole model object, the article's pitfall, shown failing in a fresh
+#    Python process exactly as readers meet it, and the ways out;
+# 4. the complete load-and-predict program the article ends with, corrected.
+#
+#     python save_load_demo.py [--out-dir artifacts]
+#
+# **Reads** `OUT_DIR/iris-model.pth` (default `artifacts/`), written by chapter 2.
+# **Writes** into OUT_DIR, for you to try: `demo-state.pth` (section 2),
+# `demo-whole-model-main.pth` (the whole model saved as the article does, section 3) and
+# `demo-whole-model.pth` (saved from code that imports the class). The files loaded
+# unsafely are written and read in a private temporary folder, removed afterwards.
+#
+# Next: chapter 5, `python checkpoint_resume.py`, checkpoints that resume exactly.
+
+# %%
 """Chapter 4: saving and loading the trained model -- pickle, torch.save, and the whole model.
 
 Four ways through the same trained weights, each checked for identical predictions:
@@ -19,17 +40,15 @@ you to try: demo-state.pth (the state_dict, section 2), demo-whole-model-main.pt
 whole model saved as the article does, section 3) and demo-whole-model.pth (the whole
 model saved from code that imports the class). The files that are loaded unsafely (the
 pickle, and the article's file in the fresh process) are written and read in a private
-temporary folder that only you can enter, and removed afterwards.
+temporary folder that only you can enter, and removed afterwards. Next: checkpoint_resume.py.
 """
 
-# %%
 from __future__ import annotations
 
 import io
 import pickle
 import shutil
 import zipfile
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -43,9 +62,8 @@ from build_model import (
     same_state,
     train_command,
 )
-from support.cli import chapter_parser, fail, heading, parse_chapter_args, prepare_out_dir
+from support.cli import chapter_parser, parse_chapter_args, prepare_out_dir
 from support.lab_tools import FRESH_PROCESS, private_folder, run_fresh_python
-from support.saving import writing
 from support.untrusted_files import load_model_or_exit
 
 N_FLOWERS_SHOWN = 5  # predictions printed in section 4
@@ -56,15 +74,16 @@ trained = load_model_or_exit(model_path, Multiclass, made_by=train_command(args.
 out_dir = prepare_out_dir(args.out_dir)
 X_test = load_iris_split().X_test
 
-# %%
-# # 1. pickle
+# %% [markdown]
+# ## 1. pickle
 #
 # A state_dict is an ordinary Python dict of tensors, so `pickle` can store it, and loading
 # it back into a fresh Multiclass gives the trained model. But `pickle.load` runs whatever
 # code the file tells it to: use it only on a file you have just made yourself. Here that
 # file lives in a private temporary folder, so nobody else can swap it in between.
 
-heading("1. pickle")
+# %%
+print("\n## 1. pickle")
 with private_folder() as private:
     pickle_path = private / "demo-state.pickle"
     with pickle_path.open("wb") as f:
@@ -80,8 +99,8 @@ print(
 )
 print("Warning: pickle.load runs code stored in the file. Never use it on files from others.")
 
-# %%
-# # 2. torch.save and torch.load(weights_only=True)
+# %% [markdown]
+# ## 2. torch.save and torch.load(weights_only=True)
 #
 # Save the state_dict with `torch.save`, load it into a fresh model with `load_state_dict`.
 # `torch.load(..., weights_only=True)`, the default since PyTorch 2.6, rebuilds only tensors
@@ -91,14 +110,11 @@ print("Warning: pickle.load runs code stored in the file. Never use it on files 
 # record per *storage* under `data/`, and a few bookkeeping records. Each weight and bias
 # here has a storage of its own, so there are four; tensors that share a storage, such as
 # a weight and a view of one of its rows, are written once.
-#
-# (`with writing(path):` around a save is this project's, not PyTorch's: a full disk or
-# Ctrl-C then ends the chapter in one line. In your code, the `torch.save` line does it all.)
 
-heading("2. torch.save / torch.load(weights_only=True)")
+# %%
+print("\n## 2. torch.save / torch.load(weights_only=True)")
 state_path = out_dir / "demo-state.pth"
-with writing(state_path):
-    torch.save(trained.state_dict(), state_path)
+torch.save(trained.state_dict(), state_path)
 
 from_torch = Multiclass()
 from_torch.load_state_dict(torch.load(state_path, weights_only=True))
@@ -118,8 +134,8 @@ with zipfile.ZipFile(buffer) as archive:
     shared_records = [name for name in archive.namelist() if "/data/" in name]
 print(f"A weight and a view of its first row, saved together: {len(shared_records)} data record")
 
-# %%
-# # 3. The pitfall: saving the whole model
+# %% [markdown]
+# ## 3. The pitfall: saving the whole model
 #
 # `torch.save(model)` pickles the model object, and a pickle does not store a class, only
 # the name to import it by. The article defines Multiclass in the script it runs, so the
@@ -127,40 +143,42 @@ print(f"A weight and a view of its first row, saved together: {len(shared_record
 # have a `Multiclass` in *its own* `__main__`.
 #
 # This is reproduced for real, with two small programs, each run in a fresh Python process
-# that cannot import this project. fresh_process/save_whole_model.py defines the class and
-# saves the whole model, as the article does:
-#
-#     torch.save(model, whole_model_file)
-#
-# fresh_process/load_whole_model.py, which does not define the class, tries the two loads:
-#
-#     torch.load(whole_model_file)  # refused: weights_only=True is the default
-#     torch.load(whole_model_file, weights_only=False)  # runs the pickle, which needs the class
+# that cannot import this project: fresh_process/save_whole_model.py defines the class and
+# saves the whole model, as the article does; fresh_process/load_whole_model.py, which does
+# not define the class, tries the two loads a reader would. The cell prints the calls from
+# the two files, then what each program printed.
 #
 # That unsafe `weights_only=False` load reads only a file written a moment before, in a
 # private folder that nobody else can enter.
 
-heading("3. Saving the whole model")
+# %%
+print("\n## 3. Saving the whole model")
 with private_folder() as private:
     weights_file = private / MODEL_FILE
     torch.save(trained.state_dict(), weights_file)  # the weights checked above, in a folder only we can enter
     article_file = private / "demo-whole-model-main.pth"
-    saver = run_fresh_python(FRESH_PROCESS / "save_whole_model.py", weights_file, article_file, cwd=private)
-    loader = run_fresh_python(FRESH_PROCESS / "load_whole_model.py", article_file, cwd=private)
-    for child in (saver, loader):
-        if child.returncode != 0:
-            last_line = (child.stderr.strip().splitlines() or ["no message"])[-1]
-            fail(f"{Path(child.args[2]).name} failed in a fresh process: {last_line}")
+    for program in ("save_whole_model.py", "load_whole_model.py"):
+        code = (FRESH_PROCESS / program).read_text().splitlines()
+        calls = [
+            line.split("  #")[0].strip()
+            for line in code
+            if line.strip().startswith(("torch.save(", "torch.load("))
+        ]
+        print(f"fresh_process/{program} calls: {'; '.join(calls)}")
+    saver = run_fresh_python(
+        FRESH_PROCESS / "save_whole_model.py", weights_file, article_file, cwd=private, check=True
+    )
+    loader = run_fresh_python(FRESH_PROCESS / "load_whole_model.py", article_file, cwd=private, check=True)
     print(f"fresh_process/save_whole_model.py, which defines Multiclass: {saver.stdout.strip()}")
     refers_to = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(article_file))
     print(f"  the file refers to: {refers_to}")
     print("fresh_process/load_whole_model.py, which does not, tries to load it:")
     print("".join(f"  {line}\n" for line in loader.stdout.splitlines()), end="")
-    with writing(out_dir / "demo-whole-model-main.pth") as article_copy:
-        shutil.copyfile(article_file, article_copy)  # for you to try
+    article_copy = out_dir / "demo-whole-model-main.pth"
+    shutil.copyfile(article_file, article_copy)  # for you to try
 
-# %%
-# # The ways out
+# %% [markdown]
+# ## The ways out
 #
 # Best: save the state_dict (section 2). The file then needs no class at all.
 #
@@ -171,10 +189,10 @@ with private_folder() as private:
 # (`build_model.Multiclass`). The article's file can be rescued too: allowlist your class
 # under the name the file was saved with, `(Multiclass, "__main__.Multiclass")`.
 
-heading("The ways out")
+# %%
+print("\n## The ways out")
 whole_path = out_dir / "demo-whole-model.pth"
-with writing(whole_path):
-    torch.save(trained, whole_path)  # trained is a build_model.Multiclass
+torch.save(trained, whole_path)  # trained is a build_model.Multiclass
 print(
     f"{whole_path}, saved from code that imports the class, refers to: "
     f"{sorted(torch.serialization.get_unsafe_globals_in_checkpoint(whole_path))}"
@@ -194,15 +212,16 @@ print(
     f"{type(rescued).__name__}, same predictions {same_outputs(trained, rescued, X_test)}"
 )
 
-# %%
-# # 4. The complete load-and-predict program
+# %% [markdown]
+# ## 4. The complete load-and-predict program
 #
 # The article ends with a program that loads the model and predicts. Corrected: it uses
 # `torch.load` with `weights_only=True` rather than pickle (as the article's own comments
 # advise), scores the *same* 45 test flowers as training did instead of a new random split,
 # and predicts in eval mode without autograd.
 
-heading("4. Load and predict")
+# %%
+print("\n## 4. Load and predict")
 split = load_iris_split()  # the same split as in training
 model = Multiclass()
 model.load_state_dict(torch.load(model_path, weights_only=True))

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+import zipfile
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import NoReturn
@@ -210,10 +211,27 @@ def saved_so_far() -> list[str]:
     return [*SAVED, *(path for path in found if path not in described)]
 
 
+def discard_half_written() -> list[Path]:
+    """Delete, and return, the torch.save files this run began in a watched folder but did
+    not finish (a zip without its end record): what a failed or interrupted save leaves."""
+    discarded = []
+    for folder, started in WATCHED.items():
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            if not path.is_file() or path.stat().st_mtime < started:
+                continue
+            with path.open("rb") as f:
+                zip_begun = f.read(4) == b"PK\x03\x04"
+            if zip_begun and not zipfile.is_zipfile(path):
+                path.unlink(missing_ok=True)
+                discarded.append(path)
+    return discarded
+
+
 def exit_quietly_on_ctrl_c() -> None:
     """Ctrl-C ends the chapter with one line saying what it saved, and exit status 130."""
 
     def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        discard_half_written()
         saved_files = saved_so_far()
         saved = f"saved before that: {', '.join(saved_files)}" if saved_files else "nothing was saved"
         print(f"interrupted (Ctrl-C); {saved}", file=sys.stderr, flush=True)
@@ -233,9 +251,13 @@ def one_line_error(err: BaseException) -> str | None:
     if isinstance(err, ChapterError):
         return str(err)
     if isinstance(err, OSError):
+        discard_half_written()
         where = f"{err.filename}: " if err.filename else ""
         return f"cannot use {where}{err.strerror or error_line(err)}"
     if isinstance(err, RuntimeError) and any(words in str(err) for words in TORCH_WRITE_FAILURES):
+        half_written = discard_half_written()
+        if half_written:
+            return f"cannot write {half_written[0]}: {error_line(err)}"
         return f"cannot write a file (is the disk full?): {error_line(err)}"
     return None
 
