@@ -91,13 +91,13 @@ def chapter(tmp_path_factory: pytest.TempPathFactory, trained_model_path: Path) 
         finally:
             depth[0] -= 1
 
-    def run_fresh(program: Path, *args: object, cwd: Path, timeout: float = 120):
+    def run_fresh(program: Path, *args: object, cwd: Path, timeout: float = 120, check: bool = False):
         arguments = [str(arg) for arg in args]
         spy.fresh_runs.append((Path(program).name, arguments))
         if Path(program).name == "load_whole_model.py":  # it loads its argument with weights_only=False
             path = Path(arguments[0])
             record(spy, "weights_only=False", path, spy.saved_by_fresh.get(path, "nobody seen"))
-        result = real_run_fresh_python(program, *args, cwd=cwd, timeout=timeout)
+        result = real_run_fresh_python(program, *args, cwd=cwd, timeout=timeout, check=check)
         if Path(program).name == "save_whole_model.py" and result.returncode == 0:
             spy.saved_by_fresh[Path(arguments[1])] = "save_whole_model.py"
         return result
