@@ -1,17 +1,26 @@
-"""Chapter 3: what is inside a model -- parameters, buffers and the state_dict.
-
-Before saving a model it pays to know what there is to save: the trainable parameters, the
-buffers that are not trained but still matter (a BatchNorm layer's running statistics),
-the `state_dict` that collects both under their names, and the optimizer's own state.
-
-Run (after `python train_iris.py`), or run it cell by cell in VS Code or Jupyter:
-
-    python inspect_state.py [--seed 42] [--out-dir artifacts]
-
-Reads OUT_DIR/iris-model.pth (default artifacts/iris-model.pth). Writes nothing.
-"""
+# %% [markdown]
+# # Chapter 3: what is inside a model -- parameters, buffers and the state_dict
+#
+# Before saving a model it pays to know what there is to save: the trainable parameters,
+# the buffers that are not trained but still matter (a BatchNorm layer's running
+# statistics), the `state_dict` that collects both under their names, and the optimizer's
+# own state. And one trap: `state_dict()` hands out the model's live tensors, not copies.
+#
+#     python inspect_state.py [--seed 42] [--out-dir artifacts]
+#
+# Run it after `python train_iris.py`, or cell by cell in VS Code or Jupyter.
+#
+# **Reads** `OUT_DIR/iris-model.pth` (default `artifacts/iris-model.pth`), the model
+# chapter 2 trained. **Writes** nothing.
+#
+# Next: chapter 4, `python save_load_demo.py`, saving and loading it four ways.
 
 # %%
+"""Chapter 3: what is inside a model -- parameters, buffers and the state_dict.
+
+python inspect_state.py [--seed 42] [--out-dir artifacts]
+"""
+
 from __future__ import annotations
 
 import copy
@@ -28,7 +37,7 @@ from build_model import (
     train_command,
     train_one_epoch,
 )
-from support.cli import chapter_parser, heading, parse_chapter_args, seed
+from support.cli import chapter_parser, parse_chapter_args, seed
 from support.untrusted_files import load_model_or_exit
 
 BN_EPOCHS = 20  # enough training for the BatchNorm statistics to move away from 0 and 1
@@ -41,14 +50,17 @@ parser.add_argument(
     help=f"seeds the fresh models and the extra training, not the train/test split (default: {SEED})",
 )
 args = parse_chapter_args(parser)
+# The one file this chapter reads, checked before any lesson uses it: a missing or bad one
+# ends the chapter here in one line.
 trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by=train_command(args.out_dir))
 seed_everything(args.seed)
 torch.set_printoptions(precision=4, sci_mode=False)
 split = load_iris_split()
 X_train, y_train, X_test, y_test = split.X_train, split.y_train, split.X_test, split.y_test
 
-# %%
-# # Parameters: the tensors that training changes
+
+# %% [markdown]
+# ## Parameters: the tensors that training changes
 #
 # `model.parameters()` is a generator: it yields each weight and bias tensor in turn, in the
 # order the layers were assigned. A fresh, untrained model predicts differently; copy the
@@ -56,7 +68,8 @@ X_train, y_train, X_test, y_test = split.X_train, split.y_train, split.X_test, s
 # `torch.no_grad()`: writing into a parameter in place is not something autograd should
 # record.
 
-heading("Parameters")
+# %%
+print("\n## Parameters")
 params = trained.parameters()
 print(f"model.parameters() is a {type(params).__name__}:")
 for param in params:
@@ -71,22 +84,28 @@ with torch.no_grad():
         fresh_param.copy_(trained_param)
     print(f"After copying the parameters, same outputs:  {torch.equal(trained(X_test), fresh(X_test))}")
 
-# %%
-# # Buffers: state that is not trained but still matters
+# %% [markdown]
+# ## Buffers: state that is not trained but still matters
 #
 # Add a BatchNorm1d layer and the model gains state that no optimizer touches: the running
 # mean and variance of its inputs, updated by every training-mode forward pass and used in
 # eval mode, and a count of the batches seen. They are *buffers*: in `buffers()` and in
 # `state_dict()`, but not in `parameters()`. Copy only the parameters and the eval-mode
-# predictions change; `load_state_dict` copies the buffers too.
+# predictions change; `load_state_dict` copies the buffers too. (The Linear layer before
+# the BatchNorm has no bias, as is usual there: the BatchNorm's own `norm.bias` does its
+# job.)
 
-heading("Buffers")
+# %%
+print("\n## Buffers")
 
 
 class MulticlassWithBatchNorm(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.hidden = nn.Linear(4, 8)
+        # No bias before a BatchNorm: it subtracts the batch mean, bias and all, so the bias
+        # would get a gradient of pure rounding noise, which Adam scales up to full-size
+        # steps, and the result would hang on the machine's thread count.
+        self.hidden = nn.Linear(4, 8, bias=False)
         self.norm = nn.BatchNorm1d(8)
         self.act = nn.ReLU()
         self.output = nn.Linear(8, 3)
@@ -124,21 +143,22 @@ print(f"Parameters copied, buffers not -> same eval outputs: {torch.equal(bn_out
 print(f"  ...and {changed} of {len(X_test)} predicted species differ")
 print(f"load_state_dict(state_dict())  -> same eval outputs: {torch.equal(bn_out, full_copy_out)}")
 
-# %%
-# # The state_dict: an ordered mapping from names to tensors
+# %% [markdown]
+# ## The state_dict: an ordered mapping from names to tensors
 #
 # This is what `torch.save(model.state_dict(), path)` writes, and what `load_state_dict`
 # expects back: the same names, the same shapes. The names come from the attributes the
 # layers were assigned to (`hidden`, `output`); layers without weights have no entries.
 
-heading("The state_dict")
+# %%
+print("\n## The state_dict")
 state = trained.state_dict()
 print(f"{type(state).__name__} with {len(state)} entries:")
 for name, tensor in state.items():
     print(f"{name}:\n{tensor}")
 
-# %%
-# # The optimizer has a state_dict too
+# %% [markdown]
+# ## The optimizer has a state_dict too
 #
 # Adam keeps two running averages per parameter (`exp_avg`, `exp_avg_sq`) and a step count,
 # under `state`; its settings are under `param_groups`. Parameters are referred to by
@@ -146,7 +166,8 @@ for name, tensor in state.items():
 # built over the same parameters in the same order. One epoch of training (21 steps of 5
 # flowers) fills it. Chapter 5 saves it to resume training.
 
-heading("The optimizer's state_dict")
+# %%
+print("\n## The optimizer's state_dict")
 optimizer = torch.optim.Adam(trained.parameters(), lr=0.001)
 train_one_epoch(trained, optimizer, X_train, y_train)
 optimizer_state = optimizer.state_dict()
@@ -157,14 +178,15 @@ for index, per_param in optimizer_state["state"].items():
 group = optimizer_state["param_groups"][0]
 print(f"  param_groups[0]: lr={group['lr']}, betas={group['betas']}, params={group['params']}")
 
-# %%
-# # The trap: state_dict() returns references, not copies
+# %% [markdown]
+# ## The trap: state_dict() returns references, not copies
 #
 # The tensors in a state_dict are the model's own tensors. Keep one in a variable, train
 # on, and the "saved" weights change with the model. Take a real snapshot with
 # `copy.deepcopy` (or by writing it to disk) before training further.
 
-heading("state_dict() returns references")
+# %%
+print("\n## state_dict() returns references")
 reference = trained.state_dict()
 snapshot = copy.deepcopy(trained.state_dict())
 train_one_epoch(trained, optimizer, X_train, y_train)
