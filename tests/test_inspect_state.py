@@ -11,13 +11,14 @@ import copy
 import inspect
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
 from build_model import Multiclass, load_iris_split, seed_everything, train_one_epoch
-from tests.helpers import ChapterResult, run_chapter_here
+from tests.helpers import SCRIPT_ENV, ChapterResult, run_chapter_here, script_command
 
 BUFFERS = ["norm.running_mean", "norm.running_var", "norm.num_batches_tracked"]
 
@@ -122,6 +123,25 @@ def test_buffers_are_state_but_not_parameters_and_only_load_state_dict_copies_th
     assert f"  ...and {differ} of {len(X_test)} predicted species differ" in chapter.stdout
     assert printed(chapter.stdout, "load_state_dict(state_dict())  -> same eval outputs:") == "True"
     assert torch.equal(reference, full_out)
+
+
+@pytest.mark.slow
+def test_the_buffers_lesson_prints_the_same_on_any_number_of_threads(
+    inspect_run, trained_model_path, tmp_path
+):
+    """Threads change the order of float sums; the lesson's numbers must not hang on them."""
+    cwd = artifacts_with(tmp_path, trained_model_path)
+    four_threads = subprocess.run(
+        script_command("inspect_state.py"),
+        cwd=cwd,
+        env={**SCRIPT_ENV, "OMP_NUM_THREADS": "4"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert four_threads.returncode == 0, four_threads.stderr
+    assert SCRIPT_ENV["OMP_NUM_THREADS"] == "1"  # what inspect_run ran with
+    assert printed(four_threads.stdout, "  ...and") == printed(inspect_run.stdout, "  ...and")
 
 
 def test_the_state_dict_printed_is_the_trained_files(inspect_run, trained_state):
