@@ -158,7 +158,8 @@ if not all(torch.isfinite(tensor).all() for tensor in model.state_dict().values(
     )
     sys.exit(2)
 # Crash-safe: write a temporary file beside the model, then rename it over the model.
-partial = model_path.with_name(f".{model_path.name}.{os.getpid()}.partial")
+# One fixed name: what a run killed mid-save leaves there, the next save overwrites and renames.
+partial = model_path.with_name(f".{model_path.name}.partial")
 try:
     with partial.open("wb") as f:  # through a file object, the zip's records get a fixed name
         torch.save(model.state_dict(), f)
