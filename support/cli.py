@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import math
 import os
 import signal
@@ -278,3 +279,7 @@ def install_one_line_errors() -> None:
     """Run as a script: bad input and failed writes end in one line (exit 2), Ctrl-C too (130)."""
     sys.excepthook = report_in_one_line
     exit_quietly_on_ctrl_c()
+    # At exit, Python's collector walks every object torch and its compiler left behind, about
+    # a second of CPU for nothing: frozen objects are skipped. Registered first, this runs
+    # last, after the chapter's own exit handlers; files are still flushed and closed.
+    atexit.register(gc.freeze)
