@@ -399,14 +399,14 @@ def measure(format_name: str, model_name: str) -> dict:
     path = scratch / f"measured{suffix}"
     save(model, path)  # untimed: first-call costs are not the format's
     save_times = [timed(lambda: save(model, path)) for _ in range(args.repeat)]
-    load_times, peaks = [], []
+    load_times, peaks, loaded = [], [], None
     for _ in range(args.repeat):
-        loaded, seconds, peak = timed_with_peak_memory(lambda: load_every_byte(load, path, build))
         del loaded  # before the next load: its memory is measured from here
+        loaded, seconds, peak = timed_with_peak_memory(lambda: load_every_byte(load, path, build))
         load_times.append(seconds)
         peaks.append(peak)
-    with torch.no_grad():
-        same = torch.equal(load(path, build)(inputs), model.eval()(inputs))
+    with torch.no_grad():  # the last load's model: loading once more would only repeat it
+        same = torch.equal(loaded(inputs), model.eval()(inputs))
     row = {
         "model": model_name,
         "format": format_name,
