@@ -132,23 +132,25 @@ def global_pickle(module: str, name: str) -> bytes:
     return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b")R."
 
 
-def gadget_pickle(module: str, name: str, argument: str) -> bytes:
-    """A pickle that calls module.name(argument): protocol 2's GLOBAL, or protocol 4's
+def gadget_pickle(module: str, name: str, *arguments: str) -> bytes:
+    """A pickle that calls module.name(*arguments): protocol 2's GLOBAL, or protocol 4's
     STACK_GLOBAL where the name is dotted (only it reaches an attribute of an attribute)."""
 
     def text(value: str) -> bytes:
         return b"X" + struct.pack("<L", len(value.encode())) + value.encode()
 
+    call = b"(" + b"".join(text(argument) for argument in arguments) + b"tR."  # MARK, ..., TUPLE
     if "." in name:
-        return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(argument) + b"\x85R."
-    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + text(argument) + b"\x85R."
+        return b"\x80\x04" + text(module) + text(name) + b"\x93" + call
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + call
 
 
-def gadgets(marker: Path) -> dict[str, tuple[str, str, str]]:
-    """Functions outside os and builtins that run what they are given, each set to make `marker`."""
+def gadgets(marker: Path) -> dict[str, tuple[str, ...]]:
+    """Functions outside os and builtins that run what they are given, each set to make
+    `marker`: (module, name, arguments...)."""
     touch = f"open({str(marker)!r}, 'w').close()"
     return {
-        "timeit.timeit": ("timeit", "timeit", touch),
+        "timeit.timeit": ("timeit", "timeit", "pass", touch),  # setup runs once, "pass" a million times
         "cProfile.run": ("cProfile", "run", touch),
         "pathlib.os.system": ("pathlib", "os.system", f"touch {marker}"),
         "torch.utils.collect_env.run": ("torch.utils.collect_env", "run", f"touch {marker}"),
