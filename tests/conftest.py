@@ -2,7 +2,10 @@
 
 Each chapter gets a folder holding only the files it reads, copied from the chapter that
 writes them. The runs start as early as their inputs exist and overlap, one CPU thread
-each, so the suite stays fast; a chapter that fails fails its own tests only.
+each, so the suite stays fast; a chapter that fails fails its own tests only. Each run is a
+process forked from a server that has imported torch and the rest already
+(tests/chapter_server.py), with the reader's command line, folder and exit; the slow step
+(tests/test_real_processes.py) shows that fresh interpreters print and write the same.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ARGS, CHAPTERS, READS, SCRIPT_ENV, script_command
+from tests.helpers import ARGS, CHAPTER_SERVER, CHAPTERS, READS, ForkedRun
 
 torch.set_num_threads(1)  # as the chapters run by the tests: one thread each
 
@@ -36,13 +39,14 @@ START_ORDER = [
     "save_load_demo.py",
 ]
 assert sorted(START_ORDER) == sorted(CHAPTERS)
+LONG_CHAPTERS = {"checkpoint_resume.py", "compare_formats.py", "distributed_checkpoint.py"}
 # Flags some chapters get in the test run, beyond the reader's defaults.
 EXTRA_ARGS = {"compare_formats.py": ["--json", "artifacts/formats.json"]}
 
 
 @dataclass(frozen=True)
 class ChapterRun:
-    """One chapter's real process: the folder it ran in, and what it printed."""
+    """One chapter's run: the folder it ran in, and what it printed."""
 
     cwd: Path
     result: subprocess.CompletedProcess[str]
@@ -65,7 +69,7 @@ class ChapterRuns:
         if READS.keys() & needed:
             needed = needed | {"train_iris.py"}
         self.waiting = [script for script in START_ORDER if script in needed]
-        self.running: dict[str, tuple[Path, subprocess.Popen[str]]] = {}
+        self.running: dict[str, tuple[Path, ForkedRun]] = {}
         self.done: dict[str, ChapterRun] = {}
         self.pump()
 
@@ -79,19 +83,14 @@ class ChapterRuns:
             source = self.done["train_iris.py"].artifacts / name
             if source.exists():
                 shutil.copy(source, cwd / "artifacts" / name)
-        command = script_command(script, *ARGS.get(script, []), *EXTRA_ARGS.get(script, []))
-        process = subprocess.Popen(
-            command, cwd=cwd, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.running[script] = (cwd, process)
+        args = [*ARGS.get(script, []), *EXTRA_ARGS.get(script, [])]
+        self.running[script] = (cwd, CHAPTER_SERVER.start(script, *args, cwd=cwd))
 
     def pump(self) -> None:
         """Collect finished runs, then start what can start."""
         for script, (cwd, process) in list(self.running.items()):
             if process.poll() is not None:
-                stdout, stderr = process.communicate()
-                result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-                self.done[script] = ChapterRun(cwd, result)
+                self.done[script] = ChapterRun(cwd, process.wait(timeout=0))
                 del self.running[script]
         for script in list(self.waiting):  # the first that can start, in START_ORDER
             if len(self.running) >= self.slots:
@@ -115,19 +114,36 @@ FIXTURE_OF = {}  # fixture name -> chapter script, filled in by chapter_fixture 
 NEEDED: set[str] = set()  # the chapters the collected tests use
 
 
+def chapters_used(item: pytest.Item) -> set[str]:
+    used = set()
+    for name in getattr(item, "fixturenames", ()):
+        if name in FIXTURE_OF:
+            used.add(FIXTURE_OF[name])
+        elif name == "trained_model_path":
+            used.add("train_iris.py")
+        elif name == "all_runs":
+            used.update(CHAPTERS)
+    return used
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Note which chapters the tests need; run the test files that need the long chapters
+    last (each file's tests still together, in their order), so that nobody waits for them."""
+    last_files = set()
     for item in items:
-        for name in getattr(item, "fixturenames", ()):
-            if name in FIXTURE_OF:
-                NEEDED.add(FIXTURE_OF[name])
-            elif name == "trained_model_path":
-                NEEDED.add("train_iris.py")
-            elif name == "all_runs":
-                NEEDED.update(CHAPTERS)
+        used = chapters_used(item)
+        NEEDED.update(used)
+        if used & LONG_CHAPTERS:
+            last_files.add(item.path)
+    items.sort(key=lambda item: item.path in last_files)
 
 
-@pytest.fixture(scope="session")
+CHAPTER_SERVER.warm_up()  # while the tests are collected
+
+
+@pytest.fixture(scope="session", autouse=True)
 def chapter_runs(tmp_path_factory: pytest.TempPathFactory) -> ChapterRuns:
+    """Autouse, so that the runs start before the first test, not when a test first needs one."""
     return ChapterRuns(tmp_path_factory.mktemp("reader"), slots=os.cpu_count() or 1, needed=NEEDED)
 
 

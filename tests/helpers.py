@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
+import json
 import multiprocessing
 import os
 import re
 import runpy
+import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +64,126 @@ def script_command(script: str, *args: str) -> list[str]:
     return [sys.executable, str(REPO / script), *args]
 
 
+class ForkedRun:
+    """One `python SCRIPT ARGS` run by the chapter server: a real process of its own."""
+
+    def __init__(self, server: ChapterServer, run_id: int, command: list[str], output: Path) -> None:
+        self.server, self.id, self.args = server, run_id, command
+        self.stdout_path, self.stderr_path = output / f"{run_id}.out", output / f"{run_id}.err"
+
+    def poll(self) -> int | None:
+        self.server.pump(wait=0)
+        return self.server.returncodes.get(self.id)
+
+    def wait(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Wait for the end, as subprocess.run(capture_output=True, text=True) would."""
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                os.kill(self.server.pids[self.id], signal.SIGKILL)
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.server.pump(wait=0.05)
+        stdout, stderr = self.stdout_path.read_text(), self.stderr_path.read_text()
+        self.stdout_path.unlink()
+        self.stderr_path.unlink()
+        return subprocess.CompletedProcess(self.args, self.returncode, stdout, stderr)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.server.returncodes.get(self.id)
+
+
+class ChapterServer:
+    """tests/chapter_server.py, started on first use: it forks a child per script run, each
+    with torch, scikit-learn and torch._dynamo already imported, so a test's run of a
+    chapter costs the chapter's own work, not Python's start-up (see that file)."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.returncodes: dict[int, int] = {}
+        self.pids: dict[int, int] = {}
+        self.pending = b""
+        self.next_id = 0
+
+    def warm_up(self) -> None:
+        """Start the server, without waiting for it: its imports take a few seconds."""
+        if self.process is None:
+            self.output = Path(tempfile.mkdtemp(prefix="chapter-runs-"))
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "tests" / "chapter_server.py")],
+                cwd=self.output,
+                env=SCRIPT_ENV,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=(self.output / "server.err").open("wb"),
+            )
+            self.ready = False
+            atexit.register(self.close)
+
+    def started(self) -> subprocess.Popen[bytes]:
+        self.warm_up()
+        while not self.ready:
+            self.ready = bool(self.messages(wait=1))  # its first message says it is warm
+        return self.process
+
+    def start(self, script: str, *args: str, cwd: Path) -> ForkedRun:
+        process = self.started()
+        self.next_id += 1
+        run = ForkedRun(self, self.next_id, script_command(script, *args), self.output)
+        request = {
+            "id": run.id,
+            "script": str(REPO / script),
+            "args": list(args),
+            "cwd": str(cwd),
+            "stdout": str(run.stdout_path),
+            "stderr": str(run.stderr_path),
+        }
+        process.stdin.write(json.dumps(request).encode() + b"\n")
+        process.stdin.flush()
+        while run.id not in self.pids:
+            self.pump(wait=0.05)
+        return run
+
+    def messages(self, wait: float) -> list[dict]:
+        """What the server has said, waiting up to `wait` seconds for something."""
+        out = self.process.stdout.fileno()
+        if not select.select([out], [], [], wait)[0]:
+            return []
+        chunk = os.read(out, 65536)
+        if not chunk:
+            raise RuntimeError(f"the chapter server ended: {(self.output / 'server.err').read_text()}")
+        self.pending += chunk
+        *lines, self.pending = self.pending.split(b"\n")
+        return [json.loads(line) for line in lines]
+
+    def pump(self, wait: float) -> None:
+        for message in self.messages(wait):
+            if "pid" in message:
+                self.pids[message["id"]] = message["pid"]
+            elif "returncode" in message:
+                self.returncodes[message["id"]] = message["returncode"]
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.stdin.close()  # the server kills what still runs, and ends
+            self.process.wait()
+            shutil.rmtree(self.output, ignore_errors=True)
+            self.process = None
+
+
+CHAPTER_SERVER = ChapterServer()
+
+
 def run_script(script: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run a chapter the way a reader does: `python SCRIPT.py ARGS` in a folder of theirs."""
+    """Run a chapter the way a reader does, `python SCRIPT.py ARGS` in a folder of theirs, in a
+    process forked from the chapter server (its imports already done)."""
+    return CHAPTER_SERVER.start(script, *args, cwd=cwd).wait(timeout)
+
+
+def run_script_for_real(
+    script: str, *args: str, cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python SCRIPT.py ARGS` in a fresh interpreter, start-up and all."""
     return subprocess.run(
         script_command(script, *args),
         cwd=cwd,
