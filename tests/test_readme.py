@@ -172,15 +172,21 @@ def test_the_readme_has_python_blocks_to_paste():
 def test_every_python_block_runs_when_pasted_into_a_new_file(index, readers_folder):
     snippet = readers_folder / f"snippet_{index}.py"
     snippet.write_text(PYTHON_BLOCKS[index])
-    runs = [
-        subprocess.run(  # -I: the repository is not importable, as in the reader's own project
+    processes = [  # side by side: two fresh interpreters, one hash seed each
+        subprocess.Popen(  # -I: the repository is not importable, as in the reader's own project
             [sys.executable, "-I", snippet.name],
             cwd=readers_folder,
             env={**SCRIPT_ENV, "PYTHONHASHSEED": str(hash_seed)},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for hash_seed in (1, 2)
+    ]
+    outputs = [process.communicate() for process in processes]
+    runs = [
+        subprocess.CompletedProcess(p.args, p.returncode, *out)
+        for p, out in zip(processes, outputs, strict=True)
     ]
     for result in runs:
         assert result.returncode == 0, f"README python block {index} failed:\n{result.stderr}"
