@@ -8,13 +8,22 @@ cd "$(dirname "$0")"
 say() { printf '== %s\n' "$*"; }
 pinned() { sed -n "s/^$1==//p" constraints.txt; }
 
+started=$SECONDS
 say "Creating .venv with $(python3 --version)"
 python3 -m venv .venv
 say "Installing torch $(pinned torch), numpy $(pinned numpy), scikit-learn $(pinned scikit-learn)" \
     "and the extras (safetensors, matplotlib, onnx, huggingface_hub, gguf; pytest, ruff, jupytext," \
     "ipykernel), pinned in constraints.txt, into .venv: about 2 minutes on a fast connection" \
     "(PyPI's Linux torch brings CUDA libraries of several GB), seconds once .venv has them"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt ".[dev,formats,plots,realworld]"
+# pip's own lines for each package it fetches and installs, and a line every 5 s while it works
+# silently (unpacking torch takes a while), so the install never looks stuck.
+( while sleep 5; do printf '   ... still installing, %d s so far\n' "$((SECONDS - started))"; done ) &
+ticker=$!
+trap 'kill "$ticker" 2>/dev/null || true' EXIT
+.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt \
+    ".[dev,formats,plots,realworld]" |
+    awk '/^(Collecting|Installing collected|Successfully installed)/ { print "   " $0; fflush() }'
+kill "$ticker" 2>/dev/null || true
 say ".venv is ready"
 if [ "${1:-}" = "--setup-only" ]; then
     say "Run a chapter with .venv/bin/python CHAPTER.py, the tests with .venv/bin/python -m pytest"
