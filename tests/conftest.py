@@ -10,6 +10,7 @@ process forked from a server that has imported torch and the rest already
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -179,3 +180,9 @@ inspect_file_run = chapter_fixture("inspect_file_run", "inspect_file.py")
 def all_runs(chapter_runs: ChapterRuns) -> dict[str, ChapterRun]:
     """Every chapter's run, for the tests that compare the README with all of them."""
     return {script: chapter_runs.get(script) for script in CHAPTERS}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # torch, the test modules and their parameters are here for the whole run: frozen, the
+    # collector stops walking them again and again (and at exit), a few seconds of CPU.
+    gc.freeze()
