@@ -22,7 +22,7 @@ ticker=$!
 trap 'kill "$ticker" 2>/dev/null || true' EXIT
 .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt \
     ".[dev,formats,plots,realworld]" |
-    awk '/^(Collecting|Installing collected|Successfully installed)/ { print "   " $0; fflush() }'
+    { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' || true; }
 kill "$ticker" 2>/dev/null || true
 say ".venv is ready"
 if [ "${1:-}" = "--setup-only" ]; then
