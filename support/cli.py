@@ -280,6 +280,6 @@ def install_one_line_errors() -> None:
     sys.excepthook = report_in_one_line
     exit_quietly_on_ctrl_c()
     # At exit, Python's collector walks every object torch and its compiler left behind, about
-    # a second of CPU for nothing: frozen objects are skipped. Registered first, this runs
-    # last, after the chapter's own exit handlers; files are still flushed and closed.
+    # a second of CPU for nothing: frozen objects are skipped. Registered before the chapter's
+    # own exit handlers, it runs after them; files are still flushed and closed.
     atexit.register(gc.freeze)

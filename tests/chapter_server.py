@@ -16,6 +16,7 @@ signal that ended it).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import runpy
@@ -72,8 +73,6 @@ def run_as_main(request: dict) -> None:
         code = 1
     # What the interpreter does on its way out: wait for threads, run atexit, flush.
     threading._shutdown()
-    import atexit
-
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

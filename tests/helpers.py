@@ -73,7 +73,7 @@ class ForkedRun:
 
     def poll(self) -> int | None:
         self.server.pump(wait=0)
-        return self.server.returncodes.get(self.id)
+        return self.returncode
 
     def wait(self, timeout: float) -> subprocess.CompletedProcess[str]:
         """Wait for the end, as subprocess.run(capture_output=True, text=True) would."""
