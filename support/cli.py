@@ -65,10 +65,6 @@ def fail(message: object) -> NoReturn:
     raise SystemExit(EXIT_BAD_INPUT)
 
 
-def heading(title: str) -> None:
-    print(f"\n## {title}")
-
-
 # ---- The command line ----
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from support.cli import fail, in_notebook
+from support.cli import in_notebook
 
 PLOTS_INSTALL = 'pip install -c constraints.txt ".[plots]"'
 
@@ -25,21 +25,3 @@ def import_pyplot(picture: Path) -> Any:
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def save_figure(fig: Any, path: Path) -> None:
-    """Write `fig` as a PNG (one line on failure); show it too when running in a notebook."""
-    try:
-        fig.savefig(path, dpi=110)
-    except OSError as err:
-        path.unlink(missing_ok=True)  # no half-written picture
-        fail(f"cannot write {path}: {err.strerror or err}")
-    print(f"Drew {path}")
-    if in_notebook():
-        import matplotlib.pyplot as plt
-
-        plt.show()
-    else:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
