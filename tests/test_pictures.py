@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers import ON_VERIFIED_TORCH, REPO, SCRIPT_ENV, VERIFIED_TORCH
@@ -19,12 +20,27 @@ matplotlib = pytest.importorskip("matplotlib", reason="the pictures need the plo
 README = (REPO / "README.md").read_text()
 PICTURES = re.findall(r"!\[[^\]]+\]\((docs/[^)]+\.png)\)", README)
 VERIFIED_MATPLOTLIB = re.search(r"^matplotlib==(\S+)$", (REPO / "constraints.txt").read_text(), re.M).group(1)
+ANTI_ALIASING_LEVELS = 16  # of 255: more than this is a different drawing, not a shade
 SAME_EVERY_RUN = {"training-curves.png": "train_run", "resume.png": "checkpoint_run"}
 same_matplotlib = pytest.mark.skipif(
     matplotlib.__version__ != VERIFIED_MATPLOTLIB or not ON_VERIFIED_TORCH,
     reason=f"the committed pictures were drawn by matplotlib {VERIFIED_MATPLOTLIB} from what torch "
     f"{VERIFIED_TORCH} computes; others draw other bytes",
 )
+
+
+def assert_drawn_alike(drawn: Path, committed: Path) -> None:
+    """The same picture up to anti-aliasing. Another CPU's rounding can move a curve by a fraction
+    of a pixel, which shades its edge pixels a few levels differently (at most 3 of 255 seen);
+    a changed curve, label or layout changes thousands of pixels by far more."""
+    with Image.open(drawn) as new, Image.open(committed) as old:
+        assert new.size == old.size
+        difference = np.abs(np.asarray(new.convert("RGB"), float) - np.asarray(old.convert("RGB"), float))
+    changed = int((difference.max(axis=2) > ANTI_ALIASING_LEVELS).sum())
+    pixels = difference[..., 0].size
+    assert changed <= pixels // 2000, f"{changed} of {pixels} pixels differ by more than shading"
+    rms = float(np.sqrt((difference**2).mean()))
+    assert rms < 0.5, f"RMS difference {rms:.3f} of 255"
 
 
 def test_the_readme_shows_the_three_pictures_the_command_draws():
@@ -52,7 +68,7 @@ def test_each_picture_is_a_real_readable_png(picture):
 @pytest.mark.parametrize("picture", sorted(SAME_EVERY_RUN))
 def test_the_committed_picture_is_what_the_chapter_draws_now(picture, request):
     run = request.getfixturevalue(SAME_EVERY_RUN[picture])
-    assert (run.artifacts / picture).read_bytes() == (REPO / "docs" / picture).read_bytes()
+    assert_drawn_alike(run.artifacts / picture, REPO / "docs" / picture)
 
 
 @pytest.mark.slow
@@ -68,4 +84,4 @@ def test_the_command_regenerates_the_pictures(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(Path(p).name for p in PICTURES)
     for picture in SAME_EVERY_RUN:
-        assert (tmp_path / picture).read_bytes() == (REPO / "docs" / picture).read_bytes()
+        assert_drawn_alike(tmp_path / picture, REPO / "docs" / picture)
