@@ -73,6 +73,7 @@ from support.lab_tools import (
     available_memory_mb,
     make_memory_measurable,
     run_fresh_python,
+    run_in_child,
     timed,
     timed_with_peak_memory,
     touch,
@@ -518,8 +519,9 @@ print(f"fresh_process/run_pt2.py: {child.stdout.strip().split(': ')[-1]}, same p
 # A pickle can name any function for the unpickler to call. This one, harmless, names
 # `exec` with code that creates a marker file; the marker tells whether the file's code
 # ran. The files are written into the private temporary folder (mode 0700), so nobody
-# else can swap them before they are read. The two unsafe loads run in fresh processes
-# (`fresh_process/unsafe_load.py`), so that what the file's code does stays out of this one.
+# else can swap them before they are read. The two unsafe loads run in a child process
+# forked from this one (`run_in_child`), so that what the file's code does happens there,
+# not here. A child process is no sandbox: it can still reach your files.
 # `torch.load(..., weights_only=True)` runs right here, in this process: that is what
 # safe means. `get_unsafe_globals_in_checkpoint` lists what the file would call, without
 # loading it, and safetensors cannot store the object at all: it holds tensors and strings.
@@ -530,15 +532,25 @@ with (scratch / "hostile.pkl").open("wb") as f:
     pickle.dump(Hostile(marker), f)
 torch.save({"weight": Hostile(marker)}, scratch / "hostile.pth")
 
+
+def load_with_pickle(path: Path) -> None:
+    with path.open("rb") as f:
+        pickle.load(f)  # runs the file's code
+
+
+def load_with_torch_unsafely(path: Path) -> None:
+    torch.load(path, weights_only=False)  # runs the file's code too
+
+
 print("\n## A hostile file: does loading run its code?")
-for loader, how, file in [
-    ("pickle.load", "pickle", "hostile.pkl"),
-    ("torch.load(weights_only=False)", "torch", "hostile.pth"),
+for loader, load, file in [
+    ("pickle.load", load_with_pickle, scratch / "hostile.pkl"),
+    ("torch.load(weights_only=False)", load_with_torch_unsafely, scratch / "hostile.pth"),
 ]:
     marker.unlink(missing_ok=True)
-    child = run_fresh_python(FRESH_PROCESS / "unsafe_load.py", how, file, cwd=scratch, check=True)
+    run_in_child(load, file)
     verdict = "RAN the file's code" if marker.exists() else "ran nothing"
-    print(f"  {loader:<32} -> {verdict} (in a fresh process)")
+    print(f"  {loader:<32} -> {verdict} (in a child process)")
 
 marker.unlink(missing_ok=True)
 refusal = None

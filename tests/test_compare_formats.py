@@ -4,11 +4,14 @@ rows and its picture agree."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -16,7 +19,8 @@ import pytest
 import torch
 
 from build_model import Multiclass, load_iris_split
-from support.lab_tools import FRESH_PROCESS, Hostile, run_fresh_python
+from support.cli import ChapterError
+from support.lab_tools import Hostile, run_in_child
 from tests.helpers import REPO, SCRIPT_ENV, ChapterResult, assert_one_line_refusal, run_chapter_here
 
 try:
@@ -275,8 +279,8 @@ def test_the_pt2_program_refuses_to_run_where_it_can_see_the_project(tmp_path):
 
 def test_hostile_file_runs_in_unsafe_loaders_only(formats_run):
     stdout = formats_run.stdout
-    assert "  pickle.load                      -> RAN the file's code (in a fresh process)" in stdout
-    assert "  torch.load(weights_only=False)   -> RAN the file's code (in a fresh process)" in stdout
+    assert "  pickle.load                      -> RAN the file's code (in a child process)" in stdout
+    assert "  torch.load(weights_only=False)   -> RAN the file's code (in a child process)" in stdout
     assert (
         "  torch.load(weights_only=True)    -> ran nothing, refused with UnpicklingError (in this process)"
     ) in stdout
@@ -293,13 +297,46 @@ def test_the_safe_load_ran_in_the_chapters_own_process_and_named_exec(ns):
     assert ns["verdict"] == "ran nothing"  # the marker was absent right after the safe load
 
 
-def test_the_unsafe_load_program_runs_the_files_code(tmp_path):
-    # its torch.load(weights_only=False) branch is shown working by the real run's output
-    marker = tmp_path / "code-from-the-file-ran"
+def test_the_unsafe_loaders_run_the_files_code_in_another_process(here, tmp_path):
+    namespace = here[0].namespace
+    marker, pids = tmp_path / "code-from-the-file-ran", tmp_path / "pids"
     (tmp_path / "hostile.pkl").write_bytes(pickle.dumps(Hostile(marker)))
-    result = run_fresh_python(FRESH_PROCESS / "unsafe_load.py", "pickle", "hostile.pkl", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert marker.exists()
+    torch.save({"weight": Hostile(marker)}, tmp_path / "hostile.pth")
+    for load, name in [
+        (namespace["load_with_pickle"], "hostile.pkl"),
+        (namespace["load_with_torch_unsafely"], "hostile.pth"),
+    ]:
+        marker.unlink(missing_ok=True)
+
+        def load_and_say_where(path: Path, load=load) -> None:
+            pids.write_text(str(os.getpid()))
+            load(path)
+
+        run_in_child(load_and_say_where, tmp_path / name)
+        assert marker.exists(), name
+        assert int(pids.read_text()) != os.getpid()
+
+
+def test_a_failure_in_the_child_ends_in_one_line_without_a_traceback(capfd):
+    def refuse() -> None:
+        raise ValueError("no such weights\nsecond line")
+
+    with pytest.raises(ChapterError) as refusal:
+        run_in_child(refuse)
+    assert str(refusal.value) == "refuse failed in a child process: ValueError: no such weights"
+    assert capfd.readouterr().err == ""
+
+
+def test_a_child_that_dies_or_hangs_is_named_not_waited_on():
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(ChapterError, match=r"^die failed in a child process: exit code -9$"):
+        run_in_child(die)
+    with pytest.raises(
+        ChapterError, match=r"^sleep failed in a child process: still running after 0.5 s, stopped$"
+    ):
+        run_in_child(time.sleep, 60, timeout=0.5)
 
 
 # %%
