@@ -1,11 +1,13 @@
 """Fixtures: each chapter run once, as a reader runs it, in a folder of its own.
 
 Each chapter gets a folder holding only the files it reads, copied from the chapter that
-writes them. The runs start as early as their inputs exist and overlap, one CPU thread
-each, so the suite stays fast; a chapter that fails fails its own tests only. Each run is a
-process forked from a server that has imported torch and the rest already
-(tests/chapter_server.py), with the reader's command line, folder and exit; the slow step
-(tests/test_real_processes.py) shows that fresh interpreters print and write the same.
+writes them. The runs go on beside the tests, one CPU thread each, on every CPU but the one
+this process keeps busy (and on that one too while a test waits for a run); each starts as
+soon as its inputs exist and a CPU is free, in the order the tests first need them. A
+chapter that fails fails its own tests only. Each run is a process forked from a server
+that has imported torch and the rest already (tests/chapter_server.py), with the reader's
+command line, folder and exit; the slow step (tests/test_real_processes.py) shows that
+fresh interpreters print and write the same.
 """
 
 from __future__ import annotations
@@ -25,21 +27,7 @@ from tests.helpers import ARGS, CHAPTER_SERVER, CHAPTERS, READS, ForkedRun
 
 torch.set_num_threads(1)  # as the chapters run by the tests: one thread each
 
-# The order the runs start in, once their inputs exist: roughly the order the test files
-# (alphabetical) need them, with the long chapters (5, 7, 8) early, so that neither the CPUs
-# nor the tests wait.
-START_ORDER = [
-    "train_iris.py",
-    "build_model.py",
-    "checkpoint_resume.py",
-    "compare_formats.py",
-    "distributed_checkpoint.py",
-    "inspect_file.py",
-    "inspect_state.py",
-    "load_tips.py",
-    "save_load_demo.py",
-]
-assert sorted(START_ORDER) == sorted(CHAPTERS)
+# The chapters whose runs take longest: the test files that need them run last.
 LONG_CHAPTERS = {"checkpoint_resume.py", "compare_formats.py", "distributed_checkpoint.py"}
 # Flags some chapters get in the test run, beyond the reader's defaults.
 EXTRA_ARGS = {"compare_formats.py": ["--json", "artifacts/formats.json"]}
@@ -62,14 +50,14 @@ class ChapterRun:
 
 
 class ChapterRuns:
-    """Starts the chapters the selected tests need, each once its inputs exist, up to `slots`
-    side by side."""
+    """Starts the chapters the selected tests need, in the order they first need them, each
+    once its inputs exist, up to `slots` side by side."""
 
-    def __init__(self, root: Path, slots: int, needed: set[str]) -> None:
+    def __init__(self, root: Path, slots: int, needed: list[str]) -> None:
         self.root, self.slots = root, slots
-        if READS.keys() & needed:
-            needed = needed | {"train_iris.py"}
-        self.waiting = [script for script in START_ORDER if script in needed]
+        if READS.keys() & set(needed):  # chapter 2 writes what they read: it goes first
+            needed = ["train_iris.py", *(script for script in needed if script != "train_iris.py")]
+        self.waiting = list(needed)
         self.running: dict[str, tuple[Path, ForkedRun]] = {}
         self.done: dict[str, ChapterRun] = {}
         self.pump()
@@ -87,14 +75,14 @@ class ChapterRuns:
         args = [*ARGS.get(script, []), *EXTRA_ARGS.get(script, [])]
         self.running[script] = (cwd, CHAPTER_SERVER.start(script, *args, cwd=cwd))
 
-    def pump(self) -> None:
-        """Collect finished runs, then start what can start."""
+    def pump(self, slots: int | None = None) -> None:
+        """Collect finished runs, then start what can start, up to `slots` (default: the usual)."""
         for script, (cwd, process) in list(self.running.items()):
             if process.poll() is not None:
                 self.done[script] = ChapterRun(cwd, process.wait(timeout=0))
                 del self.running[script]
-        for script in list(self.waiting):  # the first that can start, in START_ORDER
-            if len(self.running) >= self.slots:
+        for script in list(self.waiting):  # the first that can start, in the order needed
+            if len(self.running) >= (slots or self.slots):
                 break
             if self.inputs_ready(script):
                 self.waiting.remove(script)
@@ -104,7 +92,7 @@ class ChapterRuns:
         if script not in self.done and script not in self.running and script not in self.waiting:
             self.waiting.append(script)  # asked for by a test the collection did not foresee
         while script not in self.done:
-            self.pump()
+            self.pump(slots=self.slots + 1)  # this process waits: its CPU is free for one more
             time.sleep(0.02)
         run = self.done[script]
         assert run.result.returncode == 0, f"{script} failed:\n{run.result.stderr}"
@@ -112,7 +100,7 @@ class ChapterRuns:
 
 
 FIXTURE_OF = {}  # fixture name -> chapter script, filled in by chapter_fixture below
-NEEDED: set[str] = set()  # the chapters the collected tests use
+NEEDED: list[str] = []  # the chapters the collected tests use, in the order they first do
 
 
 def chapters_used(item: pytest.Item) -> set[str]:
@@ -128,24 +116,34 @@ def chapters_used(item: pytest.Item) -> set[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Note which chapters the tests need; run the test files that need the long chapters
-    last (each file's tests still together, in their order), so that nobody waits for them."""
-    last_files = set()
-    for item in items:
-        used = chapters_used(item)
-        NEEDED.update(used)
-        if used & LONG_CHAPTERS:
-            last_files.add(item.path)
+    """Run the test files that need the long chapters last (each file's tests still together,
+    in their order), so that nobody waits for them; note which chapters the tests need, and
+    in what order."""
+    last_files = {item.path for item in items if chapters_used(item) & LONG_CHAPTERS}
     items.sort(key=lambda item: item.path in last_files)
+    for item in items:
+        NEEDED.extend(sorted(chapters_used(item) - set(NEEDED)))
 
 
 CHAPTER_SERVER.warm_up()  # while the tests are collected
 
 
+RUNS: list[ChapterRuns] = []  # the session's, for the hook below
+
+
 @pytest.fixture(scope="session", autouse=True)
 def chapter_runs(tmp_path_factory: pytest.TempPathFactory) -> ChapterRuns:
     """Autouse, so that the runs start before the first test, not when a test first needs one."""
-    return ChapterRuns(tmp_path_factory.mktemp("reader"), slots=os.cpu_count() or 1, needed=NEEDED)
+    slots = max(1, (os.cpu_count() or 1) - 1)  # this process, running the tests, keeps one CPU busy
+    RUNS.append(ChapterRuns(tmp_path_factory.mktemp("reader"), slots=slots, needed=NEEDED))
+    return RUNS[0]
+
+
+def pytest_runtest_logfinish() -> None:
+    """After every test, start the runs whose slot or inputs have come free: waiting for a test
+    to ask would leave a CPU idle while the in-process tests go on."""
+    if RUNS:
+        RUNS[0].pump()
 
 
 @pytest.fixture(scope="session")
