@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import io
 import json
 import multiprocessing
 import os
 import re
-import runpy
 import select
 import shutil
 import signal
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,29 @@ class ChapterResult:
     namespace: dict  # the chapter's top-level names after it ran (empty if it exited early)
 
 
+@functools.cache
+def chapter_code(script: str) -> types.CodeType:
+    """The chapter compiled once in this process: the forked children that run it on a bad
+    file inherit the code instead of compiling it again, which was most of their own work
+    (13 ms for the longest chapter) and touched memory they then had to copy."""
+    path = REPO / script
+    return compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+
+
+def run_as_main(script: str) -> dict:
+    """What `runpy.run_path(SCRIPT, run_name="__main__")` does for a script, with its code
+    compiled once: run it as the `__main__` module, and return a copy of its names."""
+    module = types.ModuleType("__main__")
+    module.__file__, module.__cached__ = str(REPO / script), None
+    saved = sys.modules["__main__"]
+    sys.modules["__main__"] = module  # what the chapter's classes name as their module
+    try:
+        exec(chapter_code(script), module.__dict__)
+    finally:
+        sys.modules["__main__"] = saved
+    return dict(module.__dict__)
+
+
 def run_chapter_here(script: str, *args: str, cwd: Path) -> ChapterResult:
     """Run a chapter in this process, as `python SCRIPT.py ARGS` in `cwd` would, and capture
     what it prints and its exit status. Faster than a process where a process proves nothing."""
@@ -216,7 +240,7 @@ def run_chapter_here(script: str, *args: str, cwd: Path) -> ChapterResult:
         os.chdir(cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                namespace = runpy.run_path(str(REPO / script), run_name="__main__")
+                namespace = run_as_main(script)
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
             except Exception as error:  # what the chapter's exception hook does, run as a script
