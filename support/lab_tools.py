@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
@@ -71,46 +71,84 @@ def run_fresh_python(
 def run_in_child(work: Callable[..., object], *args: object, timeout: float = 120) -> None:
     """Call `work(*args)` in a forked child process and wait for it. The child inherits what
     this process has imported, so it starts in milliseconds rather than the second or two a
-    new interpreter needs for torch. A failure in the child ends the chapter in one line."""
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
+    new interpreter needs for torch. It runs in a process group of its own: Ctrl-C at the
+    terminal does not reach it, and whatever it starts in that group is killed when it ends.
+    A failure, a death or a hang in the child ends the chapter in one line."""
+    name = getattr(getattr(work, "func", work), "__name__", "the work")  # a partial: its function
+    receive, send = os.pipe()
     sys.stdout.flush()  # a fork copies unwritten output: write it once, here
     sys.stderr.flush()
-    child = context.Process(target=report_failure, args=(send, work, args))
-    child.start()
-    send.close()  # only the child writes
+    pid = os.fork()
+    if pid == 0:
+        os.close(receive)
+        report_failure(send, work, args)  # never returns
+    os.close(send)
+    with contextlib.suppress(OSError):
+        os.setpgid(pid, pid)  # also done in the child: whichever runs first
+    ended = False
     try:
-        child.join(timeout)
-        timed_out = child.is_alive()
-    finally:
-        if child.is_alive():  # timed out, or Ctrl-C here
-            child.kill()
-            child.join()
-    with receive:  # a one-line message fits the pipe's buffer, so the child never waits on it
-        if timed_out:
-            failure = f"still running after {timeout:g} s, stopped"
-        elif child.exitcode == 1 and receive.poll():
-            failure = receive.recv()
-        else:
-            failure = f"exit code {child.exitcode}"
-    if child.exitcode != 0:
-        raise ChapterError(f"{getattr(work, '__name__', work)} failed in a child process: {failure}")
-
-
-def report_failure(
-    send: multiprocessing.connection.Connection, work: Callable[..., object], args: tuple
-) -> None:
-    """In the child: run `work`, send its error as one line if it fails, and leave at once."""
-    failure = None
-    try:
-        work(*args)
-    except BaseException as err:  # anything, Ctrl-C included, is reported, not printed as a traceback
-        failure = error_line(err)
+        ended = wait_for(pid, timeout)
+    finally:  # the child is not reaped yet, so its group id cannot have gone to another process
         with contextlib.suppress(OSError):
-            send.send(failure)
-    with contextlib.suppress(OSError, ValueError):
+            os.killpg(pid, signal.SIGKILL)  # the child on a timeout or Ctrl-C, and what it left
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)  # in case it never got a group of its own
+        _, status = os.waitpid(pid, 0)
+        message = read_what_is_there(receive)
+    if not ended:
+        failure = f"still running after {timeout:g} s, stopped"
+    elif status == 0:
+        return
+    elif os.WIFSIGNALED(status):
+        failure = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    else:
+        failure = message or f"exit code {os.waitstatus_to_exitcode(status)}"
+    raise ChapterError(f"{name} failed in a child process: {failure}")
+
+
+def read_what_is_there(fd: int) -> str:
+    """The child's one line, if it wrote one, without waiting: a process it started outside its
+    group may still hold the pipe open."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 4096).decode(errors="replace")
+    except BlockingIOError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def wait_for(pid: int, timeout: float) -> bool:
+    """Whether the child ended within `timeout` seconds; it is left to be reaped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def report_failure(send: int, work: Callable[..., object], args: tuple) -> NoReturn:
+    """In the child: run `work`; if it fails, write one line saying how to `send`; then leave
+    at once, skipping the exit-time clean-up of what is a copy of the chapter's process."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # not the chapter's handler, in this copy
+    code, failure = 1, ""
+    with contextlib.suppress(BaseException):  # nothing the work does may print a traceback here
+        try:
+            work(*args)
+            code = 0
+        except SystemExit as stop:  # as Python exits: None and 0 are success
+            code = 0 if stop.code in (None, 0) else 1
+            failure = error_line(stop) if code else ""
+        except BaseException as err:
+            failure = error_line(err)
+    with contextlib.suppress(BaseException):
+        os.write(send, failure.encode(errors="replace"))
+    with contextlib.suppress(BaseException):
         sys.stdout.flush()  # what `work` printed: os._exit would drop it
-    os._exit(1 if failure else 0)  # skip the exit-time clean-up of a copy of the chapter's process
+    os._exit(code)
 
 
 @contextmanager

@@ -3,6 +3,7 @@ rows and its picture agree."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -325,26 +326,95 @@ def test_the_chapters_own_unsafe_loaders_run_the_files_code(ns, tmp_path):
         assert marker.exists(), name
 
 
-def test_a_failure_in_the_child_ends_in_one_line_without_a_traceback(capfd):
-    def refuse() -> None:
-        raise ValueError("no such weights\nsecond line")
+def refuse() -> None:
+    raise ValueError("no such weights\nsecond line")
 
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message either")
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def raise_unprintable() -> None:
+    raise UnprintableError
+
+
+@pytest.mark.parametrize(
+    ("work", "args", "said"),
+    [
+        (refuse, (), "ValueError: no such weights"),
+        (sys.exit, (3,), "SystemExit: 3"),
+        (sys.exit, ("stopped here",), "SystemExit: stopped here"),
+        (os._exit, (1,), "exit code 1"),  # what a hostile file can call: no message
+        (os._exit, (5,), "exit code 5"),
+        (raise_unprintable, (), "exit code 1"),
+        (die, (), "killed by SIGKILL"),
+    ],
+)
+def test_a_failure_in_the_child_ends_in_one_line_without_a_traceback(work, args, said, capfd):
     with pytest.raises(ChapterError) as refusal:
-        run_in_child(refuse)
-    assert str(refusal.value) == "refuse failed in a child process: ValueError: no such weights"
+        run_in_child(work, *args)
+    assert str(refusal.value) == f"{work.__name__} failed in a child process: {said}"
     assert capfd.readouterr().err == ""
 
 
-def test_a_child_that_dies_or_hangs_is_named_not_waited_on():
-    def die() -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
+@pytest.mark.parametrize("args", [(), (0,), (None,)])
+def test_a_child_that_exits_as_python_does_on_success_succeeds(args):
+    run_in_child(sys.exit, *args)
 
-    with pytest.raises(ChapterError, match=r"^die failed in a child process: exit code -9$"):
-        run_in_child(die)
+
+def test_a_partial_is_named_by_its_function():
+    with pytest.raises(ChapterError, match=r"^refuse failed in a child process: ValueError"):
+        run_in_child(functools.partial(refuse))
+
+
+def test_a_child_that_hangs_is_stopped():
     with pytest.raises(
         ChapterError, match=r"^sleep failed in a child process: still running after 0.2 s, stopped$"
     ):
         run_in_child(time.sleep, 60, timeout=0.2)
+
+
+def is_running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_what_the_child_starts_is_stopped_with_it_and_never_waited_for(tmp_path):
+    pid_file = tmp_path / "grandchild"
+
+    def start_a_grandchild() -> None:
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        pid_file.write_text(str(grandchild.pid))
+
+    started = time.monotonic()
+    run_in_child(start_a_grandchild, timeout=30)
+    assert time.monotonic() - started < 30  # returned when the child ended, not at the timeout
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while is_running(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not is_running(grandchild)
+
+
+def test_the_child_has_its_own_process_group_and_not_the_chapters_ctrl_c_handler(tmp_path):
+    seen = tmp_path / "seen"
+
+    def say_how_it_runs() -> None:
+        own_group = os.getpgid(0) == os.getpid()
+        seen.write_text(f"{own_group} {signal.getsignal(signal.SIGINT) is signal.SIG_DFL}")
+
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # as a chapter's first cell sets one
+    try:
+        run_in_child(say_how_it_runs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen.read_text() == "True True"  # Ctrl-C at the terminal reaches the chapter alone
 
 
 # %%
