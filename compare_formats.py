@@ -520,8 +520,10 @@ print(f"fresh_process/run_pt2.py: {child.stdout.strip().split(': ')[-1]}, same p
 # `exec` with code that creates a marker file; the marker tells whether the file's code
 # ran. The files are written into the private temporary folder (mode 0700), so nobody
 # else can swap them before they are read. The two unsafe loads run in a child process
-# forked from this one (`run_in_child`), so that what the file's code does happens there,
-# not here. A child process is no sandbox: it can still reach your files.
+# forked from this one (`run_in_child`): whatever the file's code changes in a process,
+# torch or pickle themselves for instance, it changes in that copy, not in this process,
+# which goes on to load the file the safe way. A child is no sandbox: it runs as you, with
+# your files, your network and a copy of this process's memory.
 # `torch.load(..., weights_only=True)` runs right here, in this process: that is what
 # safe means. `get_unsafe_globals_in_checkpoint` lists what the file would call, without
 # loading it, and safetensors cannot store the object at all: it holds tensors and strings.
