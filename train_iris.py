@@ -102,10 +102,10 @@ plt = import_pyplot(out_dir / "training-curves.png")  # None, after a line sayin
 seed_everything(args.seed)
 split = load_iris_split()
 X_train, y_train, X_test, y_test = split.X_train, split.y_train, split.X_test, split.y_test
+print(f"{len(X_train)} training flowers, {len(X_test)} test flowers; batches of {args.batch_size}")
 model = Multiclass()
 loss_fn = nn.NLLLoss()
-optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-print(f"{len(X_train)} training flowers, {len(X_test)} test flowers; batches of {args.batch_size}")
+optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)  # the first one imports torch._dynamo: a second
 
 # %% [markdown]
 # ## Training
