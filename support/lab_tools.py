@@ -95,15 +95,19 @@ def run_in_child(work: Callable[..., object], *args: object, timeout: float = 12
             os.kill(pid, signal.SIGKILL)  # in case it never got a group of its own
         _, status = os.waitpid(pid, 0)
         message = read_what_is_there(receive)
+    exit_code = os.waitstatus_to_exitcode(status)
+    if ended and exit_code == 0:
+        return
     if not ended:
         failure = f"still running after {timeout:g} s, stopped"
-    elif status == 0:
-        return
-    elif os.WIFSIGNALED(status):
-        failure = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
     else:
-        failure = message or f"exit code {os.waitstatus_to_exitcode(status)}"
+        failure = message if exit_code > 0 and message else how_it_ended(exit_code)
     raise ChapterError(f"{name} failed in a child process: {failure}")
+
+
+def how_it_ended(exit_code: int) -> str:
+    """A child's exit code in words: negative means killed by that signal."""
+    return f"killed by {signal.Signals(-exit_code).name}" if exit_code < 0 else f"exit code {exit_code}"
 
 
 def read_what_is_there(fd: int) -> str:
@@ -383,7 +387,7 @@ def blame(ranks: list[multiprocessing.Process], reports: Path, failed: list[int]
     said = {int(path.stem.split("-")[1]): path.read_text() for path in reports.iterdir()}
     for rank in failed:
         if rank not in said and ranks[rank].exitcode < 0:
-            return f"rank {rank} was killed by {signal.Signals(-ranks[rank].exitcode).name}"
+            return f"rank {rank} was {how_it_ended(ranks[rank].exitcode)}"
     waited = [rank for rank, line in said.items() if "timed out" in line.lower() or "timeout" in line.lower()]
     silent = [rank for rank, process in enumerate(ranks) if process.is_alive() and rank not in said]
     if waited and silent:

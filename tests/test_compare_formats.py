@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from build_model import Multiclass, load_iris_split
+from support import lab_tools
 from support.cli import ChapterError
 from support.lab_tools import Hostile, run_in_child
 from tests.helpers import REPO, SCRIPT_ENV, ChapterResult, assert_one_line_refusal, run_chapter_here
@@ -52,16 +54,31 @@ def rows(formats_run) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def here(trained_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ChapterResult, Path]:
-    """The chapter run in this process (for its objects), with --json, and its folder."""
+def here(
+    trained_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ChapterResult, Path, list[tuple[str, str, bool]]]:
+    """The chapter run in this process (for its objects), with --json; its folder; and what it
+    ran in child processes: (function, file, whether that ran in another process)."""
     cwd = tmp_path_factory.mktemp("formats")
     (cwd / "artifacts").mkdir()
     shutil.copy(trained_model_path, cwd / "artifacts")
-    result = run_chapter_here(
-        "compare_formats.py", "--size-mb", HERE_SIZE_MB, "--repeat", "1", "--json", "rows.json", cwd=cwd
-    )
+    children, pid_file = [], cwd / "child-pid"
+
+    def run_in_child_and_note(work: Callable[..., object], *args: object, **options: object) -> None:
+        def work_saying_where(*work_args: object) -> None:
+            pid_file.write_text(str(os.getpid()))
+            work(*work_args)
+
+        run_in_child(work_saying_where, *args, **options)
+        children.append((work.__name__, Path(args[0]).name, int(pid_file.read_text()) != os.getpid()))
+
+    with pytest.MonkeyPatch.context() as patch:  # the chapter imports it when it runs
+        patch.setattr(lab_tools, "run_in_child", run_in_child_and_note)
+        result = run_chapter_here(
+            "compare_formats.py", "--size-mb", HERE_SIZE_MB, "--repeat", "1", "--json", "rows.json", cwd=cwd
+        )
     assert result.returncode == 0, result.stderr
-    return result, cwd
+    return result, cwd, children
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +177,7 @@ def test_pickle_needs_twice_the_memory_to_load(rows):
 
 @pytest.mark.slow
 def test_the_output_says_why_mapped_loads_are_below_raw(here, ns):
-    result, _ = here
+    result = here[0]
     raw = ns["raw"]
     assert raw["format"] == "raw" and raw["model"] == HERE_SYNTHETIC
     expected = [
@@ -193,7 +210,7 @@ def test_the_recommendation_follows_the_measurements(ns):
 
 @pytest.mark.slow
 def test_the_bars_are_the_json_rows(here, ns):
-    result, cwd = here
+    result, cwd, _ = here
     written = json.loads((cwd / "rows.json").read_text())
     assert written == ns["rows"]
     synthetic = [row for row in written if row["model"] == HERE_SYNTHETIC]
@@ -310,6 +327,14 @@ def test_the_child_is_another_process_and_the_files_code_runs_there(tmp_path):
     run_in_child(load_and_say_where, tmp_path / "hostile.pkl")
     assert marker.exists()
     assert int(pids.read_text()) != os.getpid()
+
+
+@pytest.mark.slow
+def test_the_chapters_unsafe_loads_ran_in_child_processes(here):
+    assert here[2] == [
+        ("load_with_pickle", "hostile.pkl", True),
+        ("load_with_torch_unsafely", "hostile.pth", True),
+    ]
 
 
 @pytest.mark.slow
