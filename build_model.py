@@ -13,52 +13,31 @@
 # Next: chapter 2, `python train_iris.py`, which trains it and saves its state_dict.
 
 # %%
-"""Chapter 1: the Multiclass network, and what every chapter needs to run it.
-
-The network is the one from the article "Save and Load Your PyTorch Models": four flower
-measurements in, eight hidden units, log-probabilities of the three iris species out.
-The later chapters import the class from here, together with the iris data, the seeding,
-one training epoch and the scoring, so each is defined exactly once.
-
-Run it to look at the model (or run it cell by cell in VS Code or Jupyter):
-
-    python build_model.py
-
-Reads nothing and writes nothing. Next: train_iris.py.
-"""
-
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from support.settings import BATCH_SIZE, DATA_SEED, LEARNING_RATE, SEED, TEST_FRACTION
+
+if __name__ == "__main__":  # run as chapter 1; the other chapters import what follows
+    # The command line first, before torch is imported: --help and a bad flag are answered at once.
+    from support.cli import chapter_parser, parse_chapter_args
+    from support.cli import seed as seed_number
+
+    parser = chapter_parser(out_dir=False)
+    parser.add_argument(
+        "--seed", type=seed_number, default=SEED, help=f"seeds the initial weights (default: {SEED})"
+    )
+    args = parse_chapter_args(parser)
 
 import numpy as np
 import torch
 from sklearn.datasets import load_iris
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
-
-SEED = 42  # seeds weight initialisation and batch order in every chapter
-DATA_SEED = 42  # fixes the train/test split (not moved by --seed): every chapter scores the same 45 flowers
-TEST_FRACTION = 0.3  # the article's 70/30 split
-MODEL_FILE = "iris-model.pth"  # the trained state_dict that chapter 2 writes
-SPECIES = ("setosa", "versicolor", "virginica")  # class index -> name, as in load_iris()
-LEARNING_RATE = 0.001  # the article's Adam learning rate
-BATCH_SIZE = 5  # the article's mini-batch size
-
-if __name__ == "__main__":  # run as chapter 1; the other chapters import what follows
-    from support.cli import chapter_parser, parse_chapter_args
-    from support.cli import seed as seed_number
-
-    parser = chapter_parser(__doc__, out_dir=False)
-    parser.add_argument(
-        "--seed", type=seed_number, default=SEED, help=f"seeds the initial weights (default: {SEED})"
-    )
-    args = parse_chapter_args(parser)
-
 
 # %% [markdown]
 # ## The model
@@ -124,11 +103,6 @@ def load_iris_split(seed: int = DATA_SEED) -> IrisSplit:
         y_train=torch.tensor(y_train, dtype=torch.long),
         y_test=torch.tensor(y_test, dtype=torch.long),
     )
-
-
-def train_command(out_dir: Path) -> str:
-    """The command that writes OUT_DIR/iris-model.pth, for a chapter that finds it missing."""
-    return f"python train_iris.py --out-dir {out_dir}"
 
 
 def seed_everything(seed: int) -> None:

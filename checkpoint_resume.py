@@ -23,12 +23,6 @@
 # Next: chapter 6, `python load_tips.py`, when the file and the model don't quite match.
 
 # %%
-"""Chapter 5: checkpoints that resume training exactly, saved so that a crash cannot ruin them.
-
-python checkpoint_resume.py [--epochs 30] [--interrupt-at 20] [--save-every 5]
-python checkpoint_resume.py --resume [--epochs 30] [--save-every 5]
-"""
-
 from __future__ import annotations
 
 import math
@@ -41,34 +35,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-import build_model
-from build_model import (
-    BATCH_SIZE,
-    LEARNING_RATE,
-    SEED,
-    SPECIES,
-    Multiclass,
-    flat_tensors,
-    load_iris_split,
-    same_state,
-    seed_everything,
-    train_one_epoch,
-)
+# The command line first, before torch is imported: --help, a bad flag and Ctrl-C are
+# answered at once, in one line.
 from support.cli import chapter_parser, parse_chapter_args, positive_int, prepare_out_dir, seed
-from support.pictures import import_pyplot
-from support.saving import remove_abandoned_partials
-from support.untrusted_files import read_checkpoint
+from support.settings import BATCH_SIZE, LEARNING_RATE, SEED, SPECIES
 
 CHECKPOINT_FILE = "iris-checkpoint.pth"
 EPOCHS = 30  # long enough to see a resume that leaves a piece out drift away
 INTERRUPT_AT = 20  # the demonstration pretends the machine died after this epoch
 SAVE_EVERY = 5  # epochs between checkpoints: a crash loses at most this much work
-SCRIPT = Path(build_model.__file__).with_name("checkpoint_resume.py")  # this file, in a notebook too
 
-parser = chapter_parser(__doc__)
+parser = chapter_parser()
 parser.add_argument(
     "--epochs",
     type=positive_int,
@@ -106,6 +83,24 @@ args = parse_chapter_args(parser)
 if not args.resume and args.interrupt_at >= args.epochs:
     parser.error(f"--interrupt-at ({args.interrupt_at}) must be below --epochs ({args.epochs})")
 out_dir = prepare_out_dir(args.out_dir)
+
+import numpy as np
+import torch
+
+import build_model
+from build_model import (
+    Multiclass,
+    flat_tensors,
+    load_iris_split,
+    same_state,
+    seed_everything,
+    train_one_epoch,
+)
+from support.pictures import import_pyplot
+from support.saving import remove_abandoned_partials
+from support.untrusted_files import read_checkpoint
+
+SCRIPT = Path(build_model.__file__).with_name("checkpoint_resume.py")  # this file, in a notebook too
 checkpoint_path = out_dir / CHECKPOINT_FILE
 split = load_iris_split()
 DATA_ARGS = {"n_features": split.X_train.shape[1], "n_classes": len(SPECIES)}  # what the data fixes

@@ -26,14 +26,6 @@
 # Next: chapter 8, `python distributed_checkpoint.py`, when one machine is not enough.
 
 # %%
-"""Chapter 7: which file format to use -- pickle, torch.save, safetensors, torch.export, measured.
-
-python compare_formats.py [--size-mb 32] [--repeat 3] [--json FILE]
-
-Reads OUT_DIR/iris-model.pth; writes OUT_DIR/iris.pt2, OUT_DIR/iris.safetensors and
-OUT_DIR/formats.png. Next: distributed_checkpoint.py.
-"""
-
 from __future__ import annotations
 
 import atexit
@@ -47,44 +39,19 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-import torch
-from torch import Tensor, nn
-
-from build_model import (
-    MODEL_FILE,
-    SEED,
-    Multiclass,
-    load_iris_split,
-    same_outputs,
-    seed_everything,
-    train_command,
-)
+# The command line first, before torch is imported: --help, a bad flag, a missing file and
+# Ctrl-C are answered at once, in one line.
 from support.cli import (
+    available_memory_mb,
     chapter_parser,
     check_writable_file,
     fail,
     parse_chapter_args,
     positive_int,
     prepare_out_dir,
+    require_inputs,
 )
-from support.lab_tools import (
-    FRESH_PROCESS,
-    Hostile,
-    available_memory_mb,
-    make_memory_measurable,
-    run_fresh_python,
-    run_in_child,
-    timed,
-    timed_with_peak_memory,
-    touch,
-)
-from support.pictures import import_pyplot
-from support.untrusted_files import load_model_or_exit
-
-try:
-    from safetensors.torch import load_file, safe_open, save_file
-except ImportError:  # the optional `formats` extra
-    save_file = load_file = safe_open = None
+from support.settings import MODEL_FILE, SEED, train_command
 
 SIZE_MB = 32  # the synthetic model's default size: seconds, not minutes
 REPEAT = 3  # timings are the median of this many runs
@@ -93,7 +60,7 @@ LAYER_MIB = WIDTH * WIDTH * 4 // 2**20  # ... 16 MiB each
 PICKLE_PEAK = 3  # the model, plus twice its size while pickle loads it: the most this run holds
 BASE_MIB = 512  # what Python, torch and the iris model take besides
 
-parser = chapter_parser(__doc__)
+parser = chapter_parser()
 parser.add_argument(
     "--size-mb",
     type=positive_int,
@@ -122,6 +89,30 @@ if available_mib is not None and needed_mib > available_mib:
     )
 if args.json:
     check_writable_file(args.json)
+require_inputs(args.out_dir / MODEL_FILE, made_by=train_command(args.out_dir))
+
+import torch
+from torch import Tensor, nn
+
+from build_model import Multiclass, load_iris_split, same_outputs, seed_everything
+from support.lab_tools import (
+    FRESH_PROCESS,
+    Hostile,
+    make_memory_measurable,
+    run_fresh_python,
+    run_in_child,
+    timed,
+    timed_with_peak_memory,
+    touch,
+)
+from support.pictures import import_pyplot
+from support.untrusted_files import load_model_or_exit
+
+try:
+    from safetensors.torch import load_file, safe_open, save_file
+except ImportError:  # the optional `formats` extra
+    save_file = load_file = safe_open = None
+
 trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by=train_command(args.out_dir))
 out_dir = prepare_out_dir(args.out_dir)
 scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix="compare-formats-"))  # mode 0700: only we can enter

@@ -30,12 +30,6 @@
 # without running it.
 
 # %%
-"""Chapter 8: a sharded model saved with torch.distributed.checkpoint, resharded, converted.
-
-Run: python distributed_checkpoint.py [--nproc 2] [--epochs 15], or: torchrun --nproc-per-node 2
-distributed_checkpoint.py. Writes dcp-checkpoint/ and its checksums into OUT_DIR (default artifacts/).
-"""
-
 from __future__ import annotations
 
 import atexit
@@ -54,24 +48,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch import nn
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
-
-from build_model import SEED, Multiclass, flat_tensors, load_iris_split, seed_everything
-from support.cli import chapter_parser, fail, parse_chapter_args, positive_int, prepare_out_dir
-from support.dcp_checks import check_dcp_checkpoint
-from support.lab_tools import private_folder, root_error_line, run_under_torchrun, start_ranks
-from support.untrusted_files import read_untrusted
+# The command line first, before torch is imported: --help, a bad flag, a missing file and
+# Ctrl-C are answered at once, in one line.
+from support.cli import (
+    chapter_parser,
+    fail,
+    parse_chapter_args,
+    positive_int,
+    prepare_out_dir,
+    require_inputs,
+)
+from support.settings import SEED
 
 NPROC = 2  # ranks started by this script
 MAX_NPROC = 7  # hidden.weight has 8 rows: beyond N+1 = 8 ranks, some would hold none
@@ -89,7 +76,7 @@ ALONE_DIR = "dcp-rank0-only"
 PITFALL_FILE = "fsdp-state-dict-rank0.pth"
 MADE_BY = "python distributed_checkpoint.py"
 
-parser = chapter_parser(__doc__)
+parser = chapter_parser()
 parser.add_argument(
     "--nproc",
     type=positive_int,
@@ -124,7 +111,27 @@ if args.nproc is not None and args.nproc > MAX_NPROC:
 world_size = int(os.environ["WORLD_SIZE"]) if under_torchrun else (args.nproc or NPROC)
 if args.fail_rank is not None and not 0 <= args.fail_rank < world_size:
     fail(f"--fail-rank {args.fail_rank} is not a rank: the ranks are 0 to {world_size - 1}")
+if args.load_only:
+    require_inputs(args.out_dir / DCP_DIR, made_by=MADE_BY)  # its files are checked before any rank starts
 out_dir = prepare_out_dir(args.out_dir)
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from build_model import Multiclass, flat_tensors, load_iris_split, seed_everything
+from support.dcp_checks import check_dcp_checkpoint
+from support.lab_tools import private_folder, root_error_line, run_under_torchrun, start_ranks
+from support.untrusted_files import read_untrusted
 
 # What the distributed machinery would print that is no lesson (the rank tools quiet gloo's own lines):
 logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # failures are reported in one line

@@ -1,30 +1,31 @@
-"""Chapter 9, a tool: inspect any model file without running it.
+# %% [markdown]
+# # Chapter 9, a tool: inspect any model file without running it
+#
+# A `.pth` from a colleague, last month's checkpoint (legacy format, Lightning, saved on a
+# GPU), a `.safetensors` download or a sharded Hugging Face folder, a TorchScript or `.pt2`
+# program, or a DCP folder: what is it, what does it hold, what would loading it import, is
+# it intact, and does it fit your model? ONNX, GGUF, NumPy and HDF5/Keras files are named,
+# with what reads them. Everything here is read from the bytes. Nothing in the file is
+# executed: a plain pickle is never unpickled, and `torch.load` is only ever called with
+# `weights_only=True`, after the file's checksums and sizes have been checked. The readers
+# of each format are in support/ (torch_archives, other_formats, model_folders, checkpoints).
+#
+# Unlike the other chapters, this one is a tool to run on your own files rather than a
+# lesson to step through cell by cell: its sections below answer one question each, and
+# the report at the end puts the answers together.
+#
+# Run:
+#
+#     python inspect_file.py [PATH] [--model Multiclass [--model-args n_hidden=8]] [--json]
+#     python inspect_file.py PATH --model-file my_model.py --model-class Net [--model-args ...]
+#
+# PATH defaults to artifacts/iris-model.pth (chapter 2's model); a DCP checkpoint or a
+# sharded model is a folder. Reads PATH only and writes nothing. Exit status 0: intact, and
+# loads as the report says (`torch.load(weights_only=True)`, with `map_location="cpu"` for
+# a file saved on a device this machine lacks; safetensors, or every shard of a sharded
+# folder) and fits the model if one was named; 2: anything else, with the reasons listed.
 
-A `.pth` from a colleague, last month's checkpoint (legacy format, Lightning, saved on a
-GPU), a `.safetensors` download or a sharded Hugging Face folder, a TorchScript or `.pt2`
-program, or a DCP folder: what is it, what does it hold, what would loading it import, is
-it intact, and does it fit your model? ONNX, GGUF, NumPy and HDF5/Keras files are named,
-with what reads them. Everything here is read from the bytes. Nothing in the file is
-executed: a plain pickle is never unpickled, and `torch.load` is only ever called with
-`weights_only=True`, after the file's checksums and sizes have been checked. The readers
-of each format are in support/ (torch_archives, other_formats, model_folders, checkpoints).
-
-Unlike the other chapters, this one is a tool to run on your own files rather than a
-lesson to step through cell by cell: its sections below answer one question each, and
-the report at the end puts the answers together.
-
-Run:
-
-    python inspect_file.py [PATH] [--model Multiclass [--model-args n_hidden=8]] [--json]
-    python inspect_file.py PATH --model-file my_model.py --model-class Net [--model-args ...]
-
-PATH defaults to artifacts/iris-model.pth (chapter 2's model); a DCP checkpoint or a
-sharded model is a folder. Reads PATH only and writes nothing. Exit status 0: intact, and
-loads as the report says (`torch.load(weights_only=True)`, with `map_location="cpu"` for
-a file saved on a device this machine lacks; safetensors, or every shard of a sharded
-folder) and fits the model if one was named; 2: anything else, with the reasons listed.
-"""
-
+# %%
 from __future__ import annotations
 
 import argparse
@@ -44,21 +45,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
-
-from build_model import MODEL_FILE, Multiclass
-from support import other_formats, torch_archives
-from support.checkpoints import note_devices, note_training_framework
+# The command line first, before torch is imported: --help, a bad flag, a missing file and
+# Ctrl-C are answered at once, in one line.
 from support.cli import (
     DEFAULT_OUT_DIR,
     EXIT_BAD_INPUT,
     OneLineParser,
+    chapter_prose,
     error_line,
     fail,
     parse_chapter_args,
+    require_inputs,
     safe_text,
 )
+from support.settings import MODEL_FILE
+
+parser = OneLineParser(
+    description=chapter_prose(Path(__file__)),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    epilog="--model-file imports and runs that Python file: it must be your own code. "
+    "The file being inspected is never run.",
+)
+parser.add_argument(
+    "path", nargs="?", type=Path, default=DEFAULT_OUT_DIR / MODEL_FILE, help="file or DCP folder to inspect"
+)
+parser.add_argument("--model", choices=["Multiclass"], help="check the file against this walkthrough's model")
+parser.add_argument("--model-file", type=Path, help="YOUR Python file defining the model class (it is run)")
+parser.add_argument("--model-class", help="the class in --model-file to check against")
+parser.add_argument(
+    "--model-args", nargs="*", default=[], metavar="NAME=VALUE", help="constructor arguments, e.g. n_hidden=8"
+)
+parser.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
+
+if __name__ == "__main__":
+    args = parse_chapter_args(parser)
+    require_inputs(args.path)
+
+import torch
+from torch import Tensor, nn
+
+from build_model import Multiclass
+from support import other_formats, torch_archives
+from support.checkpoints import note_devices, note_training_framework
 from support.model_folders import find_index, inspect_sharded
 from support.untrusted_files import (
     CHUNK,
@@ -98,23 +126,6 @@ SAFETENSORS_DTYPES = {  # safetensors' dtype name -> torch's, and bytes per valu
 }  # fmt: skip
 PT2_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32"}
 PT2_DTYPES |= {8: "float64", 12: "bool", 13: "bfloat16"}
-
-parser = OneLineParser(
-    description=__doc__.splitlines()[0],
-    epilog="--model-file imports and runs that Python file: it must be your own code. "
-    "The file being inspected is never run.",
-)
-parser.add_argument(
-    "path", nargs="?", type=Path, default=DEFAULT_OUT_DIR / MODEL_FILE, help="file or DCP folder to inspect"
-)
-parser.add_argument("--model", choices=["Multiclass"], help="check the file against this walkthrough's model")
-parser.add_argument("--model-file", type=Path, help="YOUR Python file defining the model class (it is run)")
-parser.add_argument("--model-class", help="the class in --model-file to check against")
-parser.add_argument(
-    "--model-args", nargs="*", default=[], metavar="NAME=VALUE", help="constructor arguments, e.g. n_hidden=8"
-)
-parser.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
-
 
 # ---- What kind of file is it? ----
 #
@@ -1082,7 +1093,6 @@ def loads_with(report: dict[str, Any]) -> str:
 # ---- Inspect the file named on the command line ----
 
 if __name__ == "__main__":
-    args = parse_chapter_args(parser)
     described, model = model_to_check(args)
     try:
         report = inspect_path(args.path, described, model)

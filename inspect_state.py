@@ -16,33 +16,18 @@
 # Next: chapter 4, `python save_load_demo.py`, saving and loading it four ways.
 
 # %%
-"""Chapter 3: what is inside a model -- parameters, buffers and the state_dict.
-
-python inspect_state.py [--seed 42] [--out-dir artifacts]
-"""
-
 from __future__ import annotations
 
 import copy
 
-import torch
-from torch import Tensor, nn
-
-from build_model import (
-    MODEL_FILE,
-    SEED,
-    Multiclass,
-    load_iris_split,
-    seed_everything,
-    train_command,
-    train_one_epoch,
-)
-from support.cli import chapter_parser, parse_chapter_args, seed
-from support.untrusted_files import load_model_or_exit
+# The command line first, before torch is imported: --help, a bad flag, a missing file and
+# Ctrl-C are answered at once, in one line.
+from support.cli import chapter_parser, parse_chapter_args, require_inputs, seed
+from support.settings import MODEL_FILE, SEED, train_command
 
 BN_EPOCHS = 20  # enough training for the BatchNorm statistics to move away from 0 and 1
 
-parser = chapter_parser(__doc__)
+parser = chapter_parser()
 parser.add_argument(
     "--seed",
     type=seed,
@@ -50,6 +35,14 @@ parser.add_argument(
     help=f"seeds the fresh models and the extra training, not the train/test split (default: {SEED})",
 )
 args = parse_chapter_args(parser)
+require_inputs(args.out_dir / MODEL_FILE, made_by=train_command(args.out_dir))
+
+import torch
+from torch import Tensor, nn
+
+from build_model import Multiclass, load_iris_split, seed_everything, train_one_epoch
+from support.untrusted_files import load_model_or_exit
+
 # The one file this chapter reads, checked before any lesson uses it: a missing or bad one
 # ends the chapter here in one line.
 trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by=train_command(args.out_dir))

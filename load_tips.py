@@ -17,24 +17,29 @@
 # Next: chapter 7, `python compare_formats.py`, which file format to use.
 
 # %%
-"""Chapter 6: when the file and the model don't quite match -- the errors, and the fixes.
-
-python load_tips.py [--seed 42]
-"""
-
 from __future__ import annotations
 
 import pickle
 from unittest import mock
+
+# The command line first, before torch is imported: --help, a bad flag, a missing file and
+# Ctrl-C are answered at once, in one line.
+from support.cli import chapter_parser, parse_chapter_args, prepare_out_dir, require_inputs, seed
+from support.settings import LEARNING_RATE, MODEL_FILE, SEED, train_command
+
+parser = chapter_parser()
+parser.add_argument(
+    "--seed", type=seed, default=SEED, help=f"seeds the fresh models' initial weights (default: {SEED})"
+)
+args = parse_chapter_args(parser)
+model_path = args.out_dir / MODEL_FILE
+require_inputs(model_path, made_by=train_command(args.out_dir))
 
 import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from build_model import (
-    LEARNING_RATE,
-    MODEL_FILE,
-    SEED,
     Multiclass,
     accuracy,
     flat_tensors,
@@ -42,18 +47,10 @@ from build_model import (
     same_outputs,
     same_state,
     seed_everything,
-    train_command,
     train_one_epoch,
 )
-from support.cli import chapter_parser, parse_chapter_args, prepare_out_dir, seed
 from support.untrusted_files import load_model_or_exit
 
-parser = chapter_parser(__doc__)
-parser.add_argument(
-    "--seed", type=seed, default=SEED, help=f"seeds the fresh models' initial weights (default: {SEED})"
-)
-args = parse_chapter_args(parser)
-model_path = args.out_dir / MODEL_FILE
 trained = load_model_or_exit(model_path, Multiclass, made_by=train_command(args.out_dir))
 out_dir = prepare_out_dir(args.out_dir)
 state = trained.state_dict()  # the names and tensors every section loads somewhere

@@ -14,35 +14,13 @@
 # **Writes** into OUT_DIR, for you to try: `demo-state.pth` (section 2),
 # `demo-whole-model-main.pth` (the whole model saved as the article does, section 3) and
 # `demo-whole-model.pth` (saved from code that imports the class). The files loaded
-# unsafely are written and read in a private temporary folder, removed afterwards.
+# unsafely are written and read in a private temporary folder, removed afterwards. The two
+# programs section 3 runs in fresh processes are real files to open and run:
+# `fresh_process/save_whole_model.py` and `fresh_process/load_whole_model.py`.
 #
 # Next: chapter 5, `python checkpoint_resume.py`, checkpoints that resume exactly.
 
 # %%
-"""Chapter 4: saving and loading the trained model -- pickle, torch.save, and the whole model.
-
-Four ways through the same trained weights, each checked for identical predictions:
-1. pickle the state_dict;
-2. `torch.save` the state_dict and load it with `weights_only=True` (the recommended way);
-3. `torch.save` the whole model object, the article's pitfall, shown failing in a fresh
-   Python process exactly as readers meet it, and the ways out;
-4. the complete load-and-predict program the article ends with, corrected.
-
-The two programs that section 3 runs in fresh processes are real files you can open and
-run: fresh_process/save_whole_model.py and fresh_process/load_whole_model.py.
-
-Run (after `python train_iris.py`), or run it cell by cell in VS Code or Jupyter:
-
-    python save_load_demo.py [--out-dir artifacts]
-
-Reads OUT_DIR/iris-model.pth (default artifacts/iris-model.pth). Writes into OUT_DIR, for
-you to try: demo-state.pth (the state_dict, section 2), demo-whole-model-main.pth (the
-whole model saved as the article does, section 3) and demo-whole-model.pth (the whole
-model saved from code that imports the class). The files that are loaded unsafely (the
-pickle, and the article's file in the fresh process) are written and read in a private
-temporary folder that only you can enter, and removed afterwards. Next: checkpoint_resume.py.
-"""
-
 from __future__ import annotations
 
 import io
@@ -50,26 +28,24 @@ import pickle
 import shutil
 import zipfile
 
-import torch
-from torch import nn
-
-from build_model import (
-    MODEL_FILE,
-    SPECIES,
-    Multiclass,
-    load_iris_split,
-    same_outputs,
-    same_state,
-    train_command,
-)
-from support.cli import chapter_parser, parse_chapter_args, prepare_out_dir
-from support.lab_tools import FRESH_PROCESS, private_folder, run_fresh_python
-from support.untrusted_files import load_model_or_exit
+# The command line first, before torch is imported: --help, a bad flag, a missing file and
+# Ctrl-C are answered at once, in one line.
+from support.cli import chapter_parser, parse_chapter_args, prepare_out_dir, require_inputs
+from support.settings import MODEL_FILE, SPECIES, train_command
 
 N_FLOWERS_SHOWN = 5  # predictions printed in section 4
 
-args = parse_chapter_args(chapter_parser(__doc__))
+args = parse_chapter_args(chapter_parser())
 model_path = args.out_dir / MODEL_FILE
+require_inputs(model_path, made_by=train_command(args.out_dir))
+
+import torch
+from torch import nn
+
+from build_model import Multiclass, load_iris_split, same_outputs, same_state
+from support.lab_tools import FRESH_PROCESS, private_folder, run_fresh_python
+from support.untrusted_files import load_model_or_exit
+
 trained = load_model_or_exit(model_path, Multiclass, made_by=train_command(args.out_dir))
 out_dir = prepare_out_dir(args.out_dir)
 X_test = load_iris_split().X_test

@@ -8,11 +8,22 @@ with a file that save_whole_model.py has just written into a folder only this us
 enter. It makes the two calls a reader of the article would make, and prints how each fails.
 """
 
-import sys
+import argparse
+from typing import NoReturn
 
-import torch
 
-whole_model_file = sys.argv[1]
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage and error
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+parser = OneLineParser(
+    description="Load a whole-model file without defining its class, and say how it fails."
+)
+parser.add_argument("whole_model_file", help="a file written by torch.save(model), trusted: it may run code")
+whole_model_file = parser.parse_args().whole_model_file
+
+import torch  # after the command line, which needs no torch
 
 
 def reason(err: Exception) -> str:

@@ -8,16 +8,29 @@ imported. The .pt2 file alone rebuilds the model. Trusted files only: `torch.exp
 may unpickle parts of the archive.
 """
 
+import argparse
 import gc
 import importlib.util
 import sys
+from typing import NoReturn
 
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage and error
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+parser = OneLineParser(description="Run a torch.export program on saved inputs, without the model's code.")
+parser.add_argument("program_file", help="a .pt2 file written by torch.export.save, trusted")
+parser.add_argument("inputs_file", help="a tensor saved with torch.save")
+parser.add_argument("outputs_file", help="where to torch.save the outputs")
+args = parser.parse_args()
 if importlib.util.find_spec("build_model") is not None:
-    sys.exit("this process can import the project's model code; run it with python -I")
+    parser.exit(2, "error: this process can import the project's model code; run it with python -I\n")
 
-import torch  # after the check, which needs no torch
+import torch  # after the command line and the check, which need no torch
 
-program_file, inputs_file, outputs_file = sys.argv[1:4]
+program_file, inputs_file, outputs_file = args.program_file, args.inputs_file, args.outputs_file
 program = torch.export.load(program_file)  # the graph and the weights, no class needed
 model = program.module()
 inputs = torch.load(inputs_file, weights_only=True)
@@ -25,4 +38,8 @@ with torch.no_grad():
     outputs = model(inputs)
 torch.save(outputs, outputs_file)
 print(f"{type(model).__name__} from {program_file}: {tuple(inputs.shape)} -> {tuple(outputs.shape)}")
-gc.freeze()  # at exit, skip the collector's walk over torch's objects: about a second of CPU
+# At exit, skip the collector's walk over torch's objects (about a second of CPU), except
+# where triton is loaded: its nanobind extension then reports the objects never freed as
+# leaks, 30 lines on stderr (support/cli.py's skip_final_collection says more).
+if "triton" not in sys.modules:
+    gc.freeze()

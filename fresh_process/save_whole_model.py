@@ -10,9 +10,21 @@ import it by: the file records `__main__.Multiclass`. Any program that loads it 
 have a `Multiclass` in *its own* `__main__`.
 """
 
-import sys
+import argparse
+from typing import NoReturn
 
-import torch
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage and error
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+parser = OneLineParser(description="Save the whole model from a script that defines Multiclass itself.")
+parser.add_argument("weights_file", help="the trained state_dict to load")
+parser.add_argument("whole_model_file", help="where to torch.save the whole model object")
+args = parser.parse_args()
+
+import torch  # after the command line, which needs no torch
 from torch import nn
 
 
@@ -30,7 +42,7 @@ class Multiclass(nn.Module):  # the article's class, defined in the script it ru
         return x
 
 
-weights_file, whole_model_file = sys.argv[1], sys.argv[2]
+weights_file, whole_model_file = args.weights_file, args.whole_model_file
 model = Multiclass()
 model.load_state_dict(torch.load(weights_file, weights_only=True))
 torch.save(model, whole_model_file)  # the whole object: the file records __main__.Multiclass

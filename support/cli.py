@@ -21,6 +21,7 @@ import gc
 import math
 import os
 import signal
+import stat
 import sys
 import time
 import zipfile
@@ -105,9 +106,34 @@ class OneLineParser(argparse.ArgumentParser):
         fail(f"{message} (see {self.prog} --help)")
 
 
-def chapter_parser(docstring: str, out_dir: bool = True) -> argparse.ArgumentParser:
-    """A chapter's command line: its docstring's first line as description, and --out-dir."""
-    parser = OneLineParser(description=docstring.splitlines()[0], allow_abbrev=False)
+def chapter_prose(script: Path) -> str:
+    """The first `# %% [markdown]` cell of a chapter, as text: its title and what it does.
+
+    A chapter's prose is written once, in that cell; `--help` shows it from there."""
+    try:
+        lines = script.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    if not lines or lines[0].strip() != "# %% [markdown]":
+        return ""
+    prose = []
+    for line in lines[1:]:
+        if not line.startswith("#") or line.startswith("# %%"):
+            break
+        prose.append(line[2:] if line.startswith("# ") else line[1:])
+    title, *rest = [*prose, ""]
+    return "\n".join([title.lstrip("# "), *rest]).strip().replace("**", "")
+
+
+def chapter_parser(out_dir: bool = True) -> argparse.ArgumentParser:
+    """A chapter's command line: the chapter's first markdown cell as description, and --out-dir.
+
+    The script is the one being run (`sys.argv[0]`), as argparse takes its name from there."""
+    parser = OneLineParser(
+        description=chapter_prose(Path(sys.argv[0])) or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
     if out_dir:
         parser.add_argument(
             "--out-dir",
@@ -149,6 +175,20 @@ def as_named_for_reader(folder: Path) -> Path:
     return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
 
 
+def not_found(path: Path, made_by: str = "") -> str:
+    """The line for a missing input file, with the command that makes it."""
+    return f"{path} not found{f'; create it with: {made_by}' if made_by else ''}"
+
+
+def require_inputs(*paths: Path, made_by: str = "") -> None:
+    """Fail in one line if an input file is missing: a cheap check, made before torch is
+    imported, so a reader who skipped a chapter hears it at once. What is in the files is
+    checked later, when they are read."""
+    for path in paths:
+        if not os.path.lexists(path):
+            fail(not_found(path, made_by))
+
+
 def prepare_out_dir(out_dir: Path) -> Path:
     """Create the output folder and make sure it takes files, or fail in one line."""
     try:
@@ -159,6 +199,23 @@ def prepare_out_dir(out_dir: Path) -> Path:
     except OSError as err:
         fail(f"cannot use {out_dir} as the output folder: {err.strerror or err}")
     return out_dir
+
+
+def clear_the_way(path: Path) -> None:
+    """Before a plain `torch.save(obj, path)`: whatever stands at `path` is replaced, never
+    followed or blocked on. A link (to your .bashrc?), a FIFO, a device, or a file with
+    other names too is removed now, so the save makes a new file; a folder is refused in one
+    line. A plain file stays until the save overwrites it."""
+    try:
+        found = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        fail(f"cannot write {path}: {err.strerror}")
+    if stat.S_ISDIR(found.st_mode):
+        fail(f"cannot write {path}: it is a folder")
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
+        path.unlink()
 
 
 def check_writable_file(path: Path) -> None:
@@ -175,6 +232,18 @@ def check_writable_file(path: Path) -> None:
         fail(f"cannot write {path}: {err.strerror or err}")
     if not existed:
         path.unlink(missing_ok=True)
+
+
+def available_memory_mb() -> float | None:
+    """MemAvailable from /proc/meminfo in MiB: what can be allocated without swapping (Linux)."""
+    try:
+        with Path("/proc/meminfo").open() as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 # ---- What was saved, for the Ctrl-C line ----
@@ -210,15 +279,16 @@ def saved_so_far() -> list[str]:
 
 def discard_half_written() -> list[Path]:
     """Delete, and return, the torch.save files this run began in a watched folder but did
-    not finish (a zip without its end record): what a failed or interrupted save leaves."""
+    not finish (empty, or a zip without its end record): what a failed or interrupted save
+    leaves."""
     discarded = []
     for folder, started in WATCHED.items():
         for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
             if not path.is_file() or path.stat().st_mtime < started:
                 continue
             with path.open("rb") as f:
-                zip_begun = f.read(4) == b"PK\x03\x04"
-            if zip_begun and not zipfile.is_zipfile(path):
+                begun = f.read(4)
+            if begun in (b"", b"PK\x03\x04") and not zipfile.is_zipfile(path):  # nothing, or no end
                 path.unlink(missing_ok=True)
                 discarded.append(path)
     return discarded
@@ -239,8 +309,14 @@ def exit_quietly_on_ctrl_c() -> None:
 
 # ---- One line for bad input and failed writes, wherever in the chapter they happen ----
 
-# How torch.save reports a write that failed (a full disk): a RuntimeError, not an OSError.
-TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+# How torch.save reports a write that failed (a full disk): a RuntimeError, not an OSError;
+# "basic_ios::clear" when it was given a path and opened the file itself.
+TORCH_WRITE_FAILURES = (
+    "PytorchStreamWriter failed",
+    "file write failed",
+    "unexpected pos",
+    "basic_ios::clear",
+)
 
 
 def one_line_error(err: BaseException) -> str | None:
@@ -248,9 +324,13 @@ def one_line_error(err: BaseException) -> str | None:
     if isinstance(err, ChapterError):
         return str(err)
     if isinstance(err, OSError):
-        discard_half_written()
-        where = f"{err.filename}: " if err.filename else ""
-        return f"cannot use {where}{err.strerror or error_line(err)}"
+        half_written = discard_half_written()
+        reason = err.strerror or error_line(err)
+        if err.filename:
+            return f"cannot use {err.filename}: {reason}"
+        return (
+            f"cannot write {half_written[0]}: {reason}" if half_written else f"cannot write a file: {reason}"
+        )
     if isinstance(err, RuntimeError) and any(words in str(err) for words in TORCH_WRITE_FAILURES):
         half_written = discard_half_written()
         if half_written:
@@ -275,7 +355,30 @@ def install_one_line_errors() -> None:
     """Run as a script: bad input and failed writes end in one line (exit 2), Ctrl-C too (130)."""
     sys.excepthook = report_in_one_line
     exit_quietly_on_ctrl_c()
-    # At exit, Python's collector walks every object torch and its compiler left behind, about
-    # a second of CPU for nothing: frozen objects are skipped. Registered before the chapter's
-    # own exit handlers, it runs after them; files are still flushed and closed.
-    atexit.register(gc.freeze)
+    # Registered before the chapter's own exit handlers, it runs after them.
+    atexit.register(skip_final_collection)
+
+
+def skip_final_collection() -> None:
+    """Freeze the collector at exit, where that is quiet.
+
+    At exit, Python's collector walks every object torch and its compiler left behind: about
+    half a second to a second of CPU for nothing. Frozen objects are skipped, and files are
+    still flushed and closed. But an extension built with nanobind (triton's, which PyPI's
+    torch 2.15 wheels bring) counts its objects that were never freed, and prints some 30
+    lines about "leaked" instances on stderr: where one is loaded, the collector runs."""
+    if not nanobind_loaded():
+        gc.freeze()
+
+
+def nanobind_loaded() -> bool:
+    """True if an extension module built with nanobind has been imported.
+
+    nanobind gives its classes a metaclass of its own, named `nb_type...`."""
+    for module in list(sys.modules.values()):
+        if not str(getattr(module, "__file__", "")).endswith((".so", ".pyd")):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and type(value).__name__.startswith("nb_type"):
+                return True
+    return False

@@ -238,18 +238,6 @@ def timed_with_peak_memory(action: Callable[[], Any]) -> tuple[Any, float, float
     return result, seconds, None if peak is None or before is None else max(0.0, peak - before)
 
 
-def available_memory_mb() -> float | None:
-    """MemAvailable from /proc/meminfo in MiB: what can be allocated without swapping (Linux)."""
-    try:
-        with Path("/proc/meminfo").open() as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 # ---- Ranks of a distributed run: started, watched, and ended in one line ----
 #
 # What a chapter needs to start its own ranks (forked, on one machine) or to run as one

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from support.cli import ChapterError, error_line, fail, safe_text
+from support.cli import ChapterError, error_line, fail, not_found, safe_text
 
 MAX_WIDTH = 4096  # refuse constructor arguments that would build an absurdly large model
 MAX_FILE_BYTES = 64 * 2**20  # no file of this walkthrough's models comes near this
@@ -80,8 +80,7 @@ def open_regular_file(path: Path, made_by: str = "") -> IO[bytes]:
             if not stat.S_ISREG(mode):
                 os.close(fd)
     except FileNotFoundError:
-        hint = f"; create it with: {made_by}" if made_by else ""
-        raise ModelFileError(f"{path} not found{hint}") from None
+        raise ModelFileError(not_found(path, made_by)) from None
     except OSError as err:
         raise ModelFileError(f"{path} cannot be read: {err.strerror}") from None
     if not stat.S_ISREG(mode):

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from build_model import MODEL_FILE, Multiclass
+from build_model import Multiclass
 from support import untrusted_files
 from support.lab_tools import Hostile, memory_mb, reset_peak_memory
+from support.settings import MODEL_FILE
 
 # Terminal escape codes that, printed raw, would erase the line and claim success in green.
 ESCAPES = "\x1b[2K\x1b[1G\x1b[32mOK: model loaded fine\x1b[8m"

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import torch
 
-from build_model import MODEL_FILE, Multiclass
+from build_model import Multiclass
 from support.cli import EXIT_BAD_INPUT, safe_text
 from support.saving import save_atomically
+from support.settings import MODEL_FILE
 from support.untrusted_files import (
     MAX_FILE_BYTES,
     ModelFileError,

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from build_model import (
-    SPECIES,
     Multiclass,
     accuracy,
     load_iris_split,
@@ -22,6 +21,7 @@ from build_model import (
     same_state,
     seed_everything,
 )
+from support.settings import SPECIES
 from tests.helpers import REPO, assert_one_line_refusal, run_chapter_here
 
 

@@ -24,7 +24,6 @@ import pytest
 import torch
 
 from build_model import (
-    SEED,
     Multiclass,
     flat_tensors,
     load_iris_split,
@@ -36,6 +35,7 @@ from build_model import (
 from support import pictures
 from support.cli import EXIT_INTERRUPTED
 from support.saving import remove_abandoned_partials
+from support.settings import SEED
 from support.untrusted_files import ModelFileError, check_checkpoint, read_checkpoint
 from tests.helpers import (
     SCRIPT_ENV,

@@ -3,6 +3,7 @@ its output folder so that the reader knows where it is."""
 
 from __future__ import annotations
 
+import jupytext
 import pytest
 
 from tests.helpers import CHAPTERS, REPO, assert_one_line_refusal, run_chapter_here
@@ -13,8 +14,12 @@ def test_every_chapter_has_help(script, tmp_path):
     run = run_chapter_here(script, "--help", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("usage: ")
-    docstring = (REPO / script).read_text().split('"""')[1]
-    assert docstring.splitlines()[0] in " ".join(run.stdout.split())
+    # The chapter's prose, written once in its first markdown cell, is its --help.
+    first_cell = jupytext.reads((REPO / script).read_text(), fmt="py:percent").cells[0]
+    assert first_cell.cell_type == "markdown"
+    title, *prose = first_cell.source.replace("**", "").splitlines()
+    assert run.stdout.split("\n\n")[1] == title.removeprefix("# ")
+    assert " ".join("\n".join(prose).split()) in " ".join(run.stdout.split())
     if script not in ("build_model.py", "inspect_file.py"):  # these write no files
         assert "--out-dir OUT_DIR" in run.stdout
     assert list(tmp_path.iterdir()) == []

@@ -287,8 +287,8 @@ def test_the_pt2_program_refuses_to_run_where_it_can_see_the_project(tmp_path):
         text=True,
         check=False,
     )
-    assert result.returncode == 1
-    assert "this process can import the project's model code" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr == "error: this process can import the project's model code; run it with python -I\n"
 
 
 # %%

@@ -21,9 +21,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 import inspect_file
-from build_model import MODEL_FILE, Multiclass
+from build_model import Multiclass
 from support.cli import EXIT_BAD_INPUT
 from support.lab_tools import Hostile
+from support.settings import MODEL_FILE
 from support.untrusted_files import MAX_PICKLE_BYTES, ModelFileError
 from tests.bad_files import (
     ESCAPES,
@@ -51,7 +52,8 @@ from tests.helpers import run_chapter_here, run_in_fork, run_script
 # A reader's own model file, for --model-file: the walkthrough's model wrapped in another module.
 READER_MODEL = """
 from torch import nn
-from build_model import MODEL_FILE, Multiclass
+from build_model import Multiclass
+from support.settings import MODEL_FILE
 
 class Wrapped(nn.Module):
     def __init__(self, n_hidden=8):

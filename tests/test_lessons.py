@@ -36,11 +36,12 @@ def code_cells(script: str) -> list[str]:
 
 
 def support_names(tree: ast.Module) -> dict[str, str]:
-    """Names the chapter imports from support/, apart from the demonstration tools."""
+    """Names the chapter imports from support/, apart from the demonstration tools and the
+    article's settings (a seed, a file name: a copier has values of their own)."""
     names = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "support":
-            if node.module != "support.lab_tools":
+            if node.module not in ("support.lab_tools", "support.settings"):
                 names.update({alias.asname or alias.name: node.module for alias in node.names})
         elif isinstance(node, ast.Import):
             for alias in node.names:

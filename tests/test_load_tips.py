@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
-from build_model import SEED, Multiclass, accuracy, load_iris_split, same_outputs, same_state, seed_everything
+from build_model import Multiclass, accuracy, load_iris_split, same_outputs, same_state, seed_everything
+from support.settings import SEED
 from tests.helpers import ChapterResult, run_chapter_here
 
 NO_GPU = "needs a GPU: no CUDA device on this machine"

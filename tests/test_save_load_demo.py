@@ -26,9 +26,11 @@ import pytest
 import torch
 from torch import nn
 
-from build_model import SPECIES, Multiclass, load_iris_split, same_outputs, same_state
+from build_model import Multiclass, load_iris_split, same_outputs, same_state
 from support import lab_tools
+from support.cli import chapter_prose
 from support.lab_tools import private_folder
+from support.settings import SPECIES
 from tests.helpers import REPO, ChapterResult, assert_one_line_refusal, run_chapter_here
 
 LAYERS = [
@@ -322,13 +324,13 @@ def test_the_load_and_predict_program_scores_the_training_split(save_load_run, t
     assert lines[1:] == expected
 
 
-def test_the_chapter_writes_what_its_docstring_says(save_load_run, trained_model_path):
+def test_the_chapter_writes_what_its_first_cell_says(save_load_run, trained_model_path):
     assert sorted(path.name for path in save_load_run.artifacts.iterdir()) == WRITTEN
     assert [path.name for path in save_load_run.cwd.iterdir()] == ["artifacts"]
     assert (save_load_run.artifacts / "iris-model.pth").read_bytes() == trained_model_path.read_bytes()
-    docstring = " ".join((REPO / "save_load_demo.py").read_text().split('"""')[1].split())
+    prose = " ".join(chapter_prose(REPO / "save_load_demo.py").split())
     for name in WRITTEN:
-        assert name in docstring
+        assert name in prose
 
 
 def run_with_failing_save(cwd: Path, file_name: str, failure) -> ChapterResult:
