@@ -59,6 +59,9 @@ WIDTH = 2048  # synthetic layers are WIDTH x WIDTH float32 ...
 LAYER_MIB = WIDTH * WIDTH * 4 // 2**20  # ... 16 MiB each
 PICKLE_PEAK = 3  # the model, plus twice its size while pickle loads it: the most this run holds
 BASE_MIB = 512  # what Python, torch and the iris model take besides
+# Below this size a save or load takes a fraction of a millisecond, mostly fixed costs and the
+# scheduler's noise: the iris table's times as a multiple of raw file I/O went from 0.15x to 54x.
+TIMEABLE_BYTES = 10**6
 
 parser = chapter_parser()
 parser.add_argument(
@@ -246,11 +249,13 @@ show_round_trip("torch.save+mmap", scratch / "iris.pth", load_torch_mmap(scratch
 # %% [markdown]
 # ## torch.save without CRC32 checksums
 #
-# Most of the extra time `torch.save` takes over raw file I/O is the CRC32 checksum of each
-# record. `set_crc32_options(False)` skips it and writes 0 as every checksum. `torch.load`
-# never checks the checksums anyway, so it reads the file as before (and would read a
-# flipped byte in `data/0` just as silently from either file); but `unzip -t` and
-# `zipfile.testzip()` now report every record as a bad CRC, so nothing can verify the file.
+# `torch.save` computes a CRC32 checksum of each record. `set_crc32_options(False)` skips
+# it and writes 0 as every checksum. What that saves depends on the machine: CRC32 runs at
+# several GB/s on a CPU with instructions for it, so the saved time is often lost in the
+# noise of the tables below. `torch.load` never checks the checksums anyway, so it reads
+# the file as before (and would read a flipped byte in `data/0` just as silently from
+# either file); but `unzip -t` and `zipfile.testzip()` now report every record as a bad
+# CRC, so nothing can verify the file. Keep the checksums.
 
 
 # %%
@@ -263,9 +268,10 @@ def save_torch_without_crc32(model: nn.Module, path: Path) -> None:
         torch.serialization.set_crc32_options(previous)
 
 
-save_torch_without_crc32(trained, scratch / "iris-no-crc32.pth")
-loaded = load_torch(scratch / "iris-no-crc32.pth", iris_build)
-show_round_trip("torch.save-crc32", scratch / "iris-no-crc32.pth", loaded)
+no_crc32 = scratch / "no-crc32" / "iris.pth"  # the same file name: a torch.save zip stores it inside
+no_crc32.parent.mkdir()
+save_torch_without_crc32(trained, no_crc32)
+show_round_trip("torch.save-crc32", no_crc32, load_torch(no_crc32, iris_build))
 
 # %% [markdown]
 # ## safetensors
@@ -274,6 +280,9 @@ show_round_trip("torch.save-crc32", scratch / "iris-no-crc32.pth", loaded)
 # of your own) followed by the raw bytes. Loading it parses the header and maps the bytes:
 # no pickle, so no code can hide in it. It stores tensors only, so keep the constructor
 # arguments in its metadata. This one stays in OUT_DIR for you to use.
+#
+# To copy: `recipes/save_load_safetensors.py`; tied weights:
+# `recipes/fix_safetensors_shared_tensors.py`.
 
 
 # %%
@@ -388,7 +397,7 @@ def load_every_byte(load: Callable, path: Path, build: Callable[[], nn.Module]) 
 def measure(format_name: str, model_name: str) -> dict:
     save, load, suffix, needs_class, safe = FORMATS[format_name]
     model, build, inputs = models[model_name]
-    path = scratch / f"measured{suffix}"
+    path = scratch / f"{model_name}{suffix}"  # one name per model: a .pt2 stores its name inside
     save(model, path)  # untimed: first-call costs are not the format's
     save_times = [timed(lambda: save(model, path)) for _ in range(args.repeat)]
     load_times, peaks, loaded = [], [], None
@@ -420,12 +429,14 @@ def print_table(rows: list[dict]) -> None:
         f"{'format':<16} {'size':>9} {'save s':>8} {'x raw':>6} {'load s':>8} {'x raw':>6} {'peak MiB':>9}"
         f"  {'needs class':<11} {'safe':<4} same predictions"
     )
+    timeable = raw["bytes"] >= TIMEABLE_BYTES
     for row in rows:
         peak = "n/a" if row["peak_mb"] is None else f"{row['peak_mb']:.0f}"
-        save_x, load_x = row["save_s"] / raw["save_s"], row["load_s"] / raw["load_s"]
+        save_x = f"{row['save_s'] / raw['save_s']:.2f}" if timeable else "-"
+        load_x = f"{row['load_s'] / raw['load_s']:.2f}" if timeable else "-"
         print(
-            f"{row['format']:<16} {human_size(row['bytes']):>9} {row['save_s']:>8.4f} {save_x:>6.2f}"
-            f" {row['load_s']:>8.4f} {load_x:>6.2f}"
+            f"{row['format']:<16} {human_size(row['bytes']):>9} {row['save_s']:>8.4f} {save_x:>6}"
+            f" {row['load_s']:>8.4f} {load_x:>6}"
             f" {peak:>9}  {'yes' if row['needs_model_code'] else 'no':<11} {row['safe_for_untrusted']:<4}"
             f" {row['same_predictions']}"
         )
@@ -437,6 +448,8 @@ for model_name in models:
     model_rows = [measure(format_name, model_name) for format_name in FORMATS]
     print_table(model_rows)
     rows += model_rows
+    if model_rows[-1]["bytes"] < TIMEABLE_BYTES:
+        print(f"(x raw: none under {human_size(TIMEABLE_BYTES)}, where it changes tenfold from run to run)")
 
 # %% [markdown]
 # ## How to read the table
@@ -445,7 +458,10 @@ for model_name in models:
 # Loads far below 1x raw copy nothing: `torch.load(..., mmap=True)` and safetensors'
 # `load_file` map the cached file, and touching a page then costs a page fault, not a
 # copy. Pickle holds a second copy of the bytes while loading, hence about twice the peak
-# memory. torch.export's load rebuilds the graph as well as the weights.
+# memory. torch.export's load rebuilds the graph as well as the weights, and what that costs
+# depends on torch's version: for the 32 MiB model it peaked at 48 MiB on torch 2.10, at 32
+# on 2.13 and 2.15. Below 1 MB, the times are shown but not as multiples of raw file I/O:
+# a fraction of a millisecond each, their ratios change tenfold from run to run.
 
 # %%
 synthetic_rows = model_rows  # the last table: the synthetic model
@@ -487,6 +503,8 @@ if safe_open is not None:
 # neither this project nor the current folder (it checks that it cannot import
 # `build_model`). It gets all 45 test flowers at once, a batch size the model was not
 # exported with.
+#
+# To copy: `recipes/export_model_without_class.py`.
 
 # %%
 pt2_inputs, pt2_outputs = scratch.resolve() / "inputs.pt", scratch.resolve() / "outputs.pt"
@@ -565,28 +583,29 @@ if save_file is not None:
 # %% [markdown]
 # ## What to use when
 #
-# Derived from the synthetic model's table just measured, not written in advance.
+# By what each format is, with this run's figures beside it. The advice does not rank the
+# formats by their load times: a few hundredths of a second apart, those change places from
+# run to run.
+
 
 # %%
-safe_loaders = [
-    row for row in synthetic_rows if row["safe_for_untrusted"] == "yes" and row["format"] != "raw"
-]
-fastest = min(safe_loaders, key=lambda row: row["load_s"])
-others = ", ".join(
-    f"{row['format']} {row['load_s'] / raw['load_s']:.2f}x" for row in safe_loaders if row is not fastest
-)
-pickle_row = next(row for row in synthetic_rows if row["format"] == "pickle")
-pickle_speed = "no faster than" if pickle_row["load_s"] >= fastest["load_s"] else "faster than"
-pickle_peak = "n/a" if pickle_row["peak_mb"] is None else f"{pickle_row['peak_mb']:.0f} MiB"
+def load_figure(format_name: str) -> str:
+    row = next((row for row in synthetic_rows if row["format"] == format_name), None)
+    if row is None:
+        return f"{format_name}: not measured (the formats extra)"
+    peak = "" if row["peak_mb"] is None else f", peak {row['peak_mb']:.0f} MiB"
+    return f"{format_name} loads in {row['load_s'] / raw['load_s']:.2f}x the raw read{peak}"
+
+
 advice = [
-    f"Weights you share or download: {fastest['format']}, the fastest safe loader here"
-    f" ({fastest['load_s'] / raw['load_s']:.2f}x the raw read); {others}.",
+    "Weights you share or download: safetensors. It holds only tensors and strings, so loading runs"
+    " nothing; torch.save loaded with weights_only=True is safe too, but its file is still a pickle."
+    f" Here: {load_figure('safetensors')}; {load_figure('torch.save')}.",
     "Training checkpoints (optimizer state, epoch, RNG): torch.save, loaded with weights_only=True;"
     " safetensors holds only tensors and string metadata.",
     "Deployment without your Python code: torch.export (.pt2), the only format here that needs no"
     " class, but from trusted sources only: its loader may unpickle parts of the file.",
-    f"Never plain pickle: it runs code from the file, and loads {pickle_speed} {fastest['format']}"
-    f" ({pickle_row['load_s'] / raw['load_s']:.2f}x raw, peak memory {pickle_peak}).",
+    f"Never plain pickle: it runs code from the file. Here: {load_figure('pickle')}.",
 ]
 print(f"\n## What to use when (from the {synthetic_rows[0]['model']} table)")
 for line in advice:

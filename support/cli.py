@@ -374,11 +374,11 @@ def skip_final_collection() -> None:
 def nanobind_loaded() -> bool:
     """True if an extension module built with nanobind has been imported.
 
-    nanobind gives its classes a metaclass of its own, named `nb_type...`."""
+    nanobind's functions and classes are of types it defines in a module named `nanobind`
+    (`nb_func`, `nb_type_0`, ...)."""
     for module in list(sys.modules.values()):
-        if not str(getattr(module, "__file__", "")).endswith((".so", ".pyd")):
-            continue
-        for value in list(vars(module).values()):
-            if isinstance(value, type) and type(value).__name__.startswith("nb_type"):
-                return True
+        if str(getattr(module, "__file__", "")).endswith((".so", ".pyd")) and any(
+            type(value).__module__ == "nanobind" for value in list(vars(module).values())
+        ):
+            return True
     return False

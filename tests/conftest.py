@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ARGS, CHAPTER_SERVER, CHAPTERS, READS, ForkedRun
+from tests.helpers import ARGS, CHAPTER_SERVER, CHAPTERS, READS, REPO, ForkedRun, missing_for
 
 torch.set_num_threads(1)  # as the chapters run by the tests: one thread each
 
@@ -66,6 +66,13 @@ class ChapterRuns:
         return not READS.get(script) or "train_iris.py" in self.done
 
     def start(self, script: str) -> None:
+        if script.startswith("recipes/"):  # a recipe runs copied alone into an empty folder
+            cwd = self.root / script.removesuffix(".py").replace("/", "-")
+            cwd.mkdir()
+            alone = cwd / Path(script).name
+            shutil.copy(REPO / script, alone)
+            self.running[script] = (cwd, CHAPTER_SERVER.start(str(alone), cwd=cwd))
+            return
         cwd = self.root / script.removesuffix(".py")
         (cwd / "artifacts").mkdir(parents=True)
         for name in READS.get(script, []):
@@ -96,6 +103,7 @@ class ChapterRuns:
             time.sleep(0.02)
         run = self.done[script]
         assert run.result.returncode == 0, f"{script} failed:\n{run.result.stderr}"
+        assert run.result.stderr == "", f"{script} wrote to stderr on a good run:\n{run.result.stderr}"
         return run
 
 
@@ -112,6 +120,8 @@ def chapters_used(item: pytest.Item) -> set[str]:
             used.add("train_iris.py")
         elif name == "all_runs":
             used.update(CHAPTERS)
+        elif name == "recipe_run" and not missing_for(item.callspec.params["recipe"]):
+            used.add(f"recipes/{item.callspec.params['recipe']}")
     return used
 
 
@@ -172,6 +182,15 @@ tips_run = chapter_fixture("tips_run", "load_tips.py")
 formats_run = chapter_fixture("formats_run", "compare_formats.py")
 distributed_run = chapter_fixture("distributed_run", "distributed_checkpoint.py")
 inspect_file_run = chapter_fixture("inspect_file_run", "inspect_file.py")
+
+
+@pytest.fixture
+def recipe_run(chapter_runs: ChapterRuns, recipe: str) -> ChapterRun:
+    """The recipe's real run, `python NAME.py` in a folder that held only that file; a skip
+    that names the extra where the recipe needs one that is not installed."""
+    if reason := missing_for(recipe):
+        pytest.skip(reason)
+    return chapter_runs.get(f"recipes/{recipe}")
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import atexit
 import contextlib
 import functools
+import importlib.util
 import io
 import json
 import multiprocessing
 import os
-import re
 import select
 import shutil
 import signal
@@ -23,14 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from support import cli
 
 REPO = Path(__file__).resolve().parent.parent
 # The torch whose numbers the README and the committed pictures show (constraints.txt's pin).
-VERIFIED_TORCH = re.search(r"^torch==(\S+)$", (REPO / "constraints.txt").read_text(), re.M).group(1)
-ON_VERIFIED_TORCH = torch.__version__.split("+")[0] == VERIFIED_TORCH
 # README order: what walkthrough.sh runs.
 CHAPTERS = [
     "build_model.py",
@@ -292,3 +290,29 @@ def assert_one_line_refusal(result: ChapterResult | subprocess.CompletedProcess[
     assert "Traceback" not in result.stderr
     for word in words:
         assert word in result.stderr, (word, result.stderr)
+
+
+# ---- Recipes: files a copier takes whole ----
+
+RECIPES = sorted(path.name for path in (REPO / "recipes").glob("*.py"))
+EXTRA_OF = {
+    "safetensors": "the formats extra",
+    "torchao": "the quantize extra",
+    "numpy": "a dependency of this project",
+}
+
+
+def recipe_needs(recipe: str) -> list[str]:
+    """The modules a recipe's docstring says it needs, from its `Needs:` line."""
+    doc = ast.get_docstring(ast.parse((REPO / "recipes" / recipe).read_text())) or ""
+    line = next((line for line in doc.splitlines() if line.startswith("Needs: ")), "Needs: ")
+    return [name.strip() for name in line.removeprefix("Needs: ").split(",") if name.strip()]
+
+
+def missing_for(recipe: str) -> str | None:
+    """Why a recipe cannot run here (an extra not installed), or None."""
+    for module in recipe_needs(recipe):
+        if importlib.util.find_spec(module) is None:
+            extra = EXTRA_OF.get(module, "not in any extra of this project")
+            return f"{recipe} needs {module} ({extra}), which is not installed"
+    return None

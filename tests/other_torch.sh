@@ -8,9 +8,9 @@
 #
 # The environment is .venv-torch-VERSION/ here, or OTHER_TORCH_VENV; one that already holds
 # torch VERSION is reused as it is, so a second run installs nothing. PyPI's torch is a CUDA
-# build of several GB: the first install takes minutes. pip's own configuration still
-# applies; a constraint there that caps torch below VERSION is lifted for this one install
-# with PIP_CONSTRAINT=/dev/null in front of the command.
+# build of several GB: the first install takes minutes. A constraints file in pip's own
+# configuration (one that caps torch, say) is lifted for this one install: the script sets
+# PIP_CONSTRAINT=/dev/null, as the point is to test the torch you name.
 # Exit status: 0 when both steps pass, 1 when a step fails, 2 for a bad command line.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +32,8 @@ if [ "$(installed_torch)" = "$version" ]; then
 else
     echo "== installing torch $version and the project (no constraints.txt) into $venv: minutes"
     python3 -m venv "$venv" || exit 1
-    "$python" -m pip install --quiet --disable-pip-version-check \
-        "torch==$version" ".[dev,formats,plots,realworld]" || exit 1
+    PIP_CONSTRAINT=/dev/null "$python" -m pip install --quiet --disable-pip-version-check \
+        "torch==$version" ".[dev,formats,plots,realworld,quantize]" || exit 1
     if [ "$(installed_torch)" != "$version" ]; then
         echo "error: $venv holds torch $(installed_torch), not $version" >&2
         exit 1

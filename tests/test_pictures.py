@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ON_VERIFIED_TORCH, REPO, SCRIPT_ENV, VERIFIED_TORCH
+from tests.helpers import REPO, SCRIPT_ENV
 
 Image = pytest.importorskip(
     "PIL.Image", reason="the pictures need the plots extra (matplotlib brings Pillow)"
@@ -22,10 +22,10 @@ PICTURES = re.findall(r"!\[[^\]]+\]\((docs/[^)]+\.png)\)", README)
 VERIFIED_MATPLOTLIB = re.search(r"^matplotlib==(\S+)$", (REPO / "constraints.txt").read_text(), re.M).group(1)
 ANTI_ALIASING_LEVELS = 16  # of 255: more than this is a different drawing, not a shade
 SAME_EVERY_RUN = {"training-curves.png": "train_run", "resume.png": "checkpoint_run"}
-same_matplotlib = pytest.mark.skipif(
-    matplotlib.__version__ != VERIFIED_MATPLOTLIB or not ON_VERIFIED_TORCH,
-    reason=f"the committed pictures were drawn by matplotlib {VERIFIED_MATPLOTLIB} from what torch "
-    f"{VERIFIED_TORCH} computes; others draw other bytes",
+same_matplotlib = pytest.mark.skipif(  # torch 2.10 to 2.15 compute the same curves
+    matplotlib.__version__ != VERIFIED_MATPLOTLIB,
+    reason=f"the committed pictures were drawn by matplotlib {VERIFIED_MATPLOTLIB}; another version "
+    "lays out text and lines differently",
 )
 
 

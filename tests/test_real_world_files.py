@@ -33,7 +33,7 @@ from build_model import Multiclass
 from support.cli import EXIT_BAD_INPUT
 from support.untrusted_files import ModelFileError
 from tests.bad_files import EXIT_TOO_MUCH_MEMORY, grew_too_much, limit_memory
-from tests.helpers import REPO, VERIFIED_TORCH, run_chapter_here, run_in_fork
+from tests.helpers import REPO, run_chapter_here, run_in_fork
 from tests.test_inspect_file import damaged_copies_get_a_report_or_one_line
 
 INSTALL = "pip install -c constraints.txt '.[realworld]'"
@@ -451,8 +451,8 @@ def test_an_index_naming_a_shard_outside_the_folder_is_refused_before_opening_it
 
 
 @pytest.mark.skipif(
-    torch.__version__.split("+")[0] != VERIFIED_TORCH or torch.cuda.is_available(),
-    reason=f"the README shows what torch {VERIFIED_TORCH} writes, inspected on a machine without a GPU",
+    torch.cuda.is_available(),
+    reason="the README shows the report made without a GPU: with one, a GPU file needs no map_location",
 )
 def test_the_readme_real_world_report_is_what_the_script_prints(tmp_path):
     readme = (REPO / "README.md").read_text()
