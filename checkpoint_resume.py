@@ -134,6 +134,10 @@ plt = None if args.resume else import_pyplot(picture)  # None, after one line, w
 # loads with `torch.load(path, weights_only=True)`. That is why NumPy's and Python's
 # generator states are turned into tensors here, and back when they are restored. The
 # cell defines both directions, `rng_state()` and `restore_rng_state(state)`.
+#
+# To copy: `recipes/resume_training_checkpoint.py`; a NumPy number or a class of your own
+# in a checkpoint: `recipes/fix_weights_only_numpy_scalar.py` and
+# `recipes/fix_weights_only_custom_class.py`.
 
 # %%
 
@@ -185,6 +189,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # runs saving into one folder then never write the same file), push it to the disk, and
 # only then rename it over the old one. `os.replace` is atomic: `path` is always the old
 # file or the new one, never half of either. The cell defines `save_checkpoint`.
+#
+# To copy: `recipes/crash_safe_save.py`; keeping the last few and a `latest` pointer:
+# `recipes/keep_last_k_checkpoints.py`.
 
 # %%
 
@@ -416,6 +423,9 @@ print(f"Same epoch and loss: {(final['epoch'], final['loss']) == (args.epochs, u
 # and without the generator states (a naive resume that seeds at start-up, so the batches
 # come in another order). Each trains to the end and is compared with the uninterrupted
 # run, one row as each finishes.
+#
+# A real run carries more state: `recipes/resume_lr_scheduler_and_gradscaler.py`,
+# `recipes/resume_mid_epoch.py` and `recipes/keep_ema_weights.py`.
 
 # %%
 print(f"\n## 5. Resumed from epoch {args.interrupt_at} again, in this process")

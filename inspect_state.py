@@ -177,6 +177,9 @@ print(f"  param_groups[0]: lr={group['lr']}, betas={group['betas']}, params={gro
 # The tensors in a state_dict are the model's own tensors. Keep one in a variable, train
 # on, and the "saved" weights change with the model. Take a real snapshot with
 # `copy.deepcopy` (or by writing it to disk) before training further.
+#
+# To copy: `recipes/keep_best_checkpoint.py`, where the trap saves the last model as the
+# best.
 
 # %%
 print("\n## state_dict() returns references")

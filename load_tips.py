@@ -66,6 +66,9 @@ X_train, y_train, X_test, y_test = split.X_train, split.y_train, split.X_test, s
 # To show it on any machine, we first write the file a GPU machine would write: the same
 # format, with every tensor tagged `cuda:0`. Where this machine has a GPU, the round trip
 # is then also done for real.
+#
+# To copy: `recipes/load_gpu_checkpoint_on_cpu.py`; the optimizer's state after a move:
+# `recipes/resume_optimizer_on_right_device.py`.
 
 # %%
 print("\n## 1. A file saved on another device")
@@ -140,6 +143,8 @@ print(f"keys renamed back -> same predictions {same_outputs(fixed, trained, X_te
 # A new model that shares some layers with the trained one, here the same hidden layer
 # with a new output head for four classes, can start from the trained weights: keep the
 # entries whose name and shape fit, load them with `strict=False`, and report the rest.
+#
+# To copy: `recipes/fix_size_mismatch_new_head.py`, a new head with another class count.
 
 # %%
 print("\n## 3. Warm-starting a different model")
@@ -189,6 +194,8 @@ print(
 # place), or avoid it: save `wrapper.module.state_dict()` or
 # `compiled._orig_mod.state_dict()`. (On a CPU DataParallel only wraps, and torch.compile
 # compiles on the first call, so nothing runs here: only the names change.)
+#
+# To copy: `recipes/fix_module_and_orig_mod_prefix.py`.
 
 # %%
 print("\n## 5. Prefixes from DataParallel and torch.compile")
@@ -218,6 +225,9 @@ for wrapper, (prefix, wrapped_state) in wrapped_states.items():
 # `torch.device("meta")` allocates no memory for its weights. `load_state_dict(...,
 # assign=True)` then makes the loaded tensors the model's parameters instead of copying
 # into them.
+#
+# To copy: `recipes/load_large_checkpoint_low_memory.py`, with the peak memory of each way
+# measured.
 
 # %%
 print("\n## 6. Large models: mmap, meta device, assign=True")

@@ -126,6 +126,8 @@ print(f"A weight and a view of its first row, saved together: {len(shared_record
 #
 # That unsafe `weights_only=False` load reads only a file written a moment before, in a
 # private folder that nobody else can enter.
+#
+# To copy: `recipes/fix_whole_model_class_missing.py` turns such a file into a state_dict.
 
 # %%
 print("\n## 3. Saving the whole model")
@@ -195,6 +197,8 @@ print(
 # `torch.load` with `weights_only=True` rather than pickle (as the article's own comments
 # advise), scores the *same* 45 test flowers as training did instead of a new random split,
 # and predicts in eval mode without autograd.
+#
+# To copy: `recipes/save_and_load_for_inference.py`, the same program standing alone.
 
 # %%
 print("\n## 4. Load and predict")

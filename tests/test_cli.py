@@ -3,10 +3,25 @@ its output folder so that the reader knows where it is."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import jupytext
 import pytest
 
-from tests.helpers import CHAPTERS, REPO, assert_one_line_refusal, run_chapter_here
+from support.cli import EXIT_INTERRUPTED
+from tests.helpers import (
+    CHAPTERS,
+    READS,
+    REPO,
+    SCRIPT_ENV,
+    assert_one_line_refusal,
+    run_chapter_here,
+    script_command,
+)
 
 
 @pytest.mark.parametrize("script", CHAPTERS)
@@ -32,7 +47,7 @@ def test_every_chapter_refuses_an_unknown_flag_in_one_line(script, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("script", ["train_iris.py", "inspect_state.py"])
+@pytest.mark.parametrize("script", ["build_model.py", "train_iris.py"])
 def test_an_abbreviated_flag_is_refused_not_guessed(script, tmp_path):
     run = run_chapter_here(script, "--out", "elsewhere", cwd=tmp_path)
     assert_one_line_refusal(run, "unrecognized arguments: --out")
@@ -52,3 +67,68 @@ def test_a_folder_under_the_current_one_keeps_its_short_name(tmp_path):
     run = run_chapter_here("inspect_state.py", "--out-dir", "./runs/../artifacts", cwd=tmp_path)
     assert run.stderr.startswith("error: artifacts/iris-model.pth not found; ")
     assert run.stderr.endswith(" --out-dir artifacts\n")
+
+
+FRESH_PROCESS_PROGRAMS = ["load_whole_model.py", "run_pt2.py", "save_whole_model.py"]
+
+
+def no_torch(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a fresh interpreter in which importing torch fails: what it answers there,
+    it answers before importing torch."""
+    guard = (
+        "import runpy, sys\n"
+        "class NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] == 'torch': raise ImportError('torch was imported')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"sys.argv = {[script, *args]!r}\n"
+        f"runpy.run_path({script!r}, run_name='__main__')\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", guard], cwd=REPO, env=SCRIPT_ENV, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("script", CHAPTERS)
+def test_help_a_bad_flag_and_a_missing_file_are_answered_before_torch_is_imported(script, tmp_path):
+    helped = no_torch(script, "--help")
+    assert (helped.returncode, helped.stderr) == (0, ""), helped.stderr
+    assert helped.stdout.startswith("usage: ")
+    refused = no_torch(script, "--no-such-flag")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: unrecognized arguments: --no-such-flag"), refused.stderr
+    if script in READS or script == "inspect_file.py":  # its input, in an empty folder
+        where = ["--out-dir", str(tmp_path)] if script != "inspect_file.py" else [str(tmp_path / "x.pth")]
+        missing = no_torch(script, *where)
+        assert missing.returncode == 2
+        assert missing.stderr.startswith("error: ") and " not found" in missing.stderr, missing.stderr
+        assert missing.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("program", FRESH_PROCESS_PROGRAMS)
+def test_the_fresh_process_programs_take_help_and_refuse_bad_arguments_in_one_line(program):
+    path = f"fresh_process/{program}"
+    helped = no_torch(path, "--help")
+    assert (helped.returncode, helped.stderr) == (0, "") and helped.stdout.startswith("usage: ")
+    refused = no_torch(path, "--no-such-flag")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: ") and refused.stderr.endswith(f"(see {program} --help)\n")
+    assert refused.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["build_model.py", "train_iris.py"])
+def test_ctrl_c_while_torch_is_being_imported_is_one_line_exit_130(script, tmp_path):
+    process = subprocess.Popen(
+        script_command(script), cwd=tmp_path, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    maps = Path(f"/proc/{process.pid}/maps")
+    for _ in range(6000):  # torch's shared library is mapped early in `import torch`
+        if process.poll() is not None or "libtorch" in maps.read_text():
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the chapter ended before torch was being imported"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED
+    assert stderr.decode() == "interrupted (Ctrl-C); nothing was saved\n"
