@@ -942,6 +942,14 @@ def inspect_folder(path: Path, described: str, model: nn.Module | None) -> dict[
 # ---- The readable report ----
 
 
+def show(text: str = "") -> None:
+    """Print a part of the report with everything in it made inert on a terminal: a control
+    character, an escape sequence or a bidirectional mark taken from the file is shown
+    escaped, so a name or a device tag cannot forge a line, clear the screen or reorder text."""
+    body = text.lstrip("\n")  # blank lines before a heading are the report's own; nothing else is
+    print("\n" * (len(text) - len(body)) + safe_text(body, limit=10_000))
+
+
 def shape_text(shape: list[int]) -> str:
     return f"({shape[0]},)" if len(shape) == 1 else f"({', '.join(map(str, shape))})"
 
@@ -966,9 +974,9 @@ def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
     where = (
         f" (the state_dict is under '{contents['state_dict_key']}')" if contents.get("state_dict_key") else ""
     )
-    print(f"\nContents   {len(rows)} tensors{where}")
+    show(f"\nContents   {len(rows)} tensors{where}")
     if contents.get("checkpoint_of"):
-        print(f"  {contents['checkpoint_of']}")
+        show(f"  {contents['checkpoint_of']}")
     cells = [["name", "shape", "dtype", "device", "bytes", ""]]
     for row in rows[:MAX_ROWS]:
         shares = f"shares storage with {', '.join(row['shares'][:3])}" if row["shares"] else ""
@@ -976,26 +984,26 @@ def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
             [row["name"], shape_text(row["shape"]), row["dtype"], row["device"], str(row["bytes"]), shares]
         )
     for line in aligned(cells, right=(4,)):
-        print(f"  {line}")
+        show(f"  {line}")
     if len(rows) > MAX_ROWS:
-        print(f"  ... {len(rows) - MAX_ROWS} more (all of them with --json)")
+        show(f"  ... {len(rows) - MAX_ROWS} more (all of them with --json)")
     values = sum(math.prod(row["shape"]) for row in rows)
-    print(f"  total: {values} values in {contents['storage_bytes']} bytes")
+    show(f"  total: {values} values in {contents['storage_bytes']} bytes")
     if contents.get("note"):
-        print(f"  ({contents['note']})")
+        show(f"  ({contents['note']})")
     if contents.get("top_level"):
-        print("\nTop-level keys")
+        show("\nTop-level keys")
         for line in aligned([[f"{key}:", value] for key, value in contents["top_level"].items()]):
-            print(f"  {line}")
+            show(f"  {line}")
     if metadata:
-        print("\nMetadata")
+        show("\nMetadata")
         for key, value in metadata.items():
             shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
-            print(f"  {key}: {shown}")
+            show(f"  {key}: {shown}")
 
 
 def print_needs(needs: dict[str, Any]) -> None:
-    print("\nNeeds")
+    show("\nNeeds")
     lines = []
     if "globals" in needs:
         lines.append(["imports:", ", ".join(needs["globals"]) or "nothing"])
@@ -1012,7 +1020,7 @@ def print_needs(needs: dict[str, Any]) -> None:
         lines.append(["pickled weights:", ", ".join(needs["pickled_weights"])])
     lines.append(["weights_only=True:", needs.get("weights_only", "not applicable")])
     for line in aligned(lines):
-        print(f"  {line}")
+        show(f"  {line}")
 
 
 INTACT_KINDS = (
@@ -1027,29 +1035,29 @@ INTACT_KINDS = (
 
 
 def print_integrity(report: dict[str, Any]) -> None:
-    print("\nIntegrity")
+    show("\nIntegrity")
     records, problems = report["integrity"]["records"], report["integrity"]["problems"]
     if records and "crc32" in records[0]:
         passed = sum(r["crc32"] == "ok" for r in records)
-        print(f"  {len(records)} zip records, {passed} pass their CRC32 check")
+        show(f"  {len(records)} zip records, {passed} pass their CRC32 check")
     elif records and "verdict" in records[0]:
-        print(f"  {len(records)} shards:")
+        show(f"  {len(records)} shards:")
         for line in aligned([[r["name"], f"{r['bytes']} bytes", r["verdict"]] for r in records]):
-            print(f"    {line}")
+            show(f"    {line}")
     elif records:
-        print(f"  {len(records)} files: {', '.join(r['name'] for r in records[:6])}")
+        show(f"  {len(records)} files: {', '.join(r['name'] for r in records[:6])}")
     for note in report["integrity"]["notes"]:
-        print(f"  {note}")
+        show(f"  {note}")
     for problem in problems:
-        print(f"  problem: {problem}")
+        show(f"  problem: {problem}")
     if not problems and report["kind"] in INTACT_KINDS:
-        print("  intact" if report["kind"] != "legacy-torch" else "  intact, as far as its layout shows")
+        show("  intact" if report["kind"] != "legacy-torch" else "  intact, as far as its layout shows")
 
 
 def print_fit(fit: dict[str, Any] | None) -> None:
     if not fit:
         return
-    print(f"\nFit        {fit['model']}: {'fits' if fit['fits'] else 'does NOT fit'}")
+    show(f"\nFit        {fit['model']}: {'fits' if fit['fits'] else 'does NOT fit'}")
     lines = [[f"{label}:", ", ".join(fit[label])] for label in ("missing", "unexpected") if fit[label]]
     for item in fit["mismatched"]:
         lines.append(
@@ -1059,25 +1067,25 @@ def print_fit(fit: dict[str, Any] | None) -> None:
         lines += [["fix:", fit["prefix_fix"]], *([["", fit["state_from"]]] if fit.get("state_from") else [])]
         lines.append(["", fit["prefix_code"]])
     for line in aligned(lines) if lines else []:
-        print(f"  {line}")
+        show(f"  {line}")
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"File       {report['path']} ({report['bytes']} bytes)")
-    print(f"Format     {report['format']}")
+    show(f"File       {report['path']} ({report['bytes']} bytes)")
+    show(f"Format     {report['format']}")
     print_contents(report["contents"], report["metadata"])
     print_needs(report["needs"])
     print_integrity(report)
     print_fit(report["fit"])
     if report["reasons"]:
         named_only = set(report["reasons"]) == {report.get("other_format")}
-        print(f"\nVerdict    {'not for torch.load' if named_only else 'refused'} (exit {EXIT_BAD_INPUT}):")
+        show(f"\nVerdict    {'not for torch.load' if named_only else 'refused'} (exit {EXIT_BAD_INPUT}):")
         for reason in dict.fromkeys(report["reasons"]):
-            print(f"  - {reason}")
+            show(f"  - {reason}")
     else:
-        print(f"\nVerdict    intact, and loads {loads_with(report)} (exit 0)")
+        show(f"\nVerdict    intact, and loads {loads_with(report)} (exit 0)")
         for caveat in report["caveats"]:
-            print(f"  - caveat: {caveat}")
+            show(f"  - caveat: {caveat}")
 
 
 def loads_with(report: dict[str, Any]) -> str:

@@ -612,3 +612,41 @@ def test_a_file_with_non_string_keys_is_a_misfit_not_a_crash(tmp_path):
     assert result.returncode == EXIT_BAD_INPUT and "Traceback" not in result.stderr
     fit = json.loads(result.stdout)["fit"]
     assert fit["fits"] is False and fit["unexpected"] == ["0"] and fit["prefix_fix"] is None
+
+
+# %%
+# Strings from a file are inert on a terminal
+
+TERMINAL_TRICKS = (
+    "cpu\nVerdict    intact, and loads with torch.load(weights_only=True) (exit 0)\x1b]0;t\x07\x1b[2J\u202e"
+)
+TAG_AS: list[str] = []  # while it holds a string, torch.save tags every storage with it
+
+
+def save_with_location(obj: object, path: Path, location: str) -> None:
+    """torch.save, with every storage tagged `location` in the file (as a GPU save writes
+    'cuda:0'), through a tagger checked ahead of torch's own."""
+    TAG_AS[:] = [location]
+    try:
+        torch.save(obj, path)
+    finally:
+        TAG_AS.clear()
+
+
+# Registered once: torch sorts its registry as it grows, and cannot compare two of its own
+# entries that share a priority.
+torch.serialization.register_package(-100, lambda storage: TAG_AS[0] if TAG_AS else None, lambda s, loc: None)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_device_tag_with_control_characters_is_shown_escaped_and_the_file_refused(as_json, tmp_path):
+    path = tmp_path / "tricky.pth"
+    save_with_location(Multiclass().state_dict(), path, TERMINAL_TRICKS)
+    run = run_chapter_here("inspect_file.py", str(path), *(["--json"] if as_json else []), cwd=tmp_path)
+    assert run.returncode == EXIT_BAD_INPUT
+    for raw in ("\x1b", "\x07", "\u202e"):
+        assert raw not in run.stdout and raw not in run.stderr
+    assert not any(line.startswith("Verdict    intact") for line in run.stdout.splitlines())
+    if not as_json:
+        assert "\\x1b" in run.stdout and "\\u202e" in run.stdout  # shown, escaped
+        assert "\nVerdict    refused (exit 2):" in run.stdout
