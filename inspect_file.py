@@ -35,15 +35,18 @@ import json
 import math
 import os
 import pickletools
+import shutil
 import stat
 import struct
 import sys
+import tempfile
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 # The command line first, before torch is imported: --help, a bad flag, a missing file and
 # Ctrl-C are answered at once, in one line.
@@ -856,6 +859,25 @@ def inspect_dcp(folder: Path, report: dict[str, Any]) -> None:
     )
 
 
+@contextmanager
+def snapshot_of(file: IO[bytes]) -> Iterator[Path]:
+    """A path to the very file `file` has open, for the readers that open a path themselves
+    (zipfile, torch.load, safe_open): every verdict is then about one version of its bytes,
+    even if the name is pointed at another file meanwhile. On Linux, /proc/self/fd/N opens
+    the same inode again; elsewhere, a private copy of what the descriptor reads."""
+    same_inode = Path(f"/proc/self/fd/{file.fileno()}")
+    if same_inode.exists():
+        yield same_inode
+        return
+    with tempfile.TemporaryDirectory() as private:  # mode 0700: nobody else can swap it
+        copy = Path(private) / "snapshot"
+        with copy.open("wb") as out, os.fdopen(os.dup(file.fileno()), "rb") as source:
+            source.seek(0)
+            shutil.copyfileobj(source, out)
+        file.seek(0)  # the duplicate shares its position
+        yield copy
+
+
 def inspect_path(path: Path, described: str = "", model: nn.Module | None = None) -> dict[str, Any]:
     """The whole report for `path`, as a dict; raises ModelFileError only if it cannot be read."""
     try:
@@ -865,14 +887,14 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
     if is_folder:
         return inspect_folder(path, described, model)
     shapes: dict[str, tuple] = {}
-    with open_regular_file(path) as file, refusing(path):
+    with open_regular_file(path) as file, refusing(path), snapshot_of(file) as snapshot:
         size = os.fstat(file.fileno()).st_size
         report = new_report(path, size)
         head = file.read(16)
         file.seek(0)
         kind = sniff(head)
         if kind == "zip":
-            shapes = inspect_zip(path, file, size, report)
+            shapes = inspect_zip(snapshot, file, size, report)
         elif kind == "safetensors":
             report["kind"], report["format"] = (
                 "safetensors",
@@ -884,12 +906,12 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
             shapes = safetensors_contents(header, report) if header else {}
             report["needs"] = {"globals": [], "weights_only": "not needed: safetensors holds no code"}
             if not problems:
-                safetensors_opens(path, report)
+                safetensors_opens(snapshot, report)
         elif kind == "legacy-torch":
             report["kind"], report["format"] = kind, "legacy torch.save format (before PyTorch 1.6)"
             note_globals(report, legacy_globals(file.read(min(size, MAX_PICKLE_BYTES))), None)
             file.seek(0)
-            shapes = inspect_legacy(path, file, size, report)
+            shapes = inspect_legacy(snapshot, file, size, report)
         elif kind == "pickle":
             report["kind"], report["format"] = kind, f"plain pickle, protocol {head[1]}"
             inspect_pickle_file(file.read(min(size, MAX_PICKLE_BYTES)), report)
@@ -907,8 +929,8 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
                 "empty" if size == 0 else f"not a model file (it starts with {safe_text(head[:8])})"
             )
             report["reasons"].append("not a model file")
-    if report["kind"] in ("torch-zip", "legacy-torch"):
-        note_devices(path, report)
+        if report["kind"] in ("torch-zip", "legacy-torch"):
+            note_devices(snapshot, report)
     return with_fit(report, shapes, described, model)
 
 

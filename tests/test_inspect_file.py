@@ -650,3 +650,45 @@ def test_a_device_tag_with_control_characters_is_shown_escaped_and_the_file_refu
     if not as_json:
         assert "\\x1b" in run.stdout and "\\u202e" in run.stdout  # shown, escaped
         assert "\nVerdict    refused (exit 2):" in run.stdout
+
+
+# %%
+# One snapshot: a file swapped while the tool runs
+
+
+def test_a_file_swapped_while_it_is_inspected_is_reported_as_it_was_when_opened(tmp_path, monkeypatch):
+    """The name is pointed at another file (an atomic rename) between the zip checks and the
+    load: every part of the report is still about the file first opened."""
+    path, other = tmp_path / "model.pth", tmp_path / "other.pth"
+    torch.save(Multiclass().state_dict(), path)
+    torch.save({"hidden.weight": torch.zeros(16, 4), "exec": Hostile(tmp_path / "marker")}, other)
+    real_load, loaded_from = torch.load, []
+
+    def swap_then_load(source, *args, **kwargs):
+        if other.exists():
+            other.replace(path)  # what an attacker's rename loop does, at the worst moment
+        loaded_from.append(source)
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", swap_then_load)
+    report = inspect_file.inspect_path(path, "Multiclass()", Multiclass())
+    assert loaded_from and not other.exists()  # the swap happened before the load
+    assert report["reasons"] == []
+    assert [row["shape"] for row in report["contents"]["tensors"]] == [[8, 4], [8], [3, 8], [3]]
+    assert report["fit"]["fits"]
+    assert not (tmp_path / "marker").exists()
+
+
+def test_without_proc_the_snapshot_is_a_private_copy_and_the_file_is_read_from_its_start(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "model.pth"
+    torch.save(Multiclass().state_dict(), path)
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda p: not str(p).startswith("/proc/") and real_exists(p))
+    with path.open("rb") as file, inspect_file.snapshot_of(file) as snapshot:
+        assert snapshot != path and snapshot.read_bytes() == path.read_bytes()
+        assert file.tell() == 0
+        path.unlink()  # the name can go: the copy is what is read
+        assert torch.load(snapshot, weights_only=True).keys() == Multiclass().state_dict().keys()
+    assert not snapshot.exists()
