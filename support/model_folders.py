@@ -22,6 +22,10 @@ from support.untrusted_files import ModelFileError, key_list, open_regular_file
 MAX_INDEX_BYTES = 64 * 2**20  # an index for a model of 100,000 tensors is a few MiB
 MAX_CONFIG_BYTES = 2**20
 MAX_SHARDS = 10_000
+MAX_FILES = 10_000  # files in a folder that are looked at for code
+# Weights files that unpickle: a loader picks one of these up beside the safetensors shards
+# (transformers, with use_safetensors=False or where safetensors is not installed).
+PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 
 
 def find_index(folder: Path) -> Path | None:
@@ -45,8 +49,30 @@ def read_json(path: Path, limit: int) -> Any:
         raise ModelFileError(f"{path.name} is not valid JSON ({safe_text(err, 80)})") from None
 
 
+def hub_cache_blobs(folder: Path) -> Path | None:
+    """The `blobs/` folder of a Hugging Face cache, if `folder` is one of its snapshots
+    (`models--org--name/snapshots/REVISION/`), where every file links to `../../blobs/HASH`."""
+    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
+        return folder.parent.parent / "blobs"
+    return None
+
+
+def outside_problem(folder: Path, path: Path) -> str | None:
+    """Why `path` in `folder` may not be followed: a link loop, or links that lead out of the
+    folder (and out of its Hugging Face cache's blobs/); None if it may."""
+    try:
+        target = path.resolve()
+    except (RuntimeError, OSError):  # a link loop: RuntimeError before Python 3.13
+        return "a link loop"
+    allowed = [folder.resolve(), *([blobs.resolve()] if (blobs := hub_cache_blobs(folder)) else [])]
+    if not any(target.is_relative_to(place) for place in allowed):
+        return "a link out of the folder"
+    return None
+
+
 def shard_path(folder: Path, name: Any) -> Path:
-    """The shard `name` in `folder`: a plain file name, inside it even after links, or refused."""
+    """The shard `name` in `folder`: a plain file name whose links lead to a file in the folder
+    or in its Hugging Face cache's blobs/, or refused in one line (a link loop included)."""
     text = name if isinstance(name, str) else ""
     outside = (
         not text
@@ -55,11 +81,44 @@ def shard_path(folder: Path, name: Any) -> Path:
         or text in (".", "..")
         or ":" in text
     )
-    if outside or not (folder / text).resolve().is_relative_to(folder.resolve()):
+    if outside:
         raise ModelFileError(
             f"its index names the shard {safe_text(name, 80)}, which is not a file in the folder"
         )
+    if problem := outside_problem(folder, folder / text):
+        raise ModelFileError(
+            f"its index names the shard {safe_text(name, 80)}, which is not a file in the folder ({problem})"
+        )
     return folder / text
+
+
+def code_in_folder(folder: Path, taken: set[str]) -> list[str]:
+    """What in the folder, besides the files `taken` into account already, a loader would run
+    or unpickle: Python files (run with trust_remote_code=True), an `auto_map` in a JSON
+    config (which names such code), and pickle-based weights beside the shards."""
+    found = []
+    for count, path in enumerate(sorted(folder.rglob("*"))):
+        if count >= MAX_FILES:
+            found.append(f"more than {MAX_FILES} files: the rest were not looked at")
+            break
+        name = safe_text(path.relative_to(folder), 80)
+        if path.is_symlink() and (problem := outside_problem(folder, path)):
+            found.append(f"{name} is not followed: {problem}")
+            continue
+        if str(path.relative_to(folder)) in taken or path.is_dir():
+            continue
+        if path.suffix == ".py":
+            found.append(f"{name} is Python code, which transformers runs with trust_remote_code=True")
+        elif path.suffix in PICKLE_WEIGHTS:
+            found.append(f"{name} is a pickle-based weights file beside the shards: inspect it on its own")
+        elif path.suffix == ".json" and path.parent == folder:
+            config = read_json(path, MAX_CONFIG_BYTES)
+            if isinstance(config, dict) and "auto_map" in config:
+                found.append(
+                    f"{name} has an auto_map, naming Python code that transformers imports and runs"
+                    " with trust_remote_code=True"
+                )
+    return found
 
 
 def read_index(index_path: Path) -> tuple[dict[str, str], int | None]:
@@ -163,6 +222,7 @@ def inspect_sharded(
         )
     if config := model_config(folder):
         report["metadata"]["config.json"] = config
+    report["reasons"] += code_in_folder(folder, {*names, index_path.name})
     report["needs"]["globals"] = sorted(globals_found)
     if safetensors:
         report["needs"]["weights_only"] = "not needed: safetensors holds no code"

@@ -264,7 +264,10 @@ def external_data_problem(location: str, folder: Path) -> str:
         return f"is the absolute path {safe_text(location, 80)}"
     if ".." in PurePosixPath(location.replace("\\", "/")).parts:
         return f"is {safe_text(location, 80)}, which leaves the model's folder"
-    target = (folder / location).resolve()
+    try:
+        target = (folder / location).resolve()
+    except (RuntimeError, OSError):  # a link loop: RuntimeError before Python 3.13
+        return f"is {safe_text(location, 80)}, a link that leads round in a loop"
     if not target.is_relative_to(folder.resolve()):
         return f"is {safe_text(location, 80)}, a link that leaves the model's folder"
     return ""

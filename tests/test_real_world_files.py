@@ -446,6 +446,73 @@ def test_an_index_naming_a_shard_outside_the_folder_is_refused_before_opening_it
         report_on(folder)
 
 
+def with_extra(
+    folder: Path, to: Path, name: str, content: bytes | None = None, link: str | None = None
+) -> Path:
+    copy = copy_folder(folder, to)
+    if link is not None:
+        (copy / name).symlink_to(link)
+    else:
+        (copy / name).write_bytes(content or b"")
+    return copy
+
+
+CONFIG_WITH_AUTO_MAP = json.dumps(
+    {"architectures": ["Iris"], "auto_map": {"AutoModel": "modeling_iris.IrisModel"}}
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "link", "words"),
+    [
+        ("config.json", CONFIG_WITH_AUTO_MAP.encode(), None, "config.json has an auto_map"),
+        ("modeling_iris.py", b"import os\n", None, "modeling_iris.py is Python code"),
+        ("pytorch_model.bin", None, None, "pytorch_model.bin is a pickle-based weights file"),
+        ("tokenizer.json", None, "/etc/passwd", "tokenizer.json is not followed: a link out of the folder"),
+        ("loop.json", None, "loop.json", "loop.json is not followed: a link loop"),
+    ],
+    ids=["auto_map", "python file", "pickle weights beside", "link outside", "link loop"],
+)
+def test_a_sharded_folder_gets_exit_0_only_when_every_file_is_accounted_for(
+    name, content, link, words, hub_folders, tmp_path
+):
+    """What a loader would run or unpickle beside the shards is named, and refused."""
+    if name == "pytorch_model.bin":  # a real torch.save file, as transformers wrote before safetensors
+        content_path = tmp_path / "weights.bin"
+        torch.save(state(), content_path)
+        content = content_path.read_bytes()
+    folder = with_extra(hub_folders["safetensors"], tmp_path / "folder", name, content, link)
+    report = report_on(folder)
+    assert any(words in reason for reason in report["reasons"]), report["reasons"]
+    run = run_chapter_here("inspect_file.py", str(folder), cwd=tmp_path)
+    assert run.returncode == 2
+    assert words in run.stdout
+
+
+def test_a_shard_that_links_to_itself_is_one_line(hub_folders, tmp_path):
+    folder = copy_folder(hub_folders["safetensors"], tmp_path / "loop")
+    shard = sorted(folder.glob("*.safetensors"))[0]
+    shard.unlink()
+    shard.symlink_to(shard.name)
+    with pytest.raises(ModelFileError, match="a link loop"):
+        report_on(folder)
+    run = run_chapter_here("inspect_file.py", str(folder), cwd=tmp_path)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+
+
+def test_a_hugging_face_cache_snapshot_whose_files_link_into_blobs_is_read(hub_folders, tmp_path):
+    """The cache's layout: models--org--name/snapshots/REVISION/FILE -> ../../blobs/HASH."""
+    repo = tmp_path / "models--org--iris"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "0123abc"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for number, path in enumerate(sorted(hub_folders["safetensors"].iterdir())):
+        (blobs / f"blob{number}").write_bytes(path.read_bytes())
+        (snapshot / path.name).symlink_to(f"../../blobs/blob{number}")
+    report = report_on(snapshot, on_meta())
+    assert report["reasons"] == [] and report["fit"]["fits"]
+
+
 # %%
 # The README's real-world report is the script's output
 
