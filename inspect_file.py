@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -289,6 +290,7 @@ class Listing:
     non_finite: list[str] = field(default_factory=list)
     too_deep: bool = False
     walked: set[int] = field(default_factory=set)  # containers already listed: each is walked once
+    spans: dict[int, list[tuple]] = field(default_factory=dict)  # storage -> (start, end, strides, name)
     cut_off: bool = False
 
     def add(self, obj: Any, name: str = "", depth: int = 0) -> None:
@@ -320,10 +322,28 @@ class Listing:
         row = tensor_row(name, list(tensor.shape), dtype, self.locations.get(address, str(tensor.device)), 0)
         row["bytes"] = tensor.numel() * tensor.element_size()
         self.rows.append(row)
+        if any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape, strict=True)):
+            self.odd.append(f"{name} (one value repeated: a view with strides {tuple(tensor.stride())})")
+        start = tensor.storage_offset() * tensor.element_size()
+        self.spans.setdefault(address, []).append((start, start + row["bytes"], tensor.stride(), name))
         if address and tensor.untyped_storage().nbytes():
             self.storages.setdefault(address, []).append(row)
         if not finite(tensor):
             self.non_finite.append(name)
+
+
+def overlapping_views(spans: dict[int, list[tuple]]) -> tuple[str, str] | None:
+    """Two tensors over partly the same bytes of one storage. Tied weights, the same view
+    twice, are fine; views that overlap otherwise are not weights of their own."""
+    for views in spans.values():
+        ordered = sorted(views)
+        for (start, end, strides, name), (other_start, other_end, other_strides, other) in itertools.pairwise(
+            ordered
+        ):
+            same_view = (start, end, strides) == (other_start, other_end, other_strides)
+            if other_start < end and not same_view:
+                return name, other
+    return None
 
 
 def summary(value: Any) -> str:
@@ -387,6 +407,10 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
         report["contents"]["note"] = f"only the first {MAX_OBJECTS} containers were walked"
     if listing.odd:
         report["reasons"].append(f"not plain dense tensors with data: {', '.join(listing.odd[:5])}")
+    if overlap := overlapping_views(listing.spans):
+        report["reasons"].append(
+            f"{overlap[0]} and {overlap[1]} overlap in memory: one weight's values seen twice"
+        )
     if listing.non_finite:
         report["reasons"].append(f"NaN or infinite values in {', '.join(listing.non_finite[:5])}")
     key, state = state_dict_in(obj)

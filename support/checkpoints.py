@@ -41,20 +41,37 @@ def available(device_type: str) -> bool:
         return False
 
 
+def plain_load_works(path: Path, report: dict[str, Any]) -> bool:
+    """Try the load the verdict would name, `torch.load(path, weights_only=True)`, as it is."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mmap = report["kind"] == "torch-zip"
+            torch.load(path, weights_only=True, mmap=mmap)
+    except Exception:  # a file from anywhere can fail in any way: then say how it loads, if it does
+        return False
+    return True
+
+
 def note_devices(path: Path, report: dict[str, Any]) -> None:
     """Name the devices the tensors were saved on; for one this machine lacks, try map_location="cpu"."""
     rows = report["contents"].get("tensors") or []
     saved = sorted({row["device"] for row in rows if row.get("device")})
     report["contents"]["devices"] = saved
+    if "meta" in saved:
+        report["reasons"].append("tensors were saved on the meta device: they hold no values")
+        return
     missing = []
     for name in saved:
         try:
             device_type = torch.device(name).type
-        except RuntimeError:
+        except (RuntimeError, ValueError):
             report["reasons"].append(f"tensors are tagged with {safe_text(name, 30)}, which is not a device")
             return
         if not available(device_type):
             missing.append(name)
+    if not missing and not report["reasons"] and not plain_load_works(path, report):
+        missing = [name for name in saved if name != "cpu"] or saved  # cpu:7, say: a tag torch cannot restore
     if not missing:
         if any(name != "cpu" for name in saved):
             report["integrity"]["notes"].append(

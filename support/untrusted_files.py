@@ -10,6 +10,7 @@ loads with `torch.load(..., weights_only=True)`. `check_state_dict_fits` and
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 import pickletools
@@ -451,12 +452,47 @@ def read_untrusted(path: Path, made_by: str = "", max_bytes: int = MAX_FILE_BYTE
             file.seek(0)
             check_pickle_nesting(file, is_zip=True)
             file.seek(0)
+        saved_on: set[str] = set()
+
+        def onto_cpu(storage: Any, location: str) -> Any:  # what map_location="cpu" does, noting the tag
+            saved_on.add(location)
+            return storage
+
         with warnings.catch_warnings():  # the one-line reason below says all that matters
             warnings.simplefilter("ignore")
             try:
-                return torch.load(file, map_location="cpu", weights_only=True)
+                loaded = torch.load(file, map_location=onto_cpu, weights_only=True)
             except Exception as err:  # a file from anywhere can fail in any way; all are refusals
                 raise ModelFileError(f"{path} refused: {describe_load_error(err)}") from None
+    if problem := device_problem(saved_on):
+        raise ModelFileError(f"{path} refused: {problem}")
+    return loaded
+
+
+def device_problem(tags: set[str]) -> str | None:
+    """Why tensors saved with these device tags do not load here with a plain
+    `torch.load(path, weights_only=True)`, as the lessons load them; None if they do."""
+    for tag in sorted(tags):
+        shown = safe_text(tag, 30)
+        try:
+            device = torch.device(tag)
+        except (RuntimeError, ValueError):
+            return f"its tensors are tagged {shown}, which is not a device"
+        if device.type == "meta":
+            return "its tensors were saved on the meta device: they hold no values"
+        if device.type == "cpu" and tag == "cpu":
+            continue
+        if (
+            device.type == "cuda"
+            and device.index is not None
+            and 0 <= device.index < torch.cuda.device_count()
+        ):
+            continue
+        return (
+            f"its tensors were saved on {shown}, which this machine does not have: load it with"
+            ' map_location="cpu" (chapter 6), and save it again'
+        )
+    return None
 
 
 def describe_load_error(err: Exception) -> str:
@@ -503,6 +539,10 @@ def check_plain_tensor(name: str, tensor: object, like: Tensor | None = None) ->
         )
     if tensor.dtype != like.dtype:
         raise ModelFileError(f"{safe_text(name)} is {tensor.dtype}, expected {like.dtype}")
+    if not tensor.is_contiguous():  # a stride-0 view shows one value many times, for one
+        raise ModelFileError(
+            f"{safe_text(name)} is not contiguous (a view with strides {tensor.stride()}): not its own values"
+        )
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
         raise ModelFileError(f"{safe_text(name)} contains NaN or infinite values")
 
@@ -529,6 +569,22 @@ def check_state_dict_fits(state: Any, model: nn.Module) -> None:
             check_plain_tensor(key, tensor, like=expected[key])
         except ModelFileError as err:
             raise ModelFileError(str(err).replace(", expected ", f", {name} expects ")) from None
+    if overlap := overlapping(state):
+        raise ModelFileError(f"{safe_text(overlap[0])} and {safe_text(overlap[1])} share their values")
+
+
+def overlapping(state: Mapping[str, Tensor]) -> tuple[str, str] | None:
+    """Two tensors whose bytes overlap in memory: one weight seen twice, which this walkthrough's
+    models never hold (a model with tied weights would)."""
+    spans = sorted(
+        (t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), key)
+        for key, t in state.items()
+        if t.numel()
+    )
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            return first, second
+    return None
 
 
 def key_list(keys: list[str], shown: int = 5) -> str:

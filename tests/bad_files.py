@@ -382,6 +382,25 @@ def shared_lists_pickle(levels: int = 30, width: int = 8) -> bytes:
     return pickle.dumps(value, protocol=2)
 
 
+SAVE_TAGGED: list[str] = []  # while it holds a tag, torch.save writes it as every storage's device
+
+
+def save_tagged(obj: object, path: Path, tag: str) -> None:
+    """torch.save, with every storage tagged `tag` in the file: what a save on that device
+    writes ('cuda:0', 'xla:0'), or a tag no device has."""
+    SAVE_TAGGED[:] = [tag]
+    try:
+        save(obj, path)
+    finally:
+        SAVE_TAGGED.clear()
+
+
+# Registered once, ahead of torch's own taggers: torch sorts its registry as it grows, and
+# cannot compare two of its own entries that share a priority.
+torch.serialization.register_package(-90, lambda s: SAVE_TAGGED[0] if SAVE_TAGGED else None, lambda *_: None)
+DEVICE_TAGS = ["xla:0", "privateuseone:0", "cuda:-1", "meta", "cpu:7"]
+
+
 def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
     """Probe name -> a function that writes that probe at the path it is given."""
     state = trained_like_state
@@ -446,6 +465,11 @@ def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
         ),
         "protocol 0 hostile pickle": lambda p: p.write_bytes(pickle.dumps(Hostile(marker), protocol=0)),
         "integer keys": lambda p: save({0: torch.zeros(1)}, p),
+        **{f"storages tagged {tag}": lambda p, tag=tag: save_tagged(state(), p, tag) for tag in DEVICE_TAGS},
+        "one value seen 32 times": with_weight(lambda t: torch.ones(1).expand(8, 4)),
+        "two weights over one storage": lambda p: save(
+            (lambda s: {**s, "output.bias": s["hidden.bias"][:3]})(state()), p
+        ),
         **{
             f"a {name} gadget": lambda p, call=call: torch_like_zip(p, gadget_pickle(*call))
             for name, call in gadgets(marker).items()

@@ -31,6 +31,7 @@ from support.untrusted_files import (
     refusing,
 )
 from tests.bad_files import (
+    DEVICE_TAGS,
     ESCAPES,
     EXIT_TOO_MUCH_MEMORY,
     build_corpus,
@@ -48,6 +49,8 @@ TIMEOUT = 60  # seconds; every probe is refused in well under one, so reaching t
 # The probes each chapter meets in-process: code, a hang, memory, escapes, damage, a misfit.
 CHAPTER_PROBES = ["hostile torch.save", "FIFO", "zip bomb", "escape codes in a GLOBAL (zip)", "flipped byte"]
 CHAPTER_PROBES += ["a timeit.timeit gadget", "two records with one name", "a storage record too short"]
+CHAPTER_PROBES += [f"storages tagged {tag}" for tag in DEVICE_TAGS]
+CHAPTER_PROBES += ["one value seen 32 times", "two weights over one storage"]
 # The probe each chapter meets in a real process of its own.
 SUBPROCESS_PROBE = {
     "inspect_state.py": "hostile pickle",
@@ -58,6 +61,13 @@ SUBPROCESS_PROBE = {
 
 # What each refusal says, in a word or two (escaped text appears escaped).
 REASONS = {
+    "storages tagged xla:0": "saved on xla:0, which this machine does not have",
+    "storages tagged privateuseone:0": "saved on privateuseone:0, which this machine does not have",
+    "storages tagged cuda:-1": "tagged cuda:-1, which is not a device",
+    "storages tagged meta": "saved on the meta device: they hold no values",
+    "storages tagged cpu:7": "saved on cpu:7, which this machine does not have",
+    "one value seen 32 times": "hidden.weight is not contiguous (a view with strides (0, 0))",
+    "two weights over one storage": "share their values",
     "empty": "the file is empty or cut short (0 bytes)",
     "truncated": "truncated or corrupted",
     "random bytes": "not a PyTorch weights file",

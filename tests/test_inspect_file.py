@@ -43,6 +43,7 @@ from tests.bad_files import (
     many_lists_pickle,
     nested_dict_pickle,
     probes,
+    save_tagged,
     stored,
     torch_like_zip,
     torch_pickle,
@@ -498,8 +499,15 @@ def probe_corpus(tmp_path_factory: pytest.TempPathFactory, marker: Path) -> dict
     return build_corpus(tmp_path_factory.mktemp("probes"), marker)
 
 
-# The chapters' loader refuses these for want of checksums; this tool reads them, with that caveat.
-READ_WITH_A_CAVEAT = {"legacy format": "caveat: the legacy format has no checksums"}
+# The chapters' loader refuses these (for want of checksums; saved on a device the lessons' plain
+# torch.load cannot restore); this tool reads them, and names the caveat or the load that works.
+READ_WITH_A_CAVEAT = {
+    "legacy format": "caveat: the legacy format has no checksums",
+    **{
+        f"storages tagged {tag}": 'map_location="cpu", weights_only=True) (exit 0)'
+        for tag in ("xla:0", "privateuseone:0", "cpu:7")
+    },
+}
 
 
 @pytest.mark.parametrize("probe", list(probes(Path("unused"))))
@@ -620,28 +628,12 @@ def test_a_file_with_non_string_keys_is_a_misfit_not_a_crash(tmp_path):
 TERMINAL_TRICKS = (
     "cpu\nVerdict    intact, and loads with torch.load(weights_only=True) (exit 0)\x1b]0;t\x07\x1b[2J\u202e"
 )
-TAG_AS: list[str] = []  # while it holds a string, torch.save tags every storage with it
-
-
-def save_with_location(obj: object, path: Path, location: str) -> None:
-    """torch.save, with every storage tagged `location` in the file (as a GPU save writes
-    'cuda:0'), through a tagger checked ahead of torch's own."""
-    TAG_AS[:] = [location]
-    try:
-        torch.save(obj, path)
-    finally:
-        TAG_AS.clear()
-
-
-# Registered once: torch sorts its registry as it grows, and cannot compare two of its own
-# entries that share a priority.
-torch.serialization.register_package(-100, lambda storage: TAG_AS[0] if TAG_AS else None, lambda s, loc: None)
 
 
 @pytest.mark.parametrize("as_json", [False, True])
 def test_a_device_tag_with_control_characters_is_shown_escaped_and_the_file_refused(as_json, tmp_path):
     path = tmp_path / "tricky.pth"
-    save_with_location(Multiclass().state_dict(), path, TERMINAL_TRICKS)
+    save_tagged(Multiclass().state_dict(), path, TERMINAL_TRICKS)
     run = run_chapter_here("inspect_file.py", str(path), *(["--json"] if as_json else []), cwd=tmp_path)
     assert run.returncode == EXIT_BAD_INPUT
     for raw in ("\x1b", "\x07", "\u202e"):
