@@ -28,12 +28,10 @@
 # %%
 from __future__ import annotations
 
-import atexit
 import json
 import pickle
 import shutil
 import statistics
-import tempfile
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -50,6 +48,7 @@ from support.cli import (
     positive_int,
     prepare_out_dir,
     require_inputs,
+    temporary_folder,
 )
 from support.settings import MODEL_FILE, SEED, train_command
 
@@ -118,8 +117,7 @@ except ImportError:  # the optional `formats` extra
 
 trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by=train_command(args.out_dir))
 out_dir = prepare_out_dir(args.out_dir)
-scratch = Path(tempfile.mkdtemp(dir=out_dir, prefix="compare-formats-"))  # mode 0700: only we can enter
-atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # gone even if the run stops early
+scratch = temporary_folder("compare-formats-", parent=out_dir)  # only we can enter; gone at the end
 plt = import_pyplot(out_dir / "formats.png")  # None, after a line saying how to get it, without matplotlib
 
 # %% [markdown]

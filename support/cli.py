@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import math
 import os
+import shutil
 import signal
 import stat
 import sys
+import tempfile
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -265,6 +269,18 @@ def record_saved(path: Path, what: str = "") -> None:
     SAVED[:] = [*kept, f"{path}{f' ({what})' if what else ''}"]  # one step: a Ctrl-C sees old or new
 
 
+TEMPORARY: list[Path] = []  # private folders removed at exit, and on Ctrl-C: never "saved"
+
+
+def temporary_folder(prefix: str, parent: Path | None = None) -> Path:
+    """A new folder only this user can enter (mode 0700), removed when the chapter ends, however
+    it ends: at exit, on a one-line error, or on Ctrl-C."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    TEMPORARY.append(folder)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def saved_so_far() -> list[str]:
     """The described saves, then every other file written into a watched folder since the start."""
     described = {entry.split(" (", 1)[0] for entry in SAVED}
@@ -272,7 +288,13 @@ def saved_so_far() -> list[str]:
     for folder, started in WATCHED.items():
         for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
             written = path.is_file() and path.stat().st_mtime >= started
-            if written and not path.name.startswith(".") and not path.name.endswith(PARTIAL_SUFFIXES):
+            temporary = any(path.is_relative_to(folder) for folder in TEMPORARY)
+            if (
+                written
+                and not temporary
+                and not path.name.startswith(".")
+                and not path.name.endswith(PARTIAL_SUFFIXES)
+            ):
                 found.append(str(path))
     return [*SAVED, *(path for path in found if path not in described)]
 
@@ -294,17 +316,52 @@ def discard_half_written() -> list[Path]:
     return discarded
 
 
+INTERRUPTED = threading.Event()  # set once Ctrl-C has been reported: say nothing more after it
+GRACE_SECONDS = 3  # for the exit to run its clean-up, should something swallow the SystemExit
+
+
 def exit_quietly_on_ctrl_c() -> None:
-    """Ctrl-C ends the chapter with one line saying what it saved, and exit status 130."""
+    """Ctrl-C ends the chapter with one line saying what it saved, and exit status 130.
+
+    The line comes first, then nothing more: later output goes nowhere, and an exception that
+    an interrupted step leaves behind ends the process quietly. Raised in the middle of an
+    import, SystemExit can be caught and dropped (torch's start-up drops one raised while it
+    imports numpy) or leave modules half made: there, with nothing to clean up yet, the
+    handler leaves at once with os._exit. Elsewhere it raises SystemExit, so that `finally`
+    blocks and exit handlers run, and a watchdog ends the process if that exception is
+    swallowed too (a hook that os.fork calls, for one)."""
 
     def on_interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot cut this short
         discard_half_written()
         saved_files = saved_so_far()
         saved = f"saved before that: {', '.join(saved_files)}" if saved_files else "nothing was saved"
-        print(f"interrupted (Ctrl-C); {saved}", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os.write(2, f"interrupted (Ctrl-C); {safe_text(saved, limit=2000)}\n".encode())
+        INTERRUPTED.set()
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(nowhere, 1)  # what the chapter would still print goes nowhere
+        sys.unraisablehook = lambda unraisable: None  # "Exception ignored in ..." included
+        if importing(frame):
+            for folder in TEMPORARY:
+                shutil.rmtree(folder, ignore_errors=True)
+            os._exit(EXIT_INTERRUPTED)
+        watchdog = threading.Timer(GRACE_SECONDS, os._exit, (EXIT_INTERRUPTED,))
+        watchdog.daemon = True
+        watchdog.start()
         raise SystemExit(EXIT_INTERRUPTED)
 
     signal.signal(signal.SIGINT, on_interrupt)
+
+
+def importing(frame: FrameType | None) -> bool:
+    """True if Python is importing a module at `frame` (its import machinery is on the stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 # ---- One line for bad input and failed writes, wherever in the chapter they happen ----
@@ -341,6 +398,8 @@ def one_line_error(err: BaseException) -> str | None:
 
 def report_in_one_line(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
     """sys.excepthook for a chapter run as a script: one line and exit status 2 for bad input."""
+    if INTERRUPTED.is_set():  # what an interrupted step left behind: Ctrl-C's line said it all
+        os._exit(EXIT_INTERRUPTED)
     line = one_line_error(err)
     if line is None:
         sys.__excepthook__(kind, err, tb)

@@ -31,7 +31,7 @@ from support import lab_tools
 from support.cli import chapter_prose
 from support.lab_tools import private_folder
 from support.settings import SPECIES
-from tests.helpers import REPO, ChapterResult, assert_one_line_refusal, run_chapter_here
+from tests.helpers import REPO, ChapterResult, assert_one_line_refusal, run_chapter_here, run_in_fork
 
 LAYERS = [
     "torch.nn.modules.activation.LogSoftmax",
@@ -367,9 +367,12 @@ def test_ctrl_c_names_what_was_saved_and_leaves_no_half_written_file(tmp_path, t
         path.write_bytes(b"PK\x03\x04 half")
         os.kill(os.getpid(), signal.SIGINT)  # the chapter's handler runs at the next bytecode
 
-    result = run_with_failing_save(cwd, "demo-whole-model.pth", ctrl_c)
-    assert result.returncode == 130
-    assert result.stderr.strip() == (
+    def interrupted_chapter() -> int:  # in a fork: the handler ends its process with os._exit(130)
+        return run_with_failing_save(cwd, "demo-whole-model.pth", ctrl_c).returncode
+
+    code, stderr = run_in_fork(interrupted_chapter, cwd=tmp_path)
+    assert code == 130
+    assert stderr.strip() == (
         "interrupted (Ctrl-C); saved before that: "
         "artifacts/demo-state.pth, artifacts/demo-whole-model-main.pth"
     )
