@@ -969,7 +969,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         elif other == "hdf5":
             other_formats.inspect_hdf5(report)
         elif other == "onnx":
-            shapes = other_formats.inspect_onnx(path, size, report)
+            shapes = other_formats.inspect_onnx(path, file, size, report)
         else:
             report["kind"] = "unknown"
             report["format"] = (

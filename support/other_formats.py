@@ -15,6 +15,7 @@ import math
 import os
 import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
@@ -273,31 +274,78 @@ def external_data_problem(location: str, folder: Path) -> str:
     return ""
 
 
+def all_graphs(model: Any) -> Iterator[Any]:
+    """The model's graph and every graph nested in a node's attributes (If, Loop and Scan
+    bodies), its local functions' included. protobuf's parser caps nesting at 100 levels."""
+
+    def nested(nodes: Any) -> list[Any]:
+        return [
+            g
+            for node in nodes
+            for a in node.attribute
+            for g in (*([a.g] if a.HasField("g") else []), *a.graphs)
+        ]
+
+    pending = [model.graph, *nested(node for function in model.functions for node in function.node)]
+    while pending:
+        graph = pending.pop()
+        yield graph
+        pending += nested(graph.node)
+
+
+def all_nodes(model: Any) -> Iterator[Any]:
+    for graph in all_graphs(model):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
+
+
+def stored_tensors(model: Any) -> Iterator[tuple[str, Any]]:
+    """Every TensorProto in the model, named for a message: initializers (sparse ones' values
+    and indices too) and the tensors in node attributes, a Constant's value among them."""
+    for graph in all_graphs(model):
+        for tensor in graph.initializer:
+            yield f"initializer {safe_text(tensor.name, 80)}", tensor
+        for sparse in graph.sparse_initializer:
+            name = f"sparse initializer {safe_text(sparse.values.name, 80)}"
+            yield name, sparse.values
+            yield name, sparse.indices
+    for node in all_nodes(model):
+        for attribute in node.attribute:
+            name = f"node {safe_text(node.name or node.op_type, 60)}'s {safe_text(attribute.name, 40)}"
+            sparse = [*([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []),
+                      *attribute.sparse_tensors]  # fmt: skip
+            for tensor in (
+                *([attribute.t] if attribute.HasField("t") else []),
+                *attribute.tensors,
+                *(part for s in sparse for part in (s.values, s.indices)),
+            ):
+                yield name, tensor
+
+
 def check_external_data(model: Any, folder: Path, report: dict[str, Any]) -> None:
-    """Every initializer kept outside the .onnx file: a file inside its folder, its bytes there."""
+    """Every tensor kept outside the .onnx file: a file inside its folder, its bytes there."""
     import onnx
 
     files: dict[str, int] = {}
-    for tensor in model.graph.initializer:
+    for name, tensor in stored_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {entry.key: entry.value for entry in tensor.external_data}
         location = entries.get("location", "")
         if problem := external_data_problem(location, folder):
-            raise ModelFileError(f"initializer {safe_text(tensor.name, 80)}'s external data {problem}")
+            raise ModelFileError(f"{name}'s external data {problem}")
         target = folder / location
         try:
             offset, length = int(entries.get("offset", 0)), int(entries.get("length", -1))
         except ValueError:
-            raise ModelFileError(f"initializer {safe_text(tensor.name, 80)} has a malformed offset") from None
+            raise ModelFileError(f"{name} has a malformed offset") from None
         if not target.is_file():
             report["reasons"].append(f"its external data file {safe_text(location, 80)} is missing")
             continue
         end = offset + max(length, 0)
         if offset < 0 or end > target.stat().st_size:
-            report["reasons"].append(
-                f"initializer {safe_text(tensor.name, 80)} reaches past the end of {safe_text(location, 80)}"
-            )
+            report["reasons"].append(f"{name} reaches past the end of {safe_text(location, 80)}")
         files[safe_text(location, 80)] = target.stat().st_size
     if files:
         report["metadata"]["external data"] = {name: f"{size} bytes" for name, size in sorted(files.items())}
@@ -322,8 +370,51 @@ def value_info_text(value: Any) -> str:
     return f"[{', '.join(dims)}] {dtype}"
 
 
-def inspect_onnx(path: Path, size: int, report: dict[str, Any]) -> dict[str, tuple]:
-    """Producer, opset, inputs, outputs and initializers, with onnx's parser and checker."""
+def same_file(path: Path, opened: os.stat_result) -> bool:
+    """Whether `path` still names the file that was opened, unchanged since."""
+    try:
+        now = path.stat()
+    except OSError:
+        return False
+    fields = ("st_dev", "st_ino", "st_size", "st_mtime_ns")
+    return all(getattr(now, name) == getattr(opened, name) for name in fields)
+
+
+def check_onnx(path: Path, opened: os.stat_result, report: dict[str, Any]) -> None:
+    """onnx.checker on the model's path, as onnxruntime reads it: the checker finds external
+    data next to the model only when given its path (given the parsed model, it looks in the
+    current folder and calls a valid file "not regular file"). It reads the file again, so
+    the name must still lead to the very file parsed, before and after."""
+    import onnx
+
+    if not same_file(path, opened):
+        raise ModelFileError("it changed while it was being read")
+    try:
+        onnx.checker.check_model(os.fspath(path))
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as err:
+        report["reasons"].append(f"onnx.checker refuses it: {error_line(err)}")
+    else:
+        report["integrity"]["notes"].append("onnx.checker.check_model passes (ONNX keeps no checksums)")
+    if not same_file(path, opened):
+        raise ModelFileError("it changed while it was being read")
+
+
+def onnx_contents(model: Any, report: dict[str, Any]) -> dict[str, tuple]:
+    """Rows for the initializers, and their shapes for the fit check."""
+    rows, shapes = [], {}
+    for tensor in model.graph.initializer[:MAX_ROWS]:
+        dtype, width = onnx_dtype(tensor.data_type)
+        shape = list(tensor.dims)
+        rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, math.prod(shape) * width))
+        shapes[tensor.name] = (tuple(shape), dtype)
+    report["contents"]["tensors"] = rows
+    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    return shapes
+
+
+def inspect_onnx(path: Path, file: IO[bytes], size: int, report: dict[str, Any]) -> dict[str, tuple]:
+    """Producer, opset, inputs, outputs and initializers, with onnx's parser and
+    checker. The model is parsed from the file already open, whatever its name leads to now."""
     try:
         import onnx
         from google.protobuf.message import DecodeError
@@ -335,27 +426,16 @@ def inspect_onnx(path: Path, size: int, report: dict[str, Any]) -> dict[str, tup
         raise ModelFileError(
             f"it has {size} bytes, more than the {MAX_ONNX_BYTES} one ONNX protobuf may hold"
         )
+    opened = os.fstat(file.fileno())
     try:  # protobuf's parser refuses nesting deeper than 100 levels itself, so this cannot overflow
-        model = onnx.load(os.fspath(path), load_external_data=False)
+        model = onnx.load_model_from_string(file.read(size))
     except (DecodeError, ValueError, RuntimeError, RecursionError, MemoryError) as err:
         raise ModelFileError(f"it is not a well-formed ONNX model ({error_line(err)})") from None
     if not model.HasField("graph"):
         raise ModelFileError("it is not an ONNX model (a protobuf without a graph)")
     check_external_data(model, path.parent, report)
-    try:
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, ValueError, RuntimeError) as err:
-        report["reasons"].append(f"onnx.checker refuses it: {error_line(err)}")
-    else:
-        report["integrity"]["notes"].append("onnx.checker.check_model passes (ONNX keeps no checksums)")
-    rows, shapes = [], {}
-    for tensor in model.graph.initializer[:MAX_ROWS]:
-        dtype, width = onnx_dtype(tensor.data_type)
-        shape = list(tensor.dims)
-        rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, math.prod(shape) * width))
-        shapes[tensor.name] = (tuple(shape), dtype)
-    report["contents"]["tensors"] = rows
-    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    check_onnx(path, opened, report)
+    shapes = onnx_contents(model, report)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     producer = f"{model.producer_name} {model.producer_version}".strip() or "not recorded"
     report["metadata"]["onnx"] = {

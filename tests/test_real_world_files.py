@@ -280,6 +280,115 @@ def test_an_onnx_export_lists_producer_opset_io_and_initializers(onnx_file):
     assert report["reasons"] == [report["other_format"]]
 
 
+def onnx_with_constants() -> object:
+    """A model whose weights are Constant nodes, not initializers, as some exporters write
+    them: a tensor `value`, a `value_float` and a `value_ints` (onnx.helper, the onnx
+    package's own writer; torch.onnx.export keeps weights as initializers)."""
+    onnx = optional("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=weight),
+        helper.make_node("Constant", [], ["scale"], value_float=0.5),
+        helper.make_node("Constant", [], ["shape"], value_ints=[-1, 3]),
+        helper.make_node("MatMul", ["features", "W"], ["product"]),
+        helper.make_node("Mul", ["product", "scale"], ["scaled"]),
+        helper.make_node("Reshape", ["scaled", "shape"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constants",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+def save_with_external_data(model: object, folder: Path, **kwargs: bool) -> Path:
+    """The model saved as onnx.save_model saves a large one: every tensor in weights.bin."""
+    onnx = optional("onnx")
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+        **kwargs,
+    )
+    onnx.checker.check_model(path)  # onnx itself accepts it
+    return path
+
+
+def test_an_onnx_model_with_valid_external_data_is_read_from_any_folder(onnx_file, tmp_path):
+    """onnx.checker finds external data beside the model only when it is given the model's
+    path: given the parsed model it looked in the current folder ("not regular file")."""
+    onnx = optional("onnx")
+    path = save_with_external_data(onnx.load(onnx_file), tmp_path / "exported")
+    report = report_on(path, on_meta())
+    assert report["metadata"]["external data"] == {
+        "weights.bin": f"{(path.parent / 'weights.bin').stat().st_size} bytes"
+    }
+    assert shapes_of(report) == EXPECTED_SHAPES and report["fit"]["fits"]
+    assert report["reasons"] == [report["other_format"]]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = run_chapter_here("inspect_file.py", str(path), "--model", "Multiclass", cwd=elsewhere)
+    assert run.returncode == EXIT_BAD_INPUT
+    assert "onnx.checker.check_model passes" in run.stdout
+    assert "\nVerdict    not for torch.load (exit 2):\n  - ONNX model" in run.stdout
+
+
+def test_external_data_that_links_out_of_the_folder_is_still_refused(onnx_file, tmp_path):
+    onnx = optional("onnx")
+    path = save_with_external_data(onnx.load(onnx_file), tmp_path / "exported")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((path.parent / "weights.bin").read_bytes())
+    (path.parent / "weights.bin").unlink()
+    (path.parent / "weights.bin").symlink_to(outside)
+    with pytest.raises(ModelFileError, match=re.escape("weights.bin, a link that leaves the model's folder")):
+        report_on(path)
+
+
+def test_a_constants_external_data_outside_the_folder_is_refused_naming_the_node(tmp_path):
+    onnx = optional("onnx")
+    model = onnx_with_constants()
+    path = save_with_external_data(model, tmp_path / "constants", convert_attribute=True)
+    model = onnx.load(path, load_external_data=False)
+    for entry in model.graph.node[0].attribute[0].t.external_data:
+        if entry.key == "location":
+            entry.value = "../../etc/passwd"
+    onnx.save(model, path)
+    refusal = "node Constant's value's external data is ../../etc/passwd, which leaves the model's folder"
+    with pytest.raises(ModelFileError, match=re.escape(refusal)):
+        report_on(path)
+
+
+def test_an_onnx_file_swapped_before_the_checker_reads_it_again_is_one_line(onnx_file, tmp_path, monkeypatch):
+    """onnx.checker reads the model by its name: if the name now leads to another file, the
+    report would mix two files. It is refused instead."""
+    onnx = optional("onnx")
+    path, other = tmp_path / "model.onnx", tmp_path / "other.onnx"
+    path.write_bytes(onnx_file.read_bytes())
+    onnx.save(onnx_with_constants(), other)
+    real_check = onnx.checker.check_model
+
+    def swap_then_check(model, *args, **kwargs):
+        other.replace(path)
+        return real_check(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", swap_then_check)
+    with pytest.raises(
+        ModelFileError, match=re.escape(f"{path} refused: it changed while it was being read")
+    ):
+        report_on(path)
+
+
 def onnx_with_external_data(folder: Path, location: str) -> Path:
     onnx = optional("onnx")
     from onnx import TensorProto, helper
