@@ -399,21 +399,69 @@ def check_onnx(path: Path, opened: os.stat_result, report: dict[str, Any]) -> No
         raise ModelFileError("it changed while it was being read")
 
 
-def onnx_contents(model: Any, report: dict[str, Any]) -> dict[str, tuple]:
-    """Rows for the initializers, and their shapes for the fit check."""
-    rows, shapes = [], {}
-    for tensor in model.graph.initializer[:MAX_ROWS]:
+CONSTANT_VALUES = {  # a Constant node's attribute -> (dtype, bytes per value, a list?)
+    "value_float": ("float32", 4, False), "value_floats": ("float32", 4, True),
+    "value_int": ("int64", 8, False), "value_ints": ("int64", 8, True),
+}  # fmt: skip
+
+
+def constant_row(node: Any) -> dict[str, Any] | None:
+    """The tensor a Constant node outputs, as a row (None for a malformed node): from its
+    `value` or `sparse_value` tensor, or from value_float(s), value_int(s), value_string(s)."""
+    if len(node.attribute) != 1 or len(node.output) != 1:
+        return None  # onnx.checker refuses it: a Constant has exactly one of them
+    attribute, name = node.attribute[0], safe_text(node.output[0], 80)
+    if attribute.name in ("value", "sparse_value"):
+        sparse = attribute.name == "sparse_value"
+        tensor = attribute.sparse_tensor.values if sparse else attribute.t
         dtype, width = onnx_dtype(tensor.data_type)
-        shape = list(tensor.dims)
-        rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, math.prod(shape) * width))
-        shapes[tensor.name] = (tuple(shape), dtype)
+        shape = list(attribute.sparse_tensor.dims if sparse else tensor.dims)
+        if sparse:
+            indices = attribute.sparse_tensor.indices
+            nbytes = (
+                math.prod(tensor.dims) * width + math.prod(indices.dims) * onnx_dtype(indices.data_type)[1]
+            )
+            return tensor_row(name, shape, f"{dtype} (sparse)", nbytes)
+        return tensor_row(name, shape, dtype, math.prod(shape) * width)
+    if attribute.name in CONSTANT_VALUES:
+        dtype, width, is_list = CONSTANT_VALUES[attribute.name]
+        count = len(attribute.floats if dtype == "float32" else attribute.ints) if is_list else 1
+        return tensor_row(name, [count] if is_list else [], dtype, count * width)
+    if attribute.name in ("value_string", "value_strings"):
+        strings = list(attribute.strings) if attribute.name == "value_strings" else [attribute.s]
+        shape = [len(strings)] if attribute.name == "value_strings" else []
+        return tensor_row(name, shape, "string", sum(len(s) for s in strings))
+    return None
+
+
+def onnx_contents(model: Any, report: dict[str, Any]) -> dict[str, tuple]:
+    """Rows for the initializers and for the Constant nodes' values (some exporters keep the
+    weights as Constants); shapes, for the fit check, of the initializers, whose names are
+    the state_dict's: a Constant's output is named by the exporter."""
+    rows, shapes, constants = [], {}, 0
+    for graph in all_graphs(model):
+        for tensor in graph.initializer:
+            if len(rows) >= MAX_ROWS:
+                break
+            dtype, width = onnx_dtype(tensor.data_type)
+            shape = list(tensor.dims)
+            rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, math.prod(shape) * width))
+            if graph is model.graph:
+                shapes[tensor.name] = (tuple(shape), dtype)
+    for node in all_nodes(model):
+        constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+        if constant and len(rows) < MAX_ROWS and (row := constant_row(node)) is not None:
+            rows.append(row)
+            constants += 1
     report["contents"]["tensors"] = rows
     report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    if constants:
+        report["contents"]["note"] = f"{constants} of them are the values of Constant nodes, not initializers"
     return shapes
 
 
 def inspect_onnx(path: Path, file: IO[bytes], size: int, report: dict[str, Any]) -> dict[str, tuple]:
-    """Producer, opset, inputs, outputs and initializers, with onnx's parser and
+    """Producer, opset, inputs, outputs, initializers and Constants, with onnx's parser and
     checker. The model is parsed from the file already open, whatever its name leads to now."""
     try:
         import onnx

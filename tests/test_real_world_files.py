@@ -307,6 +307,24 @@ def onnx_with_constants() -> object:
     return model
 
 
+CONSTANT_ROWS = [
+    {"name": "W", "shape": [4, 3], "dtype": "float32", "device": "", "bytes": 48, "shares": None},
+    {"name": "scale", "shape": [], "dtype": "float32", "device": "", "bytes": 4, "shares": None},
+    {"name": "shape", "shape": [2], "dtype": "int64", "device": "", "bytes": 16, "shares": None},
+]
+
+
+def test_an_onnx_model_whose_weights_are_constant_nodes_lists_them(tmp_path):
+    onnx = optional("onnx")
+    path = tmp_path / "constants.onnx"
+    onnx.save(onnx_with_constants(), path)
+    report = report_on(path)
+    assert report["contents"]["tensors"] == CONSTANT_ROWS
+    assert report["contents"]["storage_bytes"] == 68
+    assert report["contents"]["note"] == "3 of them are the values of Constant nodes, not initializers"
+    assert report["reasons"] == [report["other_format"]]
+
+
 def save_with_external_data(model: object, folder: Path, **kwargs: bool) -> Path:
     """The model saved as onnx.save_model saves a large one: every tensor in weights.bin."""
     onnx = optional("onnx")
@@ -342,6 +360,10 @@ def test_an_onnx_model_with_valid_external_data_is_read_from_any_folder(onnx_fil
     assert run.returncode == EXIT_BAD_INPUT
     assert "onnx.checker.check_model passes" in run.stdout
     assert "\nVerdict    not for torch.load (exit 2):\n  - ONNX model" in run.stdout
+    constants = save_with_external_data(onnx_with_constants(), tmp_path / "constants", convert_attribute=True)
+    report = report_on(constants)
+    assert report["contents"]["tensors"] == CONSTANT_ROWS and report["reasons"] == [report["other_format"]]
+    assert "weights.bin" in report["metadata"]["external data"]
 
 
 def test_external_data_that_links_out_of_the_folder_is_still_refused(onnx_file, tmp_path):
