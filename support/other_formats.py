@@ -351,15 +351,41 @@ def check_external_data(model: Any, folder: Path, report: dict[str, Any]) -> Non
         report["metadata"]["external data"] = {name: f"{size} bytes" for name, size in sorted(files.items())}
 
 
+# ONNX packs these types' values into bytes, as many as fit (its helper.make_tensor does):
+# a tensor of them takes its count times the bits, rounded up to whole bytes.
+ONNX_PACKED_BITS = {
+    "UINT4": 4,
+    "INT4": 4,
+    "FLOAT4E2M1": 4,
+    "UINT2": 2,
+    "INT2": 2,
+    "FLOAT6E2M3": 6,
+    "FLOAT6E3M2": 6,
+}
+
+
 def onnx_dtype(code: int) -> tuple[str, int]:
-    """(NumPy's name for an ONNX element type, as torch names them too, and its bytes per value)."""
+    """(NumPy's name for an ONNX element type, as torch names them too, and its bits per
+    value; 0 for strings, whose values have lengths of their own)."""
     import onnx
 
+    if code == onnx.TensorProto.STRING:
+        return "string", 0
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(code)
-        return dtype.name, dtype.itemsize
     except (KeyError, ValueError, TypeError):
         return safe_text(f"onnx type {code}", 30), 0
+    packed = {getattr(onnx.TensorProto, name, None): bits for name, bits in ONNX_PACKED_BITS.items()}
+    return dtype.name, packed.get(code, dtype.itemsize * 8)
+
+
+def onnx_bytes(tensor: Any) -> int:
+    """The bytes a TensorProto's values take: packed types rounded up to whole bytes, a string
+    tensor's strings their lengths."""
+    dtype, bits = onnx_dtype(tensor.data_type)
+    if dtype == "string":
+        return sum(len(value) for value in tensor.string_data)
+    return -(-math.prod(tensor.dims) * bits // 8)
 
 
 def value_info_text(value: Any) -> str:
@@ -411,18 +437,16 @@ def constant_row(node: Any) -> dict[str, Any] | None:
     if len(node.attribute) != 1 or len(node.output) != 1:
         return None  # onnx.checker refuses it: a Constant has exactly one of them
     attribute, name = node.attribute[0], safe_text(node.output[0], 80)
-    if attribute.name in ("value", "sparse_value"):
-        sparse = attribute.name == "sparse_value"
-        tensor = attribute.sparse_tensor.values if sparse else attribute.t
-        dtype, width = onnx_dtype(tensor.data_type)
-        shape = list(attribute.sparse_tensor.dims if sparse else tensor.dims)
-        if sparse:
-            indices = attribute.sparse_tensor.indices
-            nbytes = (
-                math.prod(tensor.dims) * width + math.prod(indices.dims) * onnx_dtype(indices.data_type)[1]
-            )
-            return tensor_row(name, shape, f"{dtype} (sparse)", nbytes)
-        return tensor_row(name, shape, dtype, math.prod(shape) * width)
+    if attribute.name == "value":
+        return tensor_row(
+            name, list(attribute.t.dims), onnx_dtype(attribute.t.data_type)[0], onnx_bytes(attribute.t)
+        )
+    if attribute.name == "sparse_value":
+        sparse = attribute.sparse_tensor
+        dtype = f"{onnx_dtype(sparse.values.data_type)[0]} (sparse)"
+        return tensor_row(
+            name, list(sparse.dims), dtype, onnx_bytes(sparse.values) + onnx_bytes(sparse.indices)
+        )
     if attribute.name in CONSTANT_VALUES:
         dtype, width, is_list = CONSTANT_VALUES[attribute.name]
         count = len(attribute.floats if dtype == "float32" else attribute.ints) if is_list else 1
@@ -443,9 +467,8 @@ def onnx_contents(model: Any, report: dict[str, Any]) -> dict[str, tuple]:
         for tensor in graph.initializer:
             if len(rows) >= MAX_ROWS:
                 break
-            dtype, width = onnx_dtype(tensor.data_type)
-            shape = list(tensor.dims)
-            rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, math.prod(shape) * width))
+            dtype, shape = onnx_dtype(tensor.data_type)[0], list(tensor.dims)
+            rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, onnx_bytes(tensor)))
             if graph is model.graph:
                 shapes[tensor.name] = (tuple(shape), dtype)
     for node in all_nodes(model):

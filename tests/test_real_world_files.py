@@ -325,6 +325,45 @@ def test_an_onnx_model_whose_weights_are_constant_nodes_lists_them(tmp_path):
     assert report["reasons"] == [report["other_format"]]
 
 
+def test_onnx_tensors_of_packed_types_and_strings_are_sized_as_onnx_stores_them(tmp_path):
+    """ONNX packs 2-, 4- and 6-bit values into bytes, rounding the tensor up to a whole byte
+    (numpy_helper.from_array writes them so); a string tensor holds its strings."""
+    onnx = optional("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    made = {  # name: (ONNX type, dims, values, bytes)
+        "int4": (TensorProto.INT4, [3], [1, -2, 3], 2),
+        "fp4": (TensorProto.FLOAT4E2M1, [4, 4], [0.5] * 16, 8),
+        "uint2": (TensorProto.UINT2, [5], [1, 2, 3, 0, 1], 2),
+        "fp6": (TensorProto.FLOAT6E2M3, [4], [1.0] * 4, 3),
+    }
+    tensors = []
+    for name, (kind, dims, values, nbytes) in made.items():
+        array = numpy_helper.to_array(helper.make_tensor(name, kind, dims, values))
+        tensors.append(numpy_helper.from_array(array, name))
+        assert len(tensors[-1].raw_data) == nbytes  # what onnx stores
+    tensors.append(helper.make_tensor("words", TensorProto.STRING, [2], [b"ab", b"cde"]))
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [t.name], [f"{t.name}_out"]) for t in tensors],
+        "packed",
+        [],
+        [helper.make_tensor_value_info(f"{t.name}_out", t.data_type, t.dims) for t in tensors],
+        tensors,
+    )
+    path = tmp_path / "packed.onnx"
+    onnx.save(helper.make_model(graph), path)
+    report = report_on(path)
+    sizes = {row["name"]: (row["dtype"], row["bytes"]) for row in report["contents"]["tensors"]}
+    assert sizes == {
+        "int4": ("int4", 2),
+        "fp4": ("float4_e2m1fn", 8),
+        "uint2": ("uint2", 2),
+        "fp6": ("float6_e2m3fn", 3),
+        "words": ("string", 5),
+    }
+    assert report["reasons"] == [report["other_format"]]
+
+
 def save_with_external_data(model: object, folder: Path, **kwargs: bool) -> Path:
     """The model saved as onnx.save_model saves a large one: every tensor in weights.bin."""
     onnx = optional("onnx")
