@@ -4,11 +4,12 @@
 # A `.pth` from a colleague, last month's checkpoint (legacy format, Lightning, saved on a
 # GPU), a `.safetensors` download or a sharded Hugging Face folder, a TorchScript or `.pt2`
 # program, or a DCP folder: what is it, what does it hold, what would loading it import, is
-# it intact, and does it fit your model? ONNX, GGUF, NumPy and HDF5/Keras files are named,
-# with what reads them. Everything here is read from the bytes. Nothing in the file is
-# executed: a plain pickle is never unpickled, and `torch.load` is only ever called with
-# `weights_only=True`, after the file's checksums and sizes have been checked. The readers
-# of each format are in support/ (torch_archives, other_formats, model_folders, checkpoints).
+# it intact, and does it fit your model? ONNX, GGUF, NumPy, HDF5/Keras, TensorFlow Lite and
+# ExecuTorch files are named, with what reads them. Everything here is read from the bytes.
+# Nothing in the file is executed: a plain pickle is never unpickled, and `torch.load` is
+# only ever called with `weights_only=True`, after the file's checksums and sizes have been
+# checked. The readers of each format are in support/ (torch_archives, other_formats,
+# model_folders, checkpoints).
 #
 # Unlike the other chapters, this one is a tool to run on your own files rather than a
 # lesson to step through cell by cell: its sections below answer one question each, and
@@ -172,6 +173,8 @@ def sniff(head: bytes) -> str:
         return "zip"
     if head.startswith(LEGACY_MAGIC):
         return "legacy-torch"
+    if other_formats.flatbuffer_kind(head):  # an identifier says more than a pickle's first 2 bytes
+        return "other"
     if is_safetensors(head):
         return "safetensors"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
@@ -970,6 +973,10 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
             other_formats.inspect_hdf5(report)
         elif other == "onnx":
             shapes = other_formats.inspect_onnx(path, file, size, report)
+        elif other == "tflite":
+            other_formats.inspect_tflite(file, size, report)
+        elif other == "pte":
+            other_formats.inspect_executorch(file, size, report)
         else:
             report["kind"] = "unknown"
             report["format"] = (
@@ -1036,7 +1043,7 @@ def aligned(cells: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
     return lines
 
 
-def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
+def print_contents(contents: dict[str, Any]) -> None:
     rows = contents.get("tensors")
     if rows is None:
         return
@@ -1064,6 +1071,10 @@ def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
         show("\nTop-level keys")
         for line in aligned([[f"{key}:", value] for key, value in contents["top_level"].items()]):
             show(f"  {line}")
+
+
+def print_metadata(metadata: dict[str, Any]) -> None:
+    """What the file says of itself, shown whether or not its tensors are listed."""
     if metadata:
         show("\nMetadata")
         for key, value in metadata.items():
@@ -1142,7 +1153,8 @@ def print_fit(fit: dict[str, Any] | None) -> None:
 def print_report(report: dict[str, Any]) -> None:
     show(f"File       {report['path']} ({report['bytes']} bytes)")
     show(f"Format     {report['format']}")
-    print_contents(report["contents"], report["metadata"])
+    print_contents(report["contents"])
+    print_metadata(report["metadata"])
     print_needs(report["needs"])
     print_integrity(report)
     print_fit(report["fit"])

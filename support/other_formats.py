@@ -1,4 +1,5 @@
-"""Model files torch.load does not read, named for what they are: ONNX, GGUF, NumPy, HDF5, Keras.
+"""Model files torch.load does not read, named for what they are: ONNX, GGUF, NumPy, HDF5, Keras,
+TensorFlow Lite and ExecuTorch.
 
 Each reader fills the same report `inspect_file.py` prints, from the file's bytes, and says
 what does read the file. An ONNX model is parsed with the `onnx` package (never by hand),
@@ -29,10 +30,29 @@ MAX_ONNX_BYTES = 2**31 - 1  # protobuf's own limit for one message: ONNX keeps l
 ONNX_FIRST_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}  # producer, version, domain, ..., graph, opset
 MAX_ROWS = 10_000  # tensors listed from a GGUF or ONNX file
 MAX_GGUF_STRING = 2**20  # a GGUF key or string value longer than this is not read
+# FlatBuffer formats, told by the file identifier at bytes 4..8 (after the root table's offset):
+TFLITE_IDENTIFIER = b"TFL3"  # TensorFlow Lite's schema.fbs
+EXECUTORCH_PREFIX = b"ET"  # ExecuTorch's program.fbs says "ET12"; its runtime takes any other
+# "ET" and two more characters for a program of another schema version
+EXECUTORCH_HEADER = b"eh00"  # ExecuTorch's optional extended header, at byte 8
+
+
+def flatbuffer_kind(head: bytes) -> str:
+    """'tflite' or 'pte' (ExecuTorch) from a FlatBuffer's file identifier, or ''."""
+    if len(head) < 8:
+        return ""
+    if head[4:8] == TFLITE_IDENTIFIER:
+        return "tflite"
+    if head[4:6] == EXECUTORCH_PREFIX and head[6:8].isdigit():
+        return "pte"
+    return ""
 
 
 def sniff_other(head: bytes, path: Path) -> str:
-    """'gguf', 'npy', 'hdf5', 'onnx' (a protobuf that begins as ONNX models do), or ''."""
+    """'tflite', 'pte', 'gguf', 'npy', 'hdf5', 'onnx' (a protobuf that begins as ONNX models
+    do), or ''."""
+    if kind := flatbuffer_kind(head):
+        return kind
     if head.startswith(GGUF_MAGIC):
         return "gguf"
     if head.startswith(NUMPY_MAGIC):
@@ -138,6 +158,60 @@ def inspect_keras(report: dict[str, Any]) -> None:
         "keras",
         "Keras 3 model archive (.keras: config.json, metadata.json and HDF5 weights)",
         "keras.saving.load_model(path, safe_mode=True)",
+    )
+
+
+# ---- TensorFlow Lite and ExecuTorch: FlatBuffers ----
+
+
+def flatbuffer_root_problem(head: bytes, size: int) -> str:
+    """Why the root table's offset, the first 4 bytes, cannot be right ('' if it can)."""
+    root = int.from_bytes(head[:4], "little")
+    if root < 8 or root + 4 > size:
+        return (
+            f"its FlatBuffer root table offset, {root}, lies outside its {size} bytes: cut short or damaged"
+        )
+    return ""
+
+
+def inspect_tflite(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
+    if problem := flatbuffer_root_problem(file.read(8), size):
+        report["reasons"].append(problem)
+    report["integrity"]["notes"].append("a FlatBuffer keeps no checksums: damage cannot be detected")
+    not_for_torch(
+        report,
+        "tflite",
+        "TensorFlow Lite model (.tflite: a FlatBuffer, identifier TFL3)",
+        "LiteRT's ai_edge_litert.interpreter.Interpreter(model_path=path), or tf.lite.Interpreter",
+    )
+
+
+def inspect_executorch(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
+    """An ExecuTorch program: its identifier, and its extended header's sizes against the file's."""
+    head = file.read(64)
+    identifier = safe_text(head[4:8].decode("ascii", errors="replace"), 8)
+    if problem := flatbuffer_root_problem(head, size):
+        report["reasons"].append(problem)
+    if head[8:12] == EXECUTORCH_HEADER:
+        length, program, segments = struct.unpack_from("<IQQ", head.ljust(32, b"\0"), 12)
+        if len(head) < 32 or length < 24:  # magic, length and the two sizes: 24 bytes at least
+            report["reasons"].append("its extended header is cut short or corrupt")
+        elif program > size or segments > size:
+            report["reasons"].append(
+                f"its header says the program takes {program} bytes and its data starts at byte "
+                f"{segments}; the file has {size}: cut short"
+            )
+        else:
+            report["metadata"]["executorch"] = {
+                "program": f"{program} bytes",
+                "data segments": f"from byte {segments}" if segments else "none",
+            }
+    report["integrity"]["notes"].append("a FlatBuffer keeps no checksums: damage cannot be detected")
+    not_for_torch(
+        report,
+        "executorch",
+        f"ExecuTorch program (.pte: a FlatBuffer, identifier {identifier})",
+        "the ExecuTorch runtime, executorch.runtime.Runtime.get().load_program(path)",
     )
 
 

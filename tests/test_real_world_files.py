@@ -2,6 +2,8 @@
 
 torch's own legacy writer, torch.jit.save and torch.onnx.export; huggingface_hub's
 save_torch_state_dict for sharded folders; numpy.savez; the gguf package's GGUFWriter.
+TensorFlow Lite and ExecuTorch files are made by hand, as their formats lay them out: their
+writers are not dependencies.
 Lightning is too heavy to install for tests: its checkpoint is written here in the layout
 Lightning documents, with torch.save. A GPU-saved file is made as chapter 6 makes it
 (torch.save with every storage tagged cuda:0), and for real where a GPU exists. Writers
@@ -552,6 +554,69 @@ def test_an_hdf5_file_and_a_keras_archive_are_named(tmp_path):
             archive.writestr(name, "{}")
     report = report_on(keras)
     assert report["kind"] == "keras" and report["reasons"] == [report["other_format"]]
+
+
+def flatbuffer(identifier: bytes, root: int = 12, header: bytes = b"", segment: bytes = b"") -> bytes:
+    """A minimal valid FlatBuffer: the root table's offset, the file identifier, an optional
+    header (ExecuTorch's), a vtable of no fields and an empty root table that points back to
+    it; then optional data after it. Made by hand: neither TensorFlow Lite's writer (tensorflow,
+    ai-edge-litert) nor ExecuTorch's (executorch) is a dependency of this project, nor is the
+    flatbuffers package, and each is far too large to install for a test."""
+    vtable = 8 + len(header)
+    root = max(root, vtable + 4)
+    body = header + (4).to_bytes(2, "little") * 2  # the vtable: its size, the table's size
+    body = body.ljust(root - 8, b"\0") + (root - vtable).to_bytes(4, "little", signed=True)
+    return root.to_bytes(4, "little") + identifier + body + segment
+
+
+def executorch_header(program: int, segments: int) -> bytes:
+    """ExecuTorch's extended header (schema/extended_header.h): magic, its length, the
+    program's size and where the data segments begin."""
+    return (
+        b"eh00" + (24).to_bytes(4, "little") + program.to_bytes(8, "little") + segments.to_bytes(8, "little")
+    )
+
+
+def test_tensorflow_lite_and_executorch_files_are_named_with_what_reads_them(tmp_path, capsys):
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(flatbuffer(b"TFL3"))
+    report = report_on(tflite)
+    assert report["kind"] == "tflite" and report["format"].startswith("TensorFlow Lite model")
+    assert report["reasons"] == [report["other_format"]] and "Interpreter" in report["other_format"]
+    pte = tmp_path / "model.pte"
+    pte.write_bytes(flatbuffer(b"ET12", header=executorch_header(40, 48)).ljust(48, b"\0") + bytes(16))
+    report = report_on(pte)
+    assert report["kind"] == "executorch" and "identifier ET12" in report["format"]
+    assert report["metadata"]["executorch"] == {"program": "40 bytes", "data segments": "from byte 48"}
+    shown = "\nMetadata\n  executorch: program=40 bytes, data segments=from byte 48\n"
+    assert shown in run_chapter_here("inspect_file.py", str(pte), cwd=tmp_path).stdout
+    assert report["reasons"] == [report["other_format"]] and "load_program" in report["other_format"]
+    for path in (tflite, pte):
+        run = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+        assert run.returncode == EXIT_BAD_INPUT
+        assert "\nVerdict    not for torch.load (exit 2):\n" in run.stdout, run.stdout
+        assert "Contents" not in run.stdout  # nothing is said of tensors not read
+        damaged_copies_get_a_report_or_one_line(path, tmp_path, capsys)
+
+
+def test_a_flatbuffer_that_begins_like_a_pickle_is_named_by_its_identifier(tmp_path):
+    """A root offset of 640 is the bytes 80 02: a pickle's protocol 2 opcode. The identifier
+    at bytes 4..8 says more than those two bytes."""
+    path = tmp_path / "model.tflite"
+    path.write_bytes(flatbuffer(b"TFL3", root=640))
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert report_on(path)["kind"] == "tflite"
+
+
+def test_a_cut_executorch_program_and_a_flatbuffer_with_its_root_outside_are_refused(tmp_path):
+    pte = tmp_path / "cut.pte"
+    pte.write_bytes(flatbuffer(b"ET12", header=executorch_header(40, 4096)))
+    assert "; the file has 40: cut short" in report_on(pte)["reasons"][0]
+    tflite = tmp_path / "cut.tflite"
+    tflite.write_bytes(flatbuffer(b"TFL3", root=640)[:100])
+    assert report_on(tflite)["reasons"][0] == (
+        "its FlatBuffer root table offset, 640, lies outside its 100 bytes: cut short or damaged"
+    )
 
 
 # %%
