@@ -4,11 +4,12 @@
 # A `.pth` from a colleague, last month's checkpoint (legacy format, Lightning, saved on a
 # GPU), a `.safetensors` download or a sharded Hugging Face folder, a TorchScript or `.pt2`
 # program, or a DCP folder: what is it, what does it hold, what would loading it import, is
-# it intact, and does it fit your model? ONNX, GGUF, NumPy and HDF5/Keras files are named,
-# with what reads them. Everything here is read from the bytes. Nothing in the file is
-# executed: a plain pickle is never unpickled, and `torch.load` is only ever called with
-# `weights_only=True`, after the file's checksums and sizes have been checked. The readers
-# of each format are in support/ (torch_archives, other_formats, model_folders, checkpoints).
+# it intact, and does it fit your model? ONNX, GGUF, NumPy, HDF5/Keras, TensorFlow Lite and
+# ExecuTorch files are named, with what reads them. Everything here is read from the bytes.
+# Nothing in the file is executed: a plain pickle is never unpickled, and `torch.load` is
+# only ever called with `weights_only=True`, after the file's checksums and sizes have been
+# checked. The readers of each format are in support/ (torch_archives, other_formats,
+# model_folders, checkpoints).
 #
 # Unlike the other chapters, this one is a tool to run on your own files rather than a
 # lesson to step through cell by cell: its sections below answer one question each, and
@@ -122,11 +123,19 @@ RUNS_CODE_BUILTINS = {
     "exec", "eval", "compile", "getattr", "setattr", "delattr", "__import__", "open",
     "breakpoint", "input", "globals", "vars", "apply", "execfile",
 }  # fmt: skip
-SAFETENSORS_DTYPES = {  # safetensors' dtype name -> torch's, and bytes per value
-    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
-    "U64": ("uint64", 8), "U32": ("uint32", 4), "U16": ("uint16", 2), "U8": ("uint8", 1),
-    "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
+# Every dtype of the safetensors format (its Rust crate's Dtype, 22 of them in 0.8) -> torch's
+# name for it ("" where torch has none), and bits per value: safetensors counts bits, so a
+# tensor of 4- or 6-bit values must fill whole bytes. torch packs two F4 values in one
+# float4_e2m1fn_x2 element: the header's last dimension is twice torch's.
+SAFETENSORS_DTYPES = {
+    "F64": ("float64", 64), "F32": ("float32", 32), "F16": ("float16", 16), "BF16": ("bfloat16", 16),
+    "I64": ("int64", 64), "I32": ("int32", 32), "I16": ("int16", 16), "I8": ("int8", 8),
+    "U64": ("uint64", 64), "U32": ("uint32", 32), "U16": ("uint16", 16), "U8": ("uint8", 8),
+    "BOOL": ("bool", 8), "C64": ("complex64", 64),
+    "F8_E4M3": ("float8_e4m3fn", 8), "F8_E5M2": ("float8_e5m2", 8),
+    "F8_E4M3FNUZ": ("float8_e4m3fnuz", 8), "F8_E5M2FNUZ": ("float8_e5m2fnuz", 8),
+    "F8_E8M0": ("float8_e8m0fnu", 8), "F4": ("float4_e2m1fn_x2", 4),
+    "F6_E2M3": ("", 6), "F6_E3M2": ("", 6),
 }  # fmt: skip
 PT2_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32"}
 PT2_DTYPES |= {8: "float64", 12: "bool", 13: "bfloat16"}
@@ -164,6 +173,8 @@ def sniff(head: bytes) -> str:
         return "zip"
     if head.startswith(LEGACY_MAGIC):
         return "legacy-torch"
+    if other_formats.flatbuffer_kind(head):  # an identifier says more than a pickle's first 2 bytes
+        return "other"
     if is_safetensors(head):
         return "safetensors"
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
@@ -242,16 +253,18 @@ def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]
             continue
         shown = safe_text(name, 80)
         try:
-            width = SAFETENSORS_DTYPES[entry["dtype"]][1]
+            bits = SAFETENSORS_DTYPES[entry["dtype"]][1]
             begin, end = entry["data_offsets"]
             numel = math.prod(entry["shape"])
             valid = all(type(n) is int and n >= 0 for n in [*entry["shape"], begin, end]) and begin <= end
         except (KeyError, TypeError, ValueError):
             problems.append(f"tensor {shown} has a malformed entry")
             continue
-        if not valid or end - begin != numel * width:
+        if valid and numel * bits % 8:
+            problems.append(f"tensor {shown}: {numel} values of {bits} bits do not fill whole bytes")
+        elif not valid or end - begin != numel * bits // 8:
             problems.append(
-                f"tensor {shown}: its shape and dtype need {numel * width} bytes, not {end - begin}"
+                f"tensor {shown}: its shape and dtype need {numel * bits // 8} bytes, not {end - begin}"
             )
         elif end > data_size:
             problems.append(f"tensor {shown} ends at byte {end} of a data area of {data_size}: truncated")
@@ -445,8 +458,8 @@ def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict
             }
             continue
         try:
-            dtype = SAFETENSORS_DTYPES[entry["dtype"]][0]
             shape = [int(n) for n in entry["shape"] if type(n) is int]
+            dtype = torch_dtype_of(entry["dtype"], shape)
             begin, end = (int(n) for n in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             continue
@@ -455,6 +468,17 @@ def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict
     report["contents"]["tensors"] = rows
     report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
     return shapes
+
+
+def torch_dtype_of(code: str, shape: list[int]) -> str:
+    """torch's name for a safetensors dtype (its own where torch has none); an F4 tensor's
+    `shape` is made torch's, two values to an element, in place."""
+    name = SAFETENSORS_DTYPES[code][0]
+    if code == "F4" and shape and shape[-1] % 2 == 0:
+        shape[-1] //= 2
+    elif code == "F4":
+        return code  # an odd last dimension: torch cannot pack it (safe_open says so)
+    return name or code
 
 
 def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
@@ -474,10 +498,12 @@ def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
 
 
 def finite(tensor: Tensor) -> bool:
-    """False for a floating-point tensor holding NaN or infinity (a dtype isfinite lacks: True)."""
+    """False for a floating-point or complex tensor holding NaN or infinity (a dtype isfinite
+    lacks: True)."""
     try:
-        return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
-    except RuntimeError:  # float8: not checked
+        checked = tensor.is_floating_point() or tensor.is_complex()
+        return not checked or bool(torch.isfinite(tensor).all())
+    except RuntimeError:  # float8, float4: not checked
         return True
 
 
@@ -946,7 +972,11 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         elif other == "hdf5":
             other_formats.inspect_hdf5(report)
         elif other == "onnx":
-            shapes = other_formats.inspect_onnx(path, size, report)
+            shapes = other_formats.inspect_onnx(path, file, size, report)
+        elif other == "tflite":
+            other_formats.inspect_tflite(file, size, report)
+        elif other == "pte":
+            other_formats.inspect_executorch(file, size, report)
         else:
             report["kind"] = "unknown"
             report["format"] = (
@@ -1013,7 +1043,7 @@ def aligned(cells: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
     return lines
 
 
-def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
+def print_contents(contents: dict[str, Any]) -> None:
     rows = contents.get("tensors")
     if rows is None:
         return
@@ -1041,6 +1071,10 @@ def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
         show("\nTop-level keys")
         for line in aligned([[f"{key}:", value] for key, value in contents["top_level"].items()]):
             show(f"  {line}")
+
+
+def print_metadata(metadata: dict[str, Any]) -> None:
+    """What the file says of itself, shown whether or not its tensors are listed."""
     if metadata:
         show("\nMetadata")
         for key, value in metadata.items():
@@ -1119,7 +1153,8 @@ def print_fit(fit: dict[str, Any] | None) -> None:
 def print_report(report: dict[str, Any]) -> None:
     show(f"File       {report['path']} ({report['bytes']} bytes)")
     show(f"Format     {report['format']}")
-    print_contents(report["contents"], report["metadata"])
+    print_contents(report["contents"])
+    print_metadata(report["metadata"])
     print_needs(report["needs"])
     print_integrity(report)
     print_fit(report["fit"])

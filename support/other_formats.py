@@ -1,4 +1,5 @@
-"""Model files torch.load does not read, named for what they are: ONNX, GGUF, NumPy, HDF5, Keras.
+"""Model files torch.load does not read, named for what they are: ONNX, GGUF, NumPy, HDF5, Keras,
+TensorFlow Lite and ExecuTorch.
 
 Each reader fills the same report `inspect_file.py` prints, from the file's bytes, and says
 what does read the file. An ONNX model is parsed with the `onnx` package (never by hand),
@@ -15,6 +16,7 @@ import math
 import os
 import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
@@ -28,10 +30,29 @@ MAX_ONNX_BYTES = 2**31 - 1  # protobuf's own limit for one message: ONNX keeps l
 ONNX_FIRST_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}  # producer, version, domain, ..., graph, opset
 MAX_ROWS = 10_000  # tensors listed from a GGUF or ONNX file
 MAX_GGUF_STRING = 2**20  # a GGUF key or string value longer than this is not read
+# FlatBuffer formats, told by the file identifier at bytes 4..8 (after the root table's offset):
+TFLITE_IDENTIFIER = b"TFL3"  # TensorFlow Lite's schema.fbs
+EXECUTORCH_PREFIX = b"ET"  # ExecuTorch's program.fbs says "ET12"; its runtime takes any other
+# "ET" and two more characters for a program of another schema version
+EXECUTORCH_HEADER = b"eh00"  # ExecuTorch's optional extended header, at byte 8
+
+
+def flatbuffer_kind(head: bytes) -> str:
+    """'tflite' or 'pte' (ExecuTorch) from a FlatBuffer's file identifier, or ''."""
+    if len(head) < 8:
+        return ""
+    if head[4:8] == TFLITE_IDENTIFIER:
+        return "tflite"
+    if head[4:6] == EXECUTORCH_PREFIX and head[6:8].isdigit():
+        return "pte"
+    return ""
 
 
 def sniff_other(head: bytes, path: Path) -> str:
-    """'gguf', 'npy', 'hdf5', 'onnx' (a protobuf that begins as ONNX models do), or ''."""
+    """'tflite', 'pte', 'gguf', 'npy', 'hdf5', 'onnx' (a protobuf that begins as ONNX models
+    do), or ''."""
+    if kind := flatbuffer_kind(head):
+        return kind
     if head.startswith(GGUF_MAGIC):
         return "gguf"
     if head.startswith(NUMPY_MAGIC):
@@ -137,6 +158,60 @@ def inspect_keras(report: dict[str, Any]) -> None:
         "keras",
         "Keras 3 model archive (.keras: config.json, metadata.json and HDF5 weights)",
         "keras.saving.load_model(path, safe_mode=True)",
+    )
+
+
+# ---- TensorFlow Lite and ExecuTorch: FlatBuffers ----
+
+
+def flatbuffer_root_problem(head: bytes, size: int) -> str:
+    """Why the root table's offset, the first 4 bytes, cannot be right ('' if it can)."""
+    root = int.from_bytes(head[:4], "little")
+    if root < 8 or root + 4 > size:
+        return (
+            f"its FlatBuffer root table offset, {root}, lies outside its {size} bytes: cut short or damaged"
+        )
+    return ""
+
+
+def inspect_tflite(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
+    if problem := flatbuffer_root_problem(file.read(8), size):
+        report["reasons"].append(problem)
+    report["integrity"]["notes"].append("a FlatBuffer keeps no checksums: damage cannot be detected")
+    not_for_torch(
+        report,
+        "tflite",
+        "TensorFlow Lite model (.tflite: a FlatBuffer, identifier TFL3)",
+        "LiteRT's ai_edge_litert.interpreter.Interpreter(model_path=path), or tf.lite.Interpreter",
+    )
+
+
+def inspect_executorch(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
+    """An ExecuTorch program: its identifier, and its extended header's sizes against the file's."""
+    head = file.read(64)
+    identifier = safe_text(head[4:8].decode("ascii", errors="replace"), 8)
+    if problem := flatbuffer_root_problem(head, size):
+        report["reasons"].append(problem)
+    if head[8:12] == EXECUTORCH_HEADER:
+        length, program, segments = struct.unpack_from("<IQQ", head.ljust(32, b"\0"), 12)
+        if len(head) < 32 or length < 24:  # magic, length and the two sizes: 24 bytes at least
+            report["reasons"].append("its extended header is cut short or corrupt")
+        elif program > size or segments > size:
+            report["reasons"].append(
+                f"its header says the program takes {program} bytes and its data starts at byte "
+                f"{segments}; the file has {size}: cut short"
+            )
+        else:
+            report["metadata"]["executorch"] = {
+                "program": f"{program} bytes",
+                "data segments": f"from byte {segments}" if segments else "none",
+            }
+    report["integrity"]["notes"].append("a FlatBuffer keeps no checksums: damage cannot be detected")
+    not_for_torch(
+        report,
+        "executorch",
+        f"ExecuTorch program (.pte: a FlatBuffer, identifier {identifier})",
+        "the ExecuTorch runtime, executorch.runtime.Runtime.get().load_program(path)",
     )
 
 
@@ -273,45 +348,118 @@ def external_data_problem(location: str, folder: Path) -> str:
     return ""
 
 
+def all_graphs(model: Any) -> Iterator[Any]:
+    """The model's graph and every graph nested in a node's attributes (If, Loop and Scan
+    bodies), its local functions' included. protobuf's parser caps nesting at 100 levels."""
+
+    def nested(nodes: Any) -> list[Any]:
+        return [
+            g
+            for node in nodes
+            for a in node.attribute
+            for g in (*([a.g] if a.HasField("g") else []), *a.graphs)
+        ]
+
+    pending = [model.graph, *nested(node for function in model.functions for node in function.node)]
+    while pending:
+        graph = pending.pop()
+        yield graph
+        pending += nested(graph.node)
+
+
+def all_nodes(model: Any) -> Iterator[Any]:
+    for graph in all_graphs(model):
+        yield from graph.node
+    for function in model.functions:
+        yield from function.node
+
+
+def stored_tensors(model: Any) -> Iterator[tuple[str, Any]]:
+    """Every TensorProto in the model, named for a message: initializers (sparse ones' values
+    and indices too) and the tensors in node attributes, a Constant's value among them."""
+    for graph in all_graphs(model):
+        for tensor in graph.initializer:
+            yield f"initializer {safe_text(tensor.name, 80)}", tensor
+        for sparse in graph.sparse_initializer:
+            name = f"sparse initializer {safe_text(sparse.values.name, 80)}"
+            yield name, sparse.values
+            yield name, sparse.indices
+    for node in all_nodes(model):
+        for attribute in node.attribute:
+            name = f"node {safe_text(node.name or node.op_type, 60)}'s {safe_text(attribute.name, 40)}"
+            sparse = [*([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []),
+                      *attribute.sparse_tensors]  # fmt: skip
+            for tensor in (
+                *([attribute.t] if attribute.HasField("t") else []),
+                *attribute.tensors,
+                *(part for s in sparse for part in (s.values, s.indices)),
+            ):
+                yield name, tensor
+
+
 def check_external_data(model: Any, folder: Path, report: dict[str, Any]) -> None:
-    """Every initializer kept outside the .onnx file: a file inside its folder, its bytes there."""
+    """Every tensor kept outside the .onnx file: a file inside its folder, its bytes there."""
     import onnx
 
     files: dict[str, int] = {}
-    for tensor in model.graph.initializer:
+    for name, tensor in stored_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         entries = {entry.key: entry.value for entry in tensor.external_data}
         location = entries.get("location", "")
         if problem := external_data_problem(location, folder):
-            raise ModelFileError(f"initializer {safe_text(tensor.name, 80)}'s external data {problem}")
+            raise ModelFileError(f"{name}'s external data {problem}")
         target = folder / location
         try:
             offset, length = int(entries.get("offset", 0)), int(entries.get("length", -1))
         except ValueError:
-            raise ModelFileError(f"initializer {safe_text(tensor.name, 80)} has a malformed offset") from None
+            raise ModelFileError(f"{name} has a malformed offset") from None
         if not target.is_file():
             report["reasons"].append(f"its external data file {safe_text(location, 80)} is missing")
             continue
         end = offset + max(length, 0)
         if offset < 0 or end > target.stat().st_size:
-            report["reasons"].append(
-                f"initializer {safe_text(tensor.name, 80)} reaches past the end of {safe_text(location, 80)}"
-            )
+            report["reasons"].append(f"{name} reaches past the end of {safe_text(location, 80)}")
         files[safe_text(location, 80)] = target.stat().st_size
     if files:
         report["metadata"]["external data"] = {name: f"{size} bytes" for name, size in sorted(files.items())}
 
 
+# ONNX packs these types' values into bytes, as many as fit (its helper.make_tensor does):
+# a tensor of them takes its count times the bits, rounded up to whole bytes.
+ONNX_PACKED_BITS = {
+    "UINT4": 4,
+    "INT4": 4,
+    "FLOAT4E2M1": 4,
+    "UINT2": 2,
+    "INT2": 2,
+    "FLOAT6E2M3": 6,
+    "FLOAT6E3M2": 6,
+}
+
+
 def onnx_dtype(code: int) -> tuple[str, int]:
-    """(NumPy's name for an ONNX element type, as torch names them too, and its bytes per value)."""
+    """(NumPy's name for an ONNX element type, as torch names them too, and its bits per
+    value; 0 for strings, whose values have lengths of their own)."""
     import onnx
 
+    if code == onnx.TensorProto.STRING:
+        return "string", 0
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(code)
-        return dtype.name, dtype.itemsize
     except (KeyError, ValueError, TypeError):
         return safe_text(f"onnx type {code}", 30), 0
+    packed = {getattr(onnx.TensorProto, name, None): bits for name, bits in ONNX_PACKED_BITS.items()}
+    return dtype.name, packed.get(code, dtype.itemsize * 8)
+
+
+def onnx_bytes(tensor: Any) -> int:
+    """The bytes a TensorProto's values take: packed types rounded up to whole bytes, a string
+    tensor's strings their lengths."""
+    dtype, bits = onnx_dtype(tensor.data_type)
+    if dtype == "string":
+        return sum(len(value) for value in tensor.string_data)
+    return -(-math.prod(tensor.dims) * bits // 8)
 
 
 def value_info_text(value: Any) -> str:
@@ -322,8 +470,96 @@ def value_info_text(value: Any) -> str:
     return f"[{', '.join(dims)}] {dtype}"
 
 
-def inspect_onnx(path: Path, size: int, report: dict[str, Any]) -> dict[str, tuple]:
-    """Producer, opset, inputs, outputs and initializers, with onnx's parser and checker."""
+def same_file(path: Path, opened: os.stat_result) -> bool:
+    """Whether `path` still names the file that was opened, unchanged since."""
+    try:
+        now = path.stat()
+    except OSError:
+        return False
+    fields = ("st_dev", "st_ino", "st_size", "st_mtime_ns")
+    return all(getattr(now, name) == getattr(opened, name) for name in fields)
+
+
+def check_onnx(path: Path, opened: os.stat_result, report: dict[str, Any]) -> None:
+    """onnx.checker on the model's path, as onnxruntime reads it: the checker finds external
+    data next to the model only when given its path (given the parsed model, it looks in the
+    current folder and calls a valid file "not regular file"). It reads the file again, so
+    the name must still lead to the very file parsed, before and after."""
+    import onnx
+
+    if not same_file(path, opened):
+        raise ModelFileError("it changed while it was being read")
+    try:
+        onnx.checker.check_model(os.fspath(path))
+    except (onnx.checker.ValidationError, ValueError, RuntimeError) as err:
+        report["reasons"].append(f"onnx.checker refuses it: {error_line(err)}")
+    else:
+        report["integrity"]["notes"].append("onnx.checker.check_model passes (ONNX keeps no checksums)")
+    if not same_file(path, opened):
+        raise ModelFileError("it changed while it was being read")
+
+
+CONSTANT_VALUES = {  # a Constant node's attribute -> (dtype, bytes per value, a list?)
+    "value_float": ("float32", 4, False), "value_floats": ("float32", 4, True),
+    "value_int": ("int64", 8, False), "value_ints": ("int64", 8, True),
+}  # fmt: skip
+
+
+def constant_row(node: Any) -> dict[str, Any] | None:
+    """The tensor a Constant node outputs, as a row (None for a malformed node): from its
+    `value` or `sparse_value` tensor, or from value_float(s), value_int(s), value_string(s)."""
+    if len(node.attribute) != 1 or len(node.output) != 1:
+        return None  # onnx.checker refuses it: a Constant has exactly one of them
+    attribute, name = node.attribute[0], safe_text(node.output[0], 80)
+    if attribute.name == "value":
+        return tensor_row(
+            name, list(attribute.t.dims), onnx_dtype(attribute.t.data_type)[0], onnx_bytes(attribute.t)
+        )
+    if attribute.name == "sparse_value":
+        sparse = attribute.sparse_tensor
+        dtype = f"{onnx_dtype(sparse.values.data_type)[0]} (sparse)"
+        return tensor_row(
+            name, list(sparse.dims), dtype, onnx_bytes(sparse.values) + onnx_bytes(sparse.indices)
+        )
+    if attribute.name in CONSTANT_VALUES:
+        dtype, width, is_list = CONSTANT_VALUES[attribute.name]
+        count = len(attribute.floats if dtype == "float32" else attribute.ints) if is_list else 1
+        return tensor_row(name, [count] if is_list else [], dtype, count * width)
+    if attribute.name in ("value_string", "value_strings"):
+        strings = list(attribute.strings) if attribute.name == "value_strings" else [attribute.s]
+        shape = [len(strings)] if attribute.name == "value_strings" else []
+        return tensor_row(name, shape, "string", sum(len(s) for s in strings))
+    return None
+
+
+def onnx_contents(model: Any, report: dict[str, Any]) -> dict[str, tuple]:
+    """Rows for the initializers and for the Constant nodes' values (some exporters keep the
+    weights as Constants); shapes, for the fit check, of the initializers, whose names are
+    the state_dict's: a Constant's output is named by the exporter."""
+    rows, shapes, constants = [], {}, 0
+    for graph in all_graphs(model):
+        for tensor in graph.initializer:
+            if len(rows) >= MAX_ROWS:
+                break
+            dtype, shape = onnx_dtype(tensor.data_type)[0], list(tensor.dims)
+            rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, onnx_bytes(tensor)))
+            if graph is model.graph:
+                shapes[tensor.name] = (tuple(shape), dtype)
+    for node in all_nodes(model):
+        constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+        if constant and len(rows) < MAX_ROWS and (row := constant_row(node)) is not None:
+            rows.append(row)
+            constants += 1
+    report["contents"]["tensors"] = rows
+    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    if constants:
+        report["contents"]["note"] = f"{constants} of them are the values of Constant nodes, not initializers"
+    return shapes
+
+
+def inspect_onnx(path: Path, file: IO[bytes], size: int, report: dict[str, Any]) -> dict[str, tuple]:
+    """Producer, opset, inputs, outputs, initializers and Constants, with onnx's parser and
+    checker. The model is parsed from the file already open, whatever its name leads to now."""
     try:
         import onnx
         from google.protobuf.message import DecodeError
@@ -335,27 +571,16 @@ def inspect_onnx(path: Path, size: int, report: dict[str, Any]) -> dict[str, tup
         raise ModelFileError(
             f"it has {size} bytes, more than the {MAX_ONNX_BYTES} one ONNX protobuf may hold"
         )
+    opened = os.fstat(file.fileno())
     try:  # protobuf's parser refuses nesting deeper than 100 levels itself, so this cannot overflow
-        model = onnx.load(os.fspath(path), load_external_data=False)
+        model = onnx.load_model_from_string(file.read(size))
     except (DecodeError, ValueError, RuntimeError, RecursionError, MemoryError) as err:
         raise ModelFileError(f"it is not a well-formed ONNX model ({error_line(err)})") from None
     if not model.HasField("graph"):
         raise ModelFileError("it is not an ONNX model (a protobuf without a graph)")
     check_external_data(model, path.parent, report)
-    try:
-        onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, ValueError, RuntimeError) as err:
-        report["reasons"].append(f"onnx.checker refuses it: {error_line(err)}")
-    else:
-        report["integrity"]["notes"].append("onnx.checker.check_model passes (ONNX keeps no checksums)")
-    rows, shapes = [], {}
-    for tensor in model.graph.initializer[:MAX_ROWS]:
-        dtype, width = onnx_dtype(tensor.data_type)
-        shape = list(tensor.dims)
-        rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, math.prod(shape) * width))
-        shapes[tensor.name] = (tuple(shape), dtype)
-    report["contents"]["tensors"] = rows
-    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    check_onnx(path, opened, report)
+    shapes = onnx_contents(model, report)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     producer = f"{model.producer_name} {model.producer_version}".strip() or "not recorded"
     report["metadata"]["onnx"] = {

@@ -578,6 +578,96 @@ def test_a_safetensors_header_over_the_limit_is_refused_naming_the_limit(tmp_pat
     ]
 
 
+# Every torch dtype safetensors 0.8 writes (its TensorSpec's list), and the format code it
+# writes for each: the header says the code, the report says torch's name.
+SAFETENSORS_WRITES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint64: "U64", torch.uint32: "U32", torch.uint16: "U16", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.complex64: "C64",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+    torch.float8_e4m3fnuz: "F8_E4M3FNUZ", torch.float8_e5m2fnuz: "F8_E5M2FNUZ",
+    torch.float8_e8m0fnu: "F8_E8M0", torch.float4_e2m1fn_x2: "F4",
+}  # fmt: skip
+
+
+def some_tensor(dtype: torch.dtype) -> torch.Tensor:
+    """A (2, 4) tensor of `dtype` with finite values; float4 is packed bytes, as torch holds it."""
+    if dtype == torch.float4_e2m1fn_x2:  # torch converts nothing to it: its bytes are viewed
+        return torch.full((2, 4), 0x22, dtype=torch.uint8).view(dtype)
+    return torch.ones(2, 4).to(dtype)
+
+
+def header_of(path: Path) -> dict:
+    data = path.read_bytes()
+    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+
+
+@pytest.mark.parametrize("dtype", list(SAFETENSORS_WRITES), ids=str)
+def test_every_dtype_safetensors_writes_is_named_as_torch_names_it_sized_and_loads(dtype, tmp_path):
+    path = tmp_path / "weights.safetensors"
+    tensor = some_tensor(dtype)
+    save_file({"w": tensor}, path)
+    assert header_of(path)["w"]["dtype"] == SAFETENSORS_WRITES[dtype]
+    report = report_on(path)
+    assert report["reasons"] == [], report["reasons"]
+    [row] = report["contents"]["tensors"]
+    assert (row["dtype"], row["shape"], row["bytes"]) == (
+        str(dtype).removeprefix("torch."),
+        list(tensor.shape),  # float4: torch's packed shape, half the header's last dimension
+        tensor.numel() * tensor.element_size(),
+    )
+    assert report["contents"]["storage_bytes"] == row["bytes"]
+
+
+def test_complex_and_e8m0_safetensors_exit_0_and_a_complex_nan_is_refused(tmp_path):
+    path = tmp_path / "scales.safetensors"
+    weights = {
+        "spectrum": torch.randn(3, 5, dtype=torch.complex64),
+        "scales": torch.ones(7).to(torch.float8_e8m0fnu),
+    }
+    save_file(weights, path)
+    run = run_chapter_here("inspect_file.py", str(path), "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout
+    rows = {row["name"]: row for row in json.loads(run.stdout)["contents"]["tensors"]}
+    assert (rows["spectrum"]["dtype"], rows["spectrum"]["shape"], rows["spectrum"]["bytes"]) == (
+        "complex64",
+        [3, 5],
+        120,
+    )
+    assert (rows["scales"]["dtype"], rows["scales"]["shape"], rows["scales"]["bytes"]) == (
+        "float8_e8m0fnu",
+        [7],
+        7,
+    )
+    nan = tmp_path / "nan.safetensors"
+    save_file({"spectrum": torch.tensor([complex(float("nan"), 1.0)], dtype=torch.complex64)}, nan)
+    assert report_on(nan)["reasons"] == ["NaN or infinite values in spectrum"]
+
+
+def sub_byte_safetensors(path: Path, dtype: str, shape: list[int], nbytes: int) -> Path:
+    """A header as safetensors' Rust writer lays it out (JSON padded with spaces to 8 bytes):
+    safetensors 0.8 reads F6_E2M3 and F6_E3M2 but no Python writer of it writes them, and
+    none writes a tensor of 4-bit values that leaves half a byte."""
+    header = json.dumps({"t": {"dtype": dtype, "shape": shape, "data_offsets": [0, nbytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(nbytes))
+    return path
+
+
+def test_six_bit_safetensors_are_sized_in_bits_and_refused_only_because_torch_has_no_dtype(tmp_path):
+    for dtype in ("F6_E2M3", "F6_E3M2"):
+        report = report_on(sub_byte_safetensors(tmp_path / "six.safetensors", dtype, [4, 4], 12))
+        assert report["integrity"]["problems"] == []
+        assert report["contents"]["tensors"][0] | {"name": "t"} == {
+            "name": "t", "shape": [4, 4], "dtype": dtype, "device": "cpu", "bytes": 12, "shares": None
+        }  # fmt: skip
+        [reason] = report["reasons"]
+        assert reason.startswith("safetensors refuses it:") and dtype in reason
+    half_byte = report_on(sub_byte_safetensors(tmp_path / "f4.safetensors", "F4", [3], 2))
+    assert half_byte["integrity"]["problems"] == ["tensor t: 3 values of 4 bits do not fill whole bytes"]
+
+
 def test_when_torchs_own_scan_fails_the_report_never_says_nothing_is_beyond_weights_only(tmp_path):
     path = tmp_path / "pop.pth"
     torch_like_zip(path, b"\x80\x020cos\nsystem\n)R.")  # a POP on an empty stack: torch's scan fails

@@ -2,6 +2,8 @@
 
 torch's own legacy writer, torch.jit.save and torch.onnx.export; huggingface_hub's
 save_torch_state_dict for sharded folders; numpy.savez; the gguf package's GGUFWriter.
+TensorFlow Lite and ExecuTorch files are made by hand, as their formats lay them out: their
+writers are not dependencies.
 Lightning is too heavy to install for tests: its checkpoint is written here in the layout
 Lightning documents, with torch.save. A GPU-saved file is made as chapter 6 makes it
 (torch.save with every storage tagged cuda:0), and for real where a GPU exists. Writers
@@ -280,6 +282,176 @@ def test_an_onnx_export_lists_producer_opset_io_and_initializers(onnx_file):
     assert report["reasons"] == [report["other_format"]]
 
 
+def onnx_with_constants() -> object:
+    """A model whose weights are Constant nodes, not initializers, as some exporters write
+    them: a tensor `value`, a `value_float` and a `value_ints` (onnx.helper, the onnx
+    package's own writer; torch.onnx.export keeps weights as initializers)."""
+    onnx = optional("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "W")
+    nodes = [
+        helper.make_node("Constant", [], ["W"], value=weight),
+        helper.make_node("Constant", [], ["scale"], value_float=0.5),
+        helper.make_node("Constant", [], ["shape"], value_ints=[-1, 3]),
+        helper.make_node("MatMul", ["features", "W"], ["product"]),
+        helper.make_node("Mul", ["product", "scale"], ["scaled"]),
+        helper.make_node("Reshape", ["scaled", "shape"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constants",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+CONSTANT_ROWS = [
+    {"name": "W", "shape": [4, 3], "dtype": "float32", "device": "", "bytes": 48, "shares": None},
+    {"name": "scale", "shape": [], "dtype": "float32", "device": "", "bytes": 4, "shares": None},
+    {"name": "shape", "shape": [2], "dtype": "int64", "device": "", "bytes": 16, "shares": None},
+]
+
+
+def test_an_onnx_model_whose_weights_are_constant_nodes_lists_them(tmp_path):
+    onnx = optional("onnx")
+    path = tmp_path / "constants.onnx"
+    onnx.save(onnx_with_constants(), path)
+    report = report_on(path)
+    assert report["contents"]["tensors"] == CONSTANT_ROWS
+    assert report["contents"]["storage_bytes"] == 68
+    assert report["contents"]["note"] == "3 of them are the values of Constant nodes, not initializers"
+    assert report["reasons"] == [report["other_format"]]
+
+
+def test_onnx_tensors_of_packed_types_and_strings_are_sized_as_onnx_stores_them(tmp_path):
+    """ONNX packs 2-, 4- and 6-bit values into bytes, rounding the tensor up to a whole byte
+    (numpy_helper.from_array writes them so); a string tensor holds its strings."""
+    onnx = optional("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    made = {  # name: (ONNX type, dims, values, bytes)
+        "int4": (TensorProto.INT4, [3], [1, -2, 3], 2),
+        "fp4": (TensorProto.FLOAT4E2M1, [4, 4], [0.5] * 16, 8),
+        "uint2": (TensorProto.UINT2, [5], [1, 2, 3, 0, 1], 2),
+        "fp6": (TensorProto.FLOAT6E2M3, [4], [1.0] * 4, 3),
+    }
+    tensors = []
+    for name, (kind, dims, values, nbytes) in made.items():
+        array = numpy_helper.to_array(helper.make_tensor(name, kind, dims, values))
+        tensors.append(numpy_helper.from_array(array, name))
+        assert len(tensors[-1].raw_data) == nbytes  # what onnx stores
+    tensors.append(helper.make_tensor("words", TensorProto.STRING, [2], [b"ab", b"cde"]))
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [t.name], [f"{t.name}_out"]) for t in tensors],
+        "packed",
+        [],
+        [helper.make_tensor_value_info(f"{t.name}_out", t.data_type, t.dims) for t in tensors],
+        tensors,
+    )
+    path = tmp_path / "packed.onnx"
+    onnx.save(helper.make_model(graph), path)
+    report = report_on(path)
+    sizes = {row["name"]: (row["dtype"], row["bytes"]) for row in report["contents"]["tensors"]}
+    assert sizes == {
+        "int4": ("int4", 2),
+        "fp4": ("float4_e2m1fn", 8),
+        "uint2": ("uint2", 2),
+        "fp6": ("float6_e2m3fn", 3),
+        "words": ("string", 5),
+    }
+    assert report["reasons"] == [report["other_format"]]
+
+
+def save_with_external_data(model: object, folder: Path, **kwargs: bool) -> Path:
+    """The model saved as onnx.save_model saves a large one: every tensor in weights.bin."""
+    onnx = optional("onnx")
+    folder.mkdir()
+    path = folder / "model.onnx"
+    onnx.save_model(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+        **kwargs,
+    )
+    onnx.checker.check_model(path)  # onnx itself accepts it
+    return path
+
+
+def test_an_onnx_model_with_valid_external_data_is_read_from_any_folder(onnx_file, tmp_path):
+    """onnx.checker finds external data beside the model only when it is given the model's
+    path: given the parsed model it looked in the current folder ("not regular file")."""
+    onnx = optional("onnx")
+    path = save_with_external_data(onnx.load(onnx_file), tmp_path / "exported")
+    report = report_on(path, on_meta())
+    assert report["metadata"]["external data"] == {
+        "weights.bin": f"{(path.parent / 'weights.bin').stat().st_size} bytes"
+    }
+    assert shapes_of(report) == EXPECTED_SHAPES and report["fit"]["fits"]
+    assert report["reasons"] == [report["other_format"]]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = run_chapter_here("inspect_file.py", str(path), "--model", "Multiclass", cwd=elsewhere)
+    assert run.returncode == EXIT_BAD_INPUT
+    assert "onnx.checker.check_model passes" in run.stdout
+    assert "\nVerdict    not for torch.load (exit 2):\n  - ONNX model" in run.stdout
+    constants = save_with_external_data(onnx_with_constants(), tmp_path / "constants", convert_attribute=True)
+    report = report_on(constants)
+    assert report["contents"]["tensors"] == CONSTANT_ROWS and report["reasons"] == [report["other_format"]]
+    assert "weights.bin" in report["metadata"]["external data"]
+
+
+def test_external_data_that_links_out_of_the_folder_is_still_refused(onnx_file, tmp_path):
+    onnx = optional("onnx")
+    path = save_with_external_data(onnx.load(onnx_file), tmp_path / "exported")
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((path.parent / "weights.bin").read_bytes())
+    (path.parent / "weights.bin").unlink()
+    (path.parent / "weights.bin").symlink_to(outside)
+    with pytest.raises(ModelFileError, match=re.escape("weights.bin, a link that leaves the model's folder")):
+        report_on(path)
+
+
+def test_a_constants_external_data_outside_the_folder_is_refused_naming_the_node(tmp_path):
+    onnx = optional("onnx")
+    model = onnx_with_constants()
+    path = save_with_external_data(model, tmp_path / "constants", convert_attribute=True)
+    model = onnx.load(path, load_external_data=False)
+    for entry in model.graph.node[0].attribute[0].t.external_data:
+        if entry.key == "location":
+            entry.value = "../../etc/passwd"
+    onnx.save(model, path)
+    refusal = "node Constant's value's external data is ../../etc/passwd, which leaves the model's folder"
+    with pytest.raises(ModelFileError, match=re.escape(refusal)):
+        report_on(path)
+
+
+def test_an_onnx_file_swapped_before_the_checker_reads_it_again_is_one_line(onnx_file, tmp_path, monkeypatch):
+    """onnx.checker reads the model by its name: if the name now leads to another file, the
+    report would mix two files. It is refused instead."""
+    onnx = optional("onnx")
+    path, other = tmp_path / "model.onnx", tmp_path / "other.onnx"
+    path.write_bytes(onnx_file.read_bytes())
+    onnx.save(onnx_with_constants(), other)
+    real_check = onnx.checker.check_model
+
+    def swap_then_check(model, *args, **kwargs):
+        other.replace(path)
+        return real_check(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", swap_then_check)
+    with pytest.raises(
+        ModelFileError, match=re.escape(f"{path} refused: it changed while it was being read")
+    ):
+        report_on(path)
+
+
 def onnx_with_external_data(folder: Path, location: str) -> Path:
     onnx = optional("onnx")
     from onnx import TensorProto, helper
@@ -382,6 +554,69 @@ def test_an_hdf5_file_and_a_keras_archive_are_named(tmp_path):
             archive.writestr(name, "{}")
     report = report_on(keras)
     assert report["kind"] == "keras" and report["reasons"] == [report["other_format"]]
+
+
+def flatbuffer(identifier: bytes, root: int = 12, header: bytes = b"", segment: bytes = b"") -> bytes:
+    """A minimal valid FlatBuffer: the root table's offset, the file identifier, an optional
+    header (ExecuTorch's), a vtable of no fields and an empty root table that points back to
+    it; then optional data after it. Made by hand: neither TensorFlow Lite's writer (tensorflow,
+    ai-edge-litert) nor ExecuTorch's (executorch) is a dependency of this project, nor is the
+    flatbuffers package, and each is far too large to install for a test."""
+    vtable = 8 + len(header)
+    root = max(root, vtable + 4)
+    body = header + (4).to_bytes(2, "little") * 2  # the vtable: its size, the table's size
+    body = body.ljust(root - 8, b"\0") + (root - vtable).to_bytes(4, "little", signed=True)
+    return root.to_bytes(4, "little") + identifier + body + segment
+
+
+def executorch_header(program: int, segments: int) -> bytes:
+    """ExecuTorch's extended header (schema/extended_header.h): magic, its length, the
+    program's size and where the data segments begin."""
+    return (
+        b"eh00" + (24).to_bytes(4, "little") + program.to_bytes(8, "little") + segments.to_bytes(8, "little")
+    )
+
+
+def test_tensorflow_lite_and_executorch_files_are_named_with_what_reads_them(tmp_path, capsys):
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes(flatbuffer(b"TFL3"))
+    report = report_on(tflite)
+    assert report["kind"] == "tflite" and report["format"].startswith("TensorFlow Lite model")
+    assert report["reasons"] == [report["other_format"]] and "Interpreter" in report["other_format"]
+    pte = tmp_path / "model.pte"
+    pte.write_bytes(flatbuffer(b"ET12", header=executorch_header(40, 48)).ljust(48, b"\0") + bytes(16))
+    report = report_on(pte)
+    assert report["kind"] == "executorch" and "identifier ET12" in report["format"]
+    assert report["metadata"]["executorch"] == {"program": "40 bytes", "data segments": "from byte 48"}
+    shown = "\nMetadata\n  executorch: program=40 bytes, data segments=from byte 48\n"
+    assert shown in run_chapter_here("inspect_file.py", str(pte), cwd=tmp_path).stdout
+    assert report["reasons"] == [report["other_format"]] and "load_program" in report["other_format"]
+    for path in (tflite, pte):
+        run = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+        assert run.returncode == EXIT_BAD_INPUT
+        assert "\nVerdict    not for torch.load (exit 2):\n" in run.stdout, run.stdout
+        assert "Contents" not in run.stdout  # nothing is said of tensors not read
+        damaged_copies_get_a_report_or_one_line(path, tmp_path, capsys)
+
+
+def test_a_flatbuffer_that_begins_like_a_pickle_is_named_by_its_identifier(tmp_path):
+    """A root offset of 640 is the bytes 80 02: a pickle's protocol 2 opcode. The identifier
+    at bytes 4..8 says more than those two bytes."""
+    path = tmp_path / "model.tflite"
+    path.write_bytes(flatbuffer(b"TFL3", root=640))
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert report_on(path)["kind"] == "tflite"
+
+
+def test_a_cut_executorch_program_and_a_flatbuffer_with_its_root_outside_are_refused(tmp_path):
+    pte = tmp_path / "cut.pte"
+    pte.write_bytes(flatbuffer(b"ET12", header=executorch_header(40, 4096)))
+    assert "; the file has 40: cut short" in report_on(pte)["reasons"][0]
+    tflite = tmp_path / "cut.tflite"
+    tflite.write_bytes(flatbuffer(b"TFL3", root=640)[:100])
+    assert report_on(tflite)["reasons"][0] == (
+        "its FlatBuffer root table offset, 640, lies outside its 100 bytes: cut short or damaged"
+    )
 
 
 # %%
