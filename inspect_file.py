@@ -43,6 +43,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -122,6 +123,19 @@ RUNS_CODE_BUILTINS = {
     "exec", "eval", "compile", "getattr", "setattr", "delattr", "__import__", "open",
     "breakpoint", "input", "globals", "vars", "apply", "execfile",
 }  # fmt: skip
+# numpy's own pickle rebuilders, outside weights_only's list. Each rebuilds an array, a dtype
+# or a scalar from the shape, dtype and bytes the file gives, and calls nothing the file
+# names: `_reconstruct(ndarray, shape, dtype)` makes an empty array of a class the unpickler
+# already allowed, ndarray.__setstate__ copies the file's bytes in (an object array's items
+# come from the same restricted unpickler), `dtype(...)` parses a dtype's description, and
+# `scalar(dtype, bytes)` makes one number. So they are no way to run code of the file's
+# choosing, unlike os.system; but numpy's C code parses the file's bytes, and has crashed
+# on malformed ones (numpy 2.4.6 segfaults on an object array with fewer items than its
+# shape): allow them only for a file whose source you trust. numpy.dtypes holds DType classes.
+NUMPY_DATA_REBUILDERS = frozenset(
+    {f"numpy.{core}.multiarray.{name}" for core in ("core", "_core") for name in ("_reconstruct", "scalar")}
+    | {"numpy.ndarray", "numpy.dtype"}
+)
 SAFETENSORS_DTYPES = {  # safetensors' dtype name -> torch's, and bytes per value
     "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
     "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
@@ -519,8 +533,10 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
 # `torch.serialization.get_unsafe_globals_in_checkpoint` lists, without running anything,
 # the classes and functions a torch.save file names beyond what `weights_only=True`
 # allows; those are what `torch.serialization.safe_globals([...])` would have to allow.
-# Only allow classes you trust: a name like `builtins.exec` is code, not data. A plain
-# pickle gets the same answer from a scan of its opcodes.
+# Only allow classes you trust: a name like `builtins.exec` is code, not data, and so is
+# any function a file can call with arguments of its choosing. numpy's array and dtype
+# rebuilders are neither: they rebuild data, and are allowed only for a file whose source
+# you trust. A plain pickle gets the same answer from a scan of its opcodes.
 
 
 def weights_only_names() -> frozenset[str]:
@@ -536,14 +552,32 @@ def weights_only_names() -> frozenset[str]:
 KNOWN_DATA_GLOBALS = weights_only_names()
 
 
+def as_torch_reads(name: str) -> str:
+    """The name as torch's unpickler looks it up: a protocol-2 pickle's Python 2 names are
+    mapped first, as pickle does (`__builtin__.set` is `builtins.set`, `commands.getoutput`
+    is `subprocess.getoutput`)."""
+    module, _, attribute = name.rpartition(".")
+    module, attribute = NAME_MAPPING.get((module, attribute), (IMPORT_MAPPING.get(module, module), attribute))
+    return f"{module}.{attribute}" if module else attribute
+
+
+def rebuilds_data(name: str) -> bool:
+    """True for numpy's rebuilders of arrays, dtypes and scalars (NUMPY_DATA_REBUILDERS)."""
+    module, _, attribute = as_torch_reads(name).rpartition(".")
+    return f"{module}.{attribute}" in NUMPY_DATA_REBUILDERS or (
+        module == "numpy.dtypes" and attribute.isidentifier() and attribute.endswith("DType")
+    )
+
+
 def runs_code(name: str) -> bool:
     """True for a function, a gadget or anything but a class outside the names weights_only
-    allows: unpickling calls it with arguments the file chooses, so any such function
-    (`timeit.timeit`, `pydoc.locate`, `operator.methodcaller`, ...) can run code. A class
-    (a CapWords name outside the modules that run commands) is listed for safe_globals instead."""
-    if name in KNOWN_DATA_GLOBALS:
+    allows and numpy's data rebuilders: unpickling calls it with arguments the file chooses,
+    so any such function (`timeit.timeit`, `pydoc.locate`, `operator.methodcaller`, ...) can
+    run code. A class (a CapWords name outside the modules that run commands) is listed for
+    safe_globals instead."""
+    if as_torch_reads(name) in KNOWN_DATA_GLOBALS or rebuilds_data(name):
         return False
-    module, _, attribute = name.replace("__builtin__.", "builtins.", 1).rpartition(".")
+    module, _, attribute = as_torch_reads(name).rpartition(".")
     if not all(part.isidentifier() for part in name.split(".")) or not module:
         return True
     if module == "builtins" and attribute in RUNS_CODE_BUILTINS:
@@ -558,12 +592,14 @@ def note_globals(report: dict[str, Any], found: list[str], unsafe: list[str] | N
     weights_only does not apply at all (a plain pickle, DCP's .metadata)."""
     needs = report["needs"]
     needs["globals"] = sorted(safe_text(name, 100) for name in found)
-    needs["never_allow"] = [
-        safe_text(name, 100) for name in (found if unsafe is None else unsafe) if runs_code(name)
-    ]
+    named = found if unsafe is None else unsafe
+    needs["never_allow"] = [safe_text(name, 100) for name in named if runs_code(name)]
+    needs["data_only"] = [safe_text(name, 100) for name in named if rebuilds_data(name)]
     if unsafe is not None:
         needs["not_allowed_by_weights_only"] = [safe_text(name, 100) for name in unsafe]
-        needs["safe_globals_needed"] = [safe_text(name, 100) for name in unsafe if not runs_code(name)]
+        needs["safe_globals_needed"] = [
+            safe_text(name, 100) for name in unsafe if not runs_code(name) and not rebuilds_data(name)
+        ]
 
 
 def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
@@ -1060,6 +1096,15 @@ def print_needs(needs: dict[str, Any]) -> None:
     if needs.get("safe_globals_needed"):
         names = ", ".join(needs["safe_globals_needed"])
         lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])
+    if needs.get("data_only"):
+        names = ", ".join(needs["data_only"])
+        lines.append(
+            [
+                "rebuild data only:",
+                f"{names} (numpy's array and dtype rebuilders: they run no code of the file's choosing, "
+                "but numpy parses its bytes; allow them only if you trust the file's source)",
+            ]
+        )
     if needs.get("never_allow"):
         lines.append(["never allow:", f"{', '.join(needs['never_allow'])} (these run code)"])
     if needs.get("pickled_weights"):

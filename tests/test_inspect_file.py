@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -250,6 +251,35 @@ def test_a_hostile_file_is_reported_never_run_and_exits_2(name, files, marker, t
     assert report["kind"] == ("torch-zip" if name.endswith(".pth") else "pickle")
     assert report["ok"] is False and report["reasons"]
     assert not marker.exists()
+
+
+def test_numpys_rebuilders_are_data_to_trust_not_code_never_to_allow(tmp_path):
+    """A NumPy scalar and array in a checkpoint name numpy's rebuilders: they rebuild data,
+    they run nothing the file chooses, so they are not "never allow"; but weights_only
+    refuses them, and allowing them is a matter of trusting the file's source."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"w": torch.ones(2), "best_acc": np.float64(0.9), "order": np.arange(3)}, path)
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT  # torch.load(weights_only=True) does refuse it
+    needs = report_on(path)["needs"]
+    assert needs["not_allowed_by_weights_only"]
+    assert all(name.startswith("numpy.") for name in needs["not_allowed_by_weights_only"])
+    assert needs["data_only"] == needs["not_allowed_by_weights_only"]
+    assert needs["never_allow"] == [] and needs["safe_globals_needed"] == []
+    assert "never allow" not in result.stdout
+    assert "allow them only if you trust the file's source" in result.stdout
+
+
+def test_a_set_in_a_legacy_file_is_what_weights_only_allows_not_code(tmp_path):
+    """Protocol 2 pickles name builtins as __builtin__; torch reads __builtin__.set as
+    builtins.set, which weights_only allows: the file loads, and nothing is "never allow"."""
+    path = tmp_path / "legacy-set.pth"
+    torch.save({"w": torch.ones(2), "labels": {1, 2}}, path, _use_new_zipfile_serialization=False)
+    assert torch.load(path, weights_only=True)["labels"] == {1, 2}
+    report = report_on(path)
+    assert "__builtin__.set" in report["needs"]["globals"]
+    assert report["needs"]["never_allow"] == []
+    assert report["needs"]["weights_only"] == "loads"
 
 
 def test_a_dcp_folder_lists_its_files_and_the_classes_its_metadata_pickle_imports(files):
