@@ -90,7 +90,7 @@ import torch
 from torch import Tensor, nn
 
 from build_model import Multiclass
-from support import other_formats, torch_archives
+from support import known_allowlists, other_formats, torch_archives
 from support.checkpoints import note_devices, note_training_framework
 from support.model_folders import find_index, inspect_sharded
 from support.untrusted_files import (
@@ -536,7 +536,10 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
 # Only allow classes you trust: a name like `builtins.exec` is code, not data, and so is
 # any function a file can call with arguments of its choosing. numpy's array and dtype
 # rebuilders are neither: they rebuild data, and are allowed only for a file whose source
-# you trust. A plain pickle gets the same answer from a scan of its opcodes.
+# you trust. The one allowlist given as such is a library's own, for a file it writes and
+# loads itself (accelerate's random_states_0.pkl, transformers' rng_state.pth), named as
+# that library's (support/known_allowlists.py). A plain pickle gets the same answer from a
+# scan of its opcodes.
 
 
 def weights_only_names() -> frozenset[str]:
@@ -587,22 +590,30 @@ def runs_code(name: str) -> bool:
     return not attribute.lstrip("_")[:1].isupper()  # _StorageInfo is a class too
 
 
-def note_globals(report: dict[str, Any], found: list[str], unsafe: list[str] | None) -> None:
+def note_globals(
+    report: dict[str, Any], found: list[str], unsafe: list[str] | None, file_name: str = ""
+) -> None:
     """Record the globals found; `unsafe` (those weights_only would refuse) is None where
-    weights_only does not apply at all (a plain pickle, DCP's .metadata)."""
+    weights_only does not apply at all (a plain pickle, DCP's .metadata). For a file that a
+    known library writes and loads with names of its own allowed (support/known_allowlists),
+    the names on that library's list are its advice, not a guess of this tool's."""
     needs = report["needs"]
     needs["globals"] = sorted(safe_text(name, 100) for name in found)
-    named = found if unsafe is None else unsafe
+    library = known_allowlists.library_load(file_name, unsafe) if unsafe is not None else None
+    if library:
+        needs["library_load"] = library
+    covered = set(library["allows"]) if library and not library["refuses"] else set()
+    named = [name for name in (found if unsafe is None else unsafe) if name not in covered]
     needs["never_allow"] = [safe_text(name, 100) for name in named if runs_code(name)]
     needs["data_only"] = [safe_text(name, 100) for name in named if rebuilds_data(name)]
     if unsafe is not None:
         needs["not_allowed_by_weights_only"] = [safe_text(name, 100) for name in unsafe]
         needs["safe_globals_needed"] = [
-            safe_text(name, 100) for name in unsafe if not runs_code(name) and not rebuilds_data(name)
+            safe_text(name, 100) for name in named if not runs_code(name) and not rebuilds_data(name)
         ]
 
 
-def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
+def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any], file_name: str) -> None:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
@@ -610,7 +621,7 @@ def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
         note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), None)
         report["needs"]["not_allowed_by_weights_only"] = None  # unknown: never "nothing"
         return
-    note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), sorted(unsafe))
+    note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), sorted(unsafe), file_name)
 
 
 # ---- Does it fit your model? ----
@@ -737,7 +748,8 @@ def new_report(path: Path, size: int) -> dict[str, Any]:
     }
 
 
-def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dict[str, tuple]:
+def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any], name: str) -> dict[str, tuple]:
+    """A zip archive; `path` is the snapshot to read, `name` the file's own name."""
     try:
         archive = zipfile.ZipFile(file)
     except ZIP_ERRORS:
@@ -786,7 +798,7 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
             forged = []  # a damaged record: its CRC32 check above says so
         problems += forged
         report["reasons"] += forged
-        torch_needs(path, data_pkl, report)
+        torch_needs(path, data_pkl, report, name)
         if problems:
             report["needs"]["weights_only"] = "not tried: the file failed the integrity checks"
             return {}
@@ -954,7 +966,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         file.seek(0)
         kind = sniff(head)
         if kind == "zip":
-            shapes = inspect_zip(snapshot, file, size, report)
+            shapes = inspect_zip(snapshot, file, size, report, path.name)
         elif kind == "safetensors":
             report["kind"], report["format"] = (
                 "safetensors",
@@ -1096,6 +1108,8 @@ def print_needs(needs: dict[str, Any]) -> None:
     if needs.get("safe_globals_needed"):
         names = ", ".join(needs["safe_globals_needed"])
         lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])
+    if library := needs.get("library_load"):
+        lines.append(["library's own list:", library_advice(library)])
     if needs.get("data_only"):
         names = ", ".join(needs["data_only"])
         lines.append(
@@ -1112,6 +1126,25 @@ def print_needs(needs: dict[str, Any]) -> None:
     lines.append(["weights_only=True:", needs.get("weights_only", "not applicable")])
     for line in aligned(lines):
         show(f"  {line}")
+
+
+def library_advice(library: dict[str, Any]) -> str:
+    """What the library that writes a file of this name allows when it loads it, in its words."""
+    name, listed_in = library["library"], library["listed_in"]
+    if not library["refuses"]:
+        return (
+            f"{name} loads this file with weights_only=True, allowing: {', '.join(library['allows'])} "
+            f"(its own list, {listed_in}); numpy parses the file's bytes: "
+            "allow them only if you trust the file's source"
+        )
+    refused = ", ".join(library["refuses"])
+    if library["other_numpy_only"]:  # it builds its list from numpy.core or numpy._core, by version
+        other = "2" if str(library["numpy"]).startswith("1.") else "1"
+        return (
+            f"{name} allows {refused} only under numpy {other}: with numpy {library['numpy']} here, "
+            f"its own load refuses this file too ({listed_in})"
+        )
+    return f"{name}'s own load refuses this file too: {refused} is not on its list ({listed_in})"
 
 
 INTACT_KINDS = (
