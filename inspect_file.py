@@ -572,13 +572,18 @@ def rebuilds_data(name: str) -> bool:
     )
 
 
+def registered_by_torch(name: str) -> str | None:
+    """The torch module whose import allows `name` for weights_only (it calls add_safe_globals)."""
+    return known_allowlists.TORCH_REGISTERS_ON_IMPORT.get(as_torch_reads(name))
+
+
 def runs_code(name: str) -> bool:
     """True for a function, a gadget or anything but a class outside the names weights_only
     allows and numpy's data rebuilders: unpickling calls it with arguments the file chooses,
     so any such function (`timeit.timeit`, `pydoc.locate`, `operator.methodcaller`, ...) can
     run code. A class (a CapWords name outside the modules that run commands) is listed for
     safe_globals instead."""
-    if as_torch_reads(name) in KNOWN_DATA_GLOBALS or rebuilds_data(name):
+    if as_torch_reads(name) in KNOWN_DATA_GLOBALS or rebuilds_data(name) or registered_by_torch(name):
         return False
     module, _, attribute = as_torch_reads(name).rpartition(".")
     if not all(part.isidentifier() for part in name.split(".")) or not module:
@@ -609,8 +614,13 @@ def note_globals(
     if unsafe is not None:
         needs["not_allowed_by_weights_only"] = [safe_text(name, 100) for name in unsafe]
         needs["safe_globals_needed"] = [
-            safe_text(name, 100) for name in named if not runs_code(name) and not rebuilds_data(name)
+            safe_text(name, 100)
+            for name in named
+            if not runs_code(name) and not rebuilds_data(name) and not registered_by_torch(name)
         ]
+        for name in unsafe:  # torch allows these itself, once the module that registers them is imported
+            if module := registered_by_torch(name):
+                needs.setdefault("import_first", {}).setdefault(module, []).append(safe_text(name, 100))
 
 
 def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any], file_name: str) -> None:
@@ -1108,6 +1118,10 @@ def print_needs(needs: dict[str, Any]) -> None:
     if needs.get("safe_globals_needed"):
         names = ", ".join(needs["safe_globals_needed"])
         lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])
+    for module, names in needs.get("import_first", {}).items():
+        lines.append(
+            ["import first:", f"{module} (importing it allows {', '.join(names)}: torch's own list)"]
+        )
     if library := needs.get("library_load"):
         lines.append(["library's own list:", library_advice(library)])
     if needs.get("data_only"):

@@ -11,7 +11,9 @@ one set for the whole process, not for one call; `add_safe_globals` adds to it f
 the `safe_globals` context manager removes its names on exit, and a name is matched as the
 string `{__module__}.{__qualname__}` of the object allowed in the loading process. So a list
 built from `numpy._core` (numpy 2) does not match a file that names `numpy.core` (written
-under numpy 1): the library's own load refuses that file.
+under numpy 1): the library's own load refuses that file. torch's own modules add names to
+the same set when they are imported (torch/nested/__init__.py, torch/_dynamo/__init__.py,
+torch/distributed/tensor/__init__.py, ...): TORCH_REGISTERS_ON_IMPORT below.
 """
 
 from __future__ import annotations
@@ -96,6 +98,34 @@ LIBRARY_LOADS = (
         ),
     ),
 )
+
+
+# Names torch's own modules allow with add_safe_globals when they are imported (torch 2.13):
+# a file naming them loads with weights_only=True once that module is imported, and is
+# refused before ("torch.nested and torch._dynamo must be imported to load nested jagged
+# tensors"). torch.nested and torch.distributed.device_mesh come with `import torch`.
+TORCH_REGISTERS_ON_IMPORT = {
+    "torch.nested._internal.nested_tensor.NestedTensor": "torch.nested",
+    "torch.nested._internal.nested_tensor._rebuild_njt": "torch.nested",
+    "torch._dynamo.decorators._DimRange": "torch._dynamo",
+    "torch.distributed._mesh_layout._FlatLayout": "torch.distributed.device_mesh",
+    "torch.distributed._mesh_layout._MeshLayout": "torch.distributed.device_mesh",
+    "torch.distributed._serialization._Entry": "torch.distributed._serialization",
+    **{
+        name: "torch.distributed.tensor"
+        for name in (
+            "torch.distributed.device_mesh.DeviceMesh",
+            "torch.distributed.tensor.DTensor",
+            "torch.distributed.tensor._dtensor_spec.DTensorSpec",
+            "torch.distributed.tensor._dtensor_spec.ShardOrderEntry",
+            "torch.distributed.tensor._dtensor_spec.TensorMeta",
+            "torch.distributed.tensor.placement_types.Partial",
+            "torch.distributed.tensor.placement_types.Replicate",
+            "torch.distributed.tensor.placement_types.Shard",
+            "torch.distributed.tensor.placement_types._StridedShard",
+        )
+    },
+}
 
 
 def numpy_version() -> str | None:
