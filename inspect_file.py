@@ -606,7 +606,7 @@ def note_globals(
     needs["globals"] = sorted(safe_text(name, 100) for name in found)
     library = known_allowlists.library_load(file_name, unsafe) if unsafe is not None else None
     if library:
-        needs["library_load"] = library
+        needs["library_load"] = {**library, "refuses": [safe_text(name, 100) for name in library["refuses"]]}
     covered = set(library["allows"]) if library and not library["refuses"] else set()
     named = [name for name in (found if unsafe is None else unsafe) if name not in covered]
     needs["never_allow"] = [safe_text(name, 100) for name in named if runs_code(name)]
