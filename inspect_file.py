@@ -44,6 +44,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ import torch
 from torch import Tensor, nn
 
 from build_model import Multiclass
-from support import other_formats, torch_archives
+from support import known_allowlists, other_formats, torch_archives
 from support.checkpoints import note_devices, note_training_framework
 from support.model_folders import find_index, inspect_sharded
 from support.untrusted_files import (
@@ -123,6 +124,19 @@ RUNS_CODE_BUILTINS = {
     "exec", "eval", "compile", "getattr", "setattr", "delattr", "__import__", "open",
     "breakpoint", "input", "globals", "vars", "apply", "execfile",
 }  # fmt: skip
+# numpy's own pickle rebuilders, outside weights_only's list. Each rebuilds an array, a dtype
+# or a scalar from the shape, dtype and bytes the file gives, and calls nothing the file
+# names: `_reconstruct(ndarray, shape, dtype)` makes an empty array of a class the unpickler
+# already allowed, ndarray.__setstate__ copies the file's bytes in (an object array's items
+# come from the same restricted unpickler), `dtype(...)` parses a dtype's description, and
+# `scalar(dtype, bytes)` makes one number. So they are no way to run code of the file's
+# choosing, unlike os.system; but numpy's C code parses the file's bytes, and has crashed
+# on malformed ones (numpy 2.4.6 segfaults on an object array with fewer items than its
+# shape): allow them only for a file whose source you trust. numpy.dtypes holds DType classes.
+NUMPY_DATA_REBUILDERS = frozenset(
+    {f"numpy.{core}.multiarray.{name}" for core in ("core", "_core") for name in ("_reconstruct", "scalar")}
+    | {"numpy.ndarray", "numpy.dtype"}
+)
 # Every dtype of the safetensors format (its Rust crate's Dtype, 22 of them in 0.8) -> torch's
 # name for it ("" where torch has none), and bits per value: safetensors counts bits, so a
 # tensor of 4- or 6-bit values must fill whole bytes. torch packs two F4 values in one
@@ -545,8 +559,13 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
 # `torch.serialization.get_unsafe_globals_in_checkpoint` lists, without running anything,
 # the classes and functions a torch.save file names beyond what `weights_only=True`
 # allows; those are what `torch.serialization.safe_globals([...])` would have to allow.
-# Only allow classes you trust: a name like `builtins.exec` is code, not data. A plain
-# pickle gets the same answer from a scan of its opcodes.
+# Only allow classes you trust: a name like `builtins.exec` is code, not data, and so is
+# any function a file can call with arguments of its choosing. numpy's array and dtype
+# rebuilders are neither: they rebuild data, and are allowed only for a file whose source
+# you trust. The one allowlist given as such is a library's own, for a file it writes and
+# loads itself (accelerate's random_states_0.pkl, transformers' rng_state.pth), named as
+# that library's (support/known_allowlists.py). A plain pickle gets the same answer from a
+# scan of its opcodes.
 
 
 def weights_only_names() -> frozenset[str]:
@@ -562,14 +581,37 @@ def weights_only_names() -> frozenset[str]:
 KNOWN_DATA_GLOBALS = weights_only_names()
 
 
+def as_torch_reads(name: str) -> str:
+    """The name as torch's unpickler looks it up: a protocol-2 pickle's Python 2 names are
+    mapped first, as pickle does (`__builtin__.set` is `builtins.set`, `commands.getoutput`
+    is `subprocess.getoutput`)."""
+    module, _, attribute = name.rpartition(".")
+    module, attribute = NAME_MAPPING.get((module, attribute), (IMPORT_MAPPING.get(module, module), attribute))
+    return f"{module}.{attribute}" if module else attribute
+
+
+def rebuilds_data(name: str) -> bool:
+    """True for numpy's rebuilders of arrays, dtypes and scalars (NUMPY_DATA_REBUILDERS)."""
+    module, _, attribute = as_torch_reads(name).rpartition(".")
+    return f"{module}.{attribute}" in NUMPY_DATA_REBUILDERS or (
+        module == "numpy.dtypes" and attribute.isidentifier() and attribute.endswith("DType")
+    )
+
+
+def registered_by_torch(name: str) -> str | None:
+    """The torch module whose import allows `name` for weights_only (it calls add_safe_globals)."""
+    return known_allowlists.TORCH_REGISTERS_ON_IMPORT.get(as_torch_reads(name))
+
+
 def runs_code(name: str) -> bool:
     """True for a function, a gadget or anything but a class outside the names weights_only
-    allows: unpickling calls it with arguments the file chooses, so any such function
-    (`timeit.timeit`, `pydoc.locate`, `operator.methodcaller`, ...) can run code. A class
-    (a CapWords name outside the modules that run commands) is listed for safe_globals instead."""
-    if name in KNOWN_DATA_GLOBALS:
+    allows and numpy's data rebuilders: unpickling calls it with arguments the file chooses,
+    so any such function (`timeit.timeit`, `pydoc.locate`, `operator.methodcaller`, ...) can
+    run code. A class (a CapWords name outside the modules that run commands) is listed for
+    safe_globals instead."""
+    if as_torch_reads(name) in KNOWN_DATA_GLOBALS or rebuilds_data(name) or registered_by_torch(name):
         return False
-    module, _, attribute = name.replace("__builtin__.", "builtins.", 1).rpartition(".")
+    module, _, attribute = as_torch_reads(name).rpartition(".")
     if not all(part.isidentifier() for part in name.split(".")) or not module:
         return True
     if module == "builtins" and attribute in RUNS_CODE_BUILTINS:
@@ -579,20 +621,35 @@ def runs_code(name: str) -> bool:
     return not attribute.lstrip("_")[:1].isupper()  # _StorageInfo is a class too
 
 
-def note_globals(report: dict[str, Any], found: list[str], unsafe: list[str] | None) -> None:
+def note_globals(
+    report: dict[str, Any], found: list[str], unsafe: list[str] | None, file_name: str = ""
+) -> None:
     """Record the globals found; `unsafe` (those weights_only would refuse) is None where
-    weights_only does not apply at all (a plain pickle, DCP's .metadata)."""
+    weights_only does not apply at all (a plain pickle, DCP's .metadata). For a file that a
+    known library writes and loads with names of its own allowed (support/known_allowlists),
+    the names on that library's list are its advice, not a guess of this tool's."""
     needs = report["needs"]
     needs["globals"] = sorted(safe_text(name, 100) for name in found)
-    needs["never_allow"] = [
-        safe_text(name, 100) for name in (found if unsafe is None else unsafe) if runs_code(name)
-    ]
+    library = known_allowlists.library_load(file_name, unsafe) if unsafe is not None else None
+    if library:
+        needs["library_load"] = {**library, "refuses": [safe_text(name, 100) for name in library["refuses"]]}
+    covered = set(library["allows"]) if library and not library["refuses"] else set()
+    named = [name for name in (found if unsafe is None else unsafe) if name not in covered]
+    needs["never_allow"] = [safe_text(name, 100) for name in named if runs_code(name)]
+    needs["data_only"] = [safe_text(name, 100) for name in named if rebuilds_data(name)]
     if unsafe is not None:
         needs["not_allowed_by_weights_only"] = [safe_text(name, 100) for name in unsafe]
-        needs["safe_globals_needed"] = [safe_text(name, 100) for name in unsafe if not runs_code(name)]
+        needs["safe_globals_needed"] = [
+            safe_text(name, 100)
+            for name in named
+            if not runs_code(name) and not rebuilds_data(name) and not registered_by_torch(name)
+        ]
+        for name in unsafe:  # torch allows these itself, once the module that registers them is imported
+            if module := registered_by_torch(name):
+                needs.setdefault("import_first", {}).setdefault(module, []).append(safe_text(name, 100))
 
 
-def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
+def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any], file_name: str) -> None:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
@@ -600,7 +657,7 @@ def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
         note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), None)
         report["needs"]["not_allowed_by_weights_only"] = None  # unknown: never "nothing"
         return
-    note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), sorted(unsafe))
+    note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), sorted(unsafe), file_name)
 
 
 # ---- Does it fit your model? ----
@@ -727,7 +784,8 @@ def new_report(path: Path, size: int) -> dict[str, Any]:
     }
 
 
-def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dict[str, tuple]:
+def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any], name: str) -> dict[str, tuple]:
+    """A zip archive; `path` is the snapshot to read, `name` the file's own name."""
     try:
         archive = zipfile.ZipFile(file)
     except ZIP_ERRORS:
@@ -776,7 +834,7 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
             forged = []  # a damaged record: its CRC32 check above says so
         problems += forged
         report["reasons"] += forged
-        torch_needs(path, data_pkl, report)
+        torch_needs(path, data_pkl, report, name)
         if problems:
             report["needs"]["weights_only"] = "not tried: the file failed the integrity checks"
             return {}
@@ -944,7 +1002,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         file.seek(0)
         kind = sniff(head)
         if kind == "zip":
-            shapes = inspect_zip(snapshot, file, size, report)
+            shapes = inspect_zip(snapshot, file, size, report, path.name)
         elif kind == "safetensors":
             report["kind"], report["format"] = (
                 "safetensors",
@@ -1094,6 +1152,21 @@ def print_needs(needs: dict[str, Any]) -> None:
     if needs.get("safe_globals_needed"):
         names = ", ".join(needs["safe_globals_needed"])
         lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])
+    for module, names in needs.get("import_first", {}).items():
+        lines.append(
+            ["import first:", f"{module} (importing it allows {', '.join(names)}: torch's own list)"]
+        )
+    if library := needs.get("library_load"):
+        lines.append(["library's own list:", library_advice(library)])
+    if needs.get("data_only"):
+        names = ", ".join(needs["data_only"])
+        lines.append(
+            [
+                "rebuild data only:",
+                f"{names} (numpy's array and dtype rebuilders: they run no code of the file's choosing, "
+                "but numpy parses its bytes; allow them only if you trust the file's source)",
+            ]
+        )
     if needs.get("never_allow"):
         lines.append(["never allow:", f"{', '.join(needs['never_allow'])} (these run code)"])
     if needs.get("pickled_weights"):
@@ -1101,6 +1174,25 @@ def print_needs(needs: dict[str, Any]) -> None:
     lines.append(["weights_only=True:", needs.get("weights_only", "not applicable")])
     for line in aligned(lines):
         show(f"  {line}")
+
+
+def library_advice(library: dict[str, Any]) -> str:
+    """What the library that writes a file of this name allows when it loads it, in its words."""
+    name, listed_in = library["library"], library["listed_in"]
+    if not library["refuses"]:
+        return (
+            f"{name} loads this file with weights_only=True, allowing: {', '.join(library['allows'])} "
+            f"(its own list, {listed_in}); numpy parses the file's bytes: "
+            "allow them only if you trust the file's source"
+        )
+    refused = ", ".join(library["refuses"])
+    if library["other_numpy_only"]:  # it builds its list from numpy.core or numpy._core, by version
+        other = "2" if str(library["numpy"]).startswith("1.") else "1"
+        return (
+            f"{name} allows {refused} only under numpy {other}: with numpy {library['numpy']} here, "
+            f"its own load refuses this file too ({listed_in})"
+        )
+    return f"{name}'s own load refuses this file too: {refused} is not on its list ({listed_in})"
 
 
 INTACT_KINDS = (

@@ -509,6 +509,8 @@ def describe_load_error(err: Exception) -> str:
         return "a tensor claims more bytes than the file stores for it (the file is damaged or forged)"
     if isinstance(err, OSError) or "central directory" in text or "zip archive" in text:
         return "the file is truncated or corrupted (its zip archive is incomplete)"
+    if found := re.search(r"``(torch[\w.]*)`` and ``(torch[\w.]*)`` must be imported", text):
+        return f"torch allows what it holds only once {found[1]} and {found[2]} are imported"
     if "Weights only load failed" in text:
         return "not a PyTorch weights file (unreadable pickle data)"
     return f"not a PyTorch weights file ({error_line(err)})"

@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import pickle
 import pickletools
+import subprocess
 import sys
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -48,7 +52,7 @@ from tests.bad_files import (
     torch_like_zip,
     torch_pickle,
 )
-from tests.helpers import run_chapter_here, run_in_fork, run_script
+from tests.helpers import run_chapter_here, run_in_fork, run_script, run_script_for_real
 
 # A reader's own model file, for --model-file: the walkthrough's model wrapped in another module.
 READER_MODEL = """
@@ -250,6 +254,89 @@ def test_a_hostile_file_is_reported_never_run_and_exits_2(name, files, marker, t
     assert report["kind"] == ("torch-zip" if name.endswith(".pth") else "pickle")
     assert report["ok"] is False and report["reasons"]
     assert not marker.exists()
+
+
+def test_numpys_rebuilders_are_data_to_trust_not_code_never_to_allow(tmp_path):
+    """A NumPy scalar and array in a checkpoint name numpy's rebuilders: they rebuild data,
+    they run nothing the file chooses, so they are not "never allow"; but weights_only
+    refuses them, and allowing them is a matter of trusting the file's source."""
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"w": torch.ones(2), "best_acc": np.float64(0.9), "order": np.arange(3)}, path)
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT  # torch.load(weights_only=True) does refuse it
+    needs = report_on(path)["needs"]
+    assert needs["not_allowed_by_weights_only"]
+    assert all(name.startswith("numpy.") for name in needs["not_allowed_by_weights_only"])
+    assert needs["data_only"] == needs["not_allowed_by_weights_only"]
+    assert needs["never_allow"] == [] and needs["safe_globals_needed"] == []
+    assert "never allow" not in result.stdout
+    assert "allow them only if you trust the file's source" in result.stdout
+
+
+def test_a_set_in_a_legacy_file_is_what_weights_only_allows_not_code(tmp_path):
+    """Protocol 2 pickles name builtins as __builtin__; torch reads __builtin__.set as
+    builtins.set, which weights_only allows: the file loads, and nothing is "never allow"."""
+    path = tmp_path / "legacy-set.pth"
+    torch.save({"w": torch.ones(2), "labels": {1, 2}}, path, _use_new_zipfile_serialization=False)
+    assert torch.load(path, weights_only=True)["labels"] == {1, 2}
+    report = report_on(path)
+    assert "__builtin__.set" in report["needs"]["globals"]
+    assert report["needs"]["never_allow"] == []
+    assert report["needs"]["weights_only"] == "loads"
+
+
+def nested_jagged_file(path: Path) -> Path:
+    """A nested jagged tensor: its pickle names torch._dynamo.decorators._DimRange, which torch
+    allows itself (add_safe_globals in torch/_dynamo/__init__.py) once torch._dynamo is imported."""
+    torch.save({"njt": torch.nested.nested_tensor([torch.ones(2), torch.ones(3)], layout=torch.jagged)}, path)
+    return path
+
+
+@contextmanager
+def torch_dynamo_not_imported() -> Iterator[None]:
+    """This process's weights_only allowlist as in one that has not imported torch._dynamo."""
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals([g for g in before if g is not torch._dynamo.decorators._DimRange])
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
+def test_names_torch_allows_once_its_own_module_is_imported_are_that_advice(tmp_path):
+    path = nested_jagged_file(tmp_path / "njt.pth")
+    with torch_dynamo_not_imported():
+        result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+        with pytest.raises(pickle.UnpicklingError, match="must be imported"):
+            torch.load(path, weights_only=True)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "import first:         torch._dynamo (importing it allows torch._dynamo.decorators._DimRange" in (
+        result.stdout
+    )
+    assert "safe_globals needed" not in result.stdout and "never allow" not in result.stdout
+    assert "only once torch.nested and torch._dynamo are imported" in result.stdout
+    assert type(torch.load(path, weights_only=True)["njt"]).__name__ == "NestedTensor"  # imported here
+
+
+@pytest.mark.slow
+def test_a_fresh_interpreter_gets_the_import_advice_and_loads_once_it_imports(tmp_path):
+    path = nested_jagged_file(tmp_path / "njt.pth")
+    result = run_script_for_real("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    assert "import first:         torch._dynamo" in result.stdout
+    load = "import sys, torch, torch._dynamo; print(type(torch.load(sys.argv[1], weights_only=True)['njt']))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", load, str(path)], capture_output=True, text=True, check=True
+    )
+    assert "NestedTensor" in loaded.stdout
+
+
+def test_a_function_torch_registers_itself_is_not_never_allow_in_a_legacy_file():
+    report: dict = {"needs": {}}
+    inspect_file.note_globals(report, ["torch.nested._internal.nested_tensor._rebuild_njt"], None)
+    assert report["needs"]["never_allow"] == []
 
 
 def test_a_dcp_folder_lists_its_files_and_the_classes_its_metadata_pickle_imports(files):

@@ -15,8 +15,12 @@ report is checked against the script's printed output.
 
 from __future__ import annotations
 
+import codecs
 import importlib
 import json
+import os
+import pickle
+import random
 import re
 import sys
 import warnings
@@ -34,7 +38,15 @@ import inspect_file
 from build_model import Multiclass
 from support.cli import EXIT_BAD_INPUT
 from support.untrusted_files import ModelFileError
-from tests.bad_files import EXIT_TOO_MUCH_MEMORY, grew_too_much, limit_memory
+from tests.bad_files import (
+    EXIT_TOO_MUCH_MEMORY,
+    gadget_pickle,
+    grew_too_much,
+    limit_memory,
+    stored,
+    torch_like_zip,
+    write_zip,
+)
 from tests.helpers import REPO, run_chapter_here, run_in_fork
 from tests.test_inspect_file import damaged_copies_get_a_report_or_one_line
 
@@ -252,6 +264,182 @@ def test_a_training_loop_checkpoint_is_named_with_the_key_of_its_weights(tmp_pat
         "a training-loop checkpoint: the weights are under 'model', beside epoch, optimizer"
     )
     assert report["fit"]["fits"] and report["reasons"] == []
+
+
+# %%
+# A training library's RNG-state file: torch.save of numpy's and Python's generator states,
+# which the library loads itself with weights_only=True and numpy's rebuilders allowed. The
+# inspector's allowlisting advice is that library's own list, named as its own; accelerate
+# and transformers are not installed for the tests, so each file is written here with the
+# calls the library makes, and loaded here as the library loads it.
+
+
+def accelerate_random_states() -> dict:
+    """What accelerate's save_accelerator_state (accelerate 1.16.0, checkpointing.py) saves on
+    a machine without an accelerator, with its calls:
+        states["step"] = step
+        states["random_state"] = random.getstate()
+        states["numpy_random_seed"] = np.random.get_state()
+        states["torch_manual_seed"] = torch.get_rng_state()
+        # + states[f"torch_{device_type}_manual_seed"] on a GPU, states["xm_seed"] on XLA
+        torch.save(states, output_dir.joinpath(f"{RNG_STATE_NAME}_{process_index}.pkl"))
+    with RNG_STATE_NAME = "random_states" (utils/constants.py): random_states_0.pkl."""
+    return {
+        "step": 0,
+        "random_state": random.getstate(),
+        "numpy_random_seed": np.random.get_state(),
+        "torch_manual_seed": torch.get_rng_state(),
+    }
+
+
+def accelerate_allowlist() -> list:
+    """accelerate/utils/other.py's TORCH_SAFE_GLOBALS, built as accelerate builds it:
+    np_core = np._core if is_numpy_available("2.0.0") else np.core
+    [np_core.multiarray._reconstruct, np.ndarray, encode, np.dtype] (+ np.dtypes.UInt32DType
+    from numpy 1.25); its load() adds them with add_safe_globals around torch.load."""
+    np_core = np._core if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else np.core
+    allowlist = [np_core.multiarray._reconstruct, np.ndarray, codecs.encode, np.dtype]
+    if np.lib.NumpyVersion(np.__version__) >= "1.25.0":
+        allowlist.append(np.dtypes.UInt32DType)
+    return allowlist
+
+
+def transformers_rng_state() -> dict:
+    """What transformers' Trainer._save_rng_state (src/transformers/trainer.py) saves without a
+    GPU: {"python": random.getstate(), "numpy": np.random.get_state(), "cpu":
+    torch.random.get_rng_state()}, to rng_state.pth when world_size <= 1."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cpu": torch.random.get_rng_state(),
+    }
+
+
+def transformers_allowlist() -> list:
+    """transformers/trainer.py's safe_globals(), which Trainer._load_rng_state wraps torch.load in."""
+    np_core = np._core if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else np.core
+    return [np_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+RNG_FILES = {  # library: (the name it saves under, what it saves, the list it loads with)
+    "accelerate": ("random_states_0.pkl", accelerate_random_states, accelerate_allowlist),
+    "transformers' Trainer": ("rng_state.pth", transformers_rng_state, transformers_allowlist),
+}
+
+
+def names_of(allowlist: list) -> list[str]:
+    """The names torch matches a file's globals against: module and qualified name."""
+    return [f"{item.__module__}.{item.__qualname__}" for item in allowlist]
+
+
+@pytest.mark.parametrize("library", list(RNG_FILES))
+def test_a_librarys_rng_state_file_gets_that_librarys_own_allowlist_never_never_allow(library, tmp_path):
+    file_name, states, allowlist = RNG_FILES[library]
+    path = tmp_path / file_name
+    torch.save(states(), path)
+    with torch.serialization.safe_globals(allowlist()):  # what the library does to load it
+        assert torch.load(path, weights_only=True).keys() == states().keys()
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT  # torch.load(weights_only=True) alone refuses it
+    advice = f"{library} loads this file with weights_only=True, allowing: {', '.join(names_of(allowlist()))}"
+    assert f"{advice} (its own list, " in result.stdout
+    assert "allow them only if you trust the file's source" in result.stdout
+    assert "never allow" not in result.stdout
+    report = report_on(path)
+    needs = report["needs"]
+    assert needs["library_load"]["allows"] == names_of(allowlist()) and needs["library_load"]["refuses"] == []
+    assert set(needs["not_allowed_by_weights_only"]) <= set(names_of(allowlist()))
+    assert needs["never_allow"] == needs["safe_globals_needed"] == needs["data_only"] == []
+    assert any(reason.startswith("torch.load(weights_only=True) refuses it") for reason in report["reasons"])
+
+
+def test_the_same_states_under_another_name_get_no_librarys_word_for_them(tmp_path):
+    path = tmp_path / "states.pt"
+    torch.save(accelerate_random_states(), path)
+    needs = report_on(path)["needs"]
+    assert "library_load" not in needs
+    assert needs["data_only"] == needs["not_allowed_by_weights_only"] and needs["never_allow"] == []
+
+
+class RunsCommand:
+    """Unpickling this calls os.system (posix.system on Linux) with `command`."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("as_named", ["os.system", "the states and os.system"])
+def test_a_random_states_file_naming_os_system_is_never_allow_and_accelerate_refuses_it(as_named, tmp_path):
+    marker = tmp_path / "ran"
+    path = tmp_path / "random_states_0.pkl"
+    if as_named == "os.system":
+        torch_like_zip(path, gadget_pickle("os", "system", f"touch {marker}"))
+        system = "os.system"
+    else:
+        torch.save({**accelerate_random_states(), "step": RunsCommand(f"touch {marker}")}, path)
+        system = f"{os.system.__module__}.system"
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    needs = report_on(path)["needs"]
+    assert needs["never_allow"] == [system]
+    assert needs["library_load"]["refuses"] == [system]
+    assert re.search(rf"never allow: +{re.escape(system)} \(these run code\)", result.stdout)
+    assert f"accelerate's own load refuses this file too: {system} is not on its list" in result.stdout
+    assert "accelerate loads this file" not in result.stdout
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0", reason="needs numpy 2")
+def test_a_random_states_file_from_numpy_1_is_one_accelerate_refuses_under_numpy_2(tmp_path):
+    """accelerate picks numpy.core or numpy._core by the numpy it runs with, and torch matches
+    names as strings: a file numpy 1 wrote names numpy.core, which its list lacks here."""
+    written = tmp_path / "written.pkl"
+    torch.save(accelerate_random_states(), written)
+    path = tmp_path / "random_states_0.pkl"
+    with zipfile.ZipFile(written) as archive:
+        records = [
+            stored(info.filename, archive.read(info).replace(b"numpy._core.", b"numpy.core."))
+            for info in archive.infolist()
+        ]
+    write_zip(path, records)
+    with torch.serialization.safe_globals(accelerate_allowlist()), pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert "accelerate allows numpy.core.multiarray._reconstruct only under numpy 1" in result.stdout
+    assert "never allow" not in result.stdout  # still data to trust, not code
+
+
+def short_object_array_states() -> bytes:
+    """A pickle that rebuilds a numpy object array of 3 items from a list of none, with only
+    the globals on accelerate's list. numpy 2.4.6's ndarray.__setstate__ reads past such a list
+    and crashes the process: accelerate's own load of this file, weights_only=True and all,
+    dies with SIGSEGV. The inspector must never load it with numpy's rebuilders allowed."""
+
+    def named(module: str, name: str) -> bytes:
+        return b"c" + f"{module}\n{name}\n".encode()
+
+    def text(value: str) -> bytes:
+        return b"X" + len(value).to_bytes(4, "little") + value.encode()
+
+    core = "numpy._core" if np.lib.NumpyVersion(np.__version__) >= "2.0.0" else "numpy.core"
+    empty_array = (
+        named(f"{core}.multiarray", "_reconstruct") + named("numpy", "ndarray") + b"K\x00\x85"
+        + named("_codecs", "encode") + text("b") + text("latin1") + b"\x86R\x87R"
+    )  # fmt: skip
+    object_dtype = named("numpy", "dtype") + text("O") + b"\x89\x88\x87R"
+    return b"\x80\x02" + empty_array + b"(K\x01K\x03\x85" + object_dtype + b"\x89]tb."
+
+
+def test_a_forged_random_states_file_that_crashes_numpy_is_reported_not_loaded(tmp_path):
+    path = tmp_path / "random_states_0.pkl"
+    torch_like_zip(path, short_object_array_states())
+    code, output = run_in_fork(inspect_hostile_in_child, path, tmp_path, cwd=tmp_path, timeout=60)
+    assert code == EXIT_BAD_INPUT, output  # not -11: nothing here ran numpy's unpickling of it
+    assert "accelerate loads this file with weights_only=True" in output
+    assert "allow them only if you trust the file's source" in output
 
 
 # %%
