@@ -143,7 +143,7 @@ print(f"Accuracy: {history['test_acc'][-1]:.2f}")
 # %%
 model_path = out_dir / MODEL_FILE
 last_loss = history["loss"][-1]
-if not math.isfinite(last_loss) or last_loss > untrained_loss:
+if not math.isfinite(last_loss) or last_loss > 1.01 * untrained_loss:  # above it, beyond rounding
     print(
         f"error: training diverged (mean loss {untrained_loss:.4g} untrained, {last_loss:.4g} in the last"
         " epoch): try a smaller --lr; nothing was saved",

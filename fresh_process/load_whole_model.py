@@ -9,6 +9,7 @@ enter. It makes the two calls a reader of the article would make, and prints how
 """
 
 import argparse
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -22,6 +23,8 @@ parser = OneLineParser(
 )
 parser.add_argument("whole_model_file", help="a file written by torch.save(model), trusted: it may run code")
 whole_model_file = parser.parse_args().whole_model_file
+if not Path(whole_model_file).is_file():
+    parser.exit(2, f"error: {whole_model_file} is not a file\n")
 
 import torch  # after the command line, which needs no torch
 

@@ -12,6 +12,7 @@ import argparse
 import gc
 import importlib.util
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -27,6 +28,9 @@ parser.add_argument("outputs_file", help="where to torch.save the outputs")
 args = parser.parse_args()
 if importlib.util.find_spec("build_model") is not None:
     parser.exit(2, "error: this process can import the project's model code; run it with python -I\n")
+for given in (args.program_file, args.inputs_file):
+    if not Path(given).is_file():
+        parser.exit(2, f"error: {given} is not a file\n")
 
 import torch  # after the command line and the check, which need no torch
 

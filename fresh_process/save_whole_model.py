@@ -11,6 +11,7 @@ have a `Multiclass` in *its own* `__main__`.
 """
 
 import argparse
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -23,6 +24,8 @@ parser = OneLineParser(description="Save the whole model from a script that defi
 parser.add_argument("weights_file", help="the trained state_dict to load")
 parser.add_argument("whole_model_file", help="where to torch.save the whole model object")
 args = parser.parse_args()
+if not Path(args.weights_file).is_file():
+    parser.exit(2, f"error: {args.weights_file} is not a file\n")
 
 import torch  # after the command line, which needs no torch
 from torch import nn

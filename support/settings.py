@@ -6,6 +6,7 @@ bad flag and a missing input file are answered before torch is imported.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 SEED = 42  # seeds weight initialisation and batch order in every chapter
@@ -19,4 +20,4 @@ BATCH_SIZE = 5  # the article's mini-batch size
 
 def train_command(out_dir: Path) -> str:
     """The command that writes OUT_DIR/iris-model.pth, for a chapter that finds it missing."""
-    return f"python train_iris.py --out-dir {out_dir}"
+    return f"python train_iris.py --out-dir {shlex.quote(str(out_dir))}"

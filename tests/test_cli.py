@@ -72,7 +72,7 @@ def test_a_folder_under_the_current_one_keeps_its_short_name(tmp_path):
 FRESH_PROCESS_PROGRAMS = ["load_whole_model.py", "run_pt2.py", "save_whole_model.py"]
 
 
-def no_torch(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+def no_torch(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """Run `script` in a fresh interpreter in which importing torch fails: what it answers there,
     it answers before importing torch."""
     guard = (
@@ -85,7 +85,7 @@ def no_torch(script: str, *args: str) -> subprocess.CompletedProcess[str]:
         f"runpy.run_path({script!r}, run_name='__main__')\n"
     )
     return subprocess.run(
-        [sys.executable, "-c", guard], cwd=REPO, env=SCRIPT_ENV, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", guard], cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=60
     )
 
 
@@ -106,14 +106,17 @@ def test_help_a_bad_flag_and_a_missing_file_are_answered_before_torch_is_importe
 
 
 @pytest.mark.parametrize("program", FRESH_PROCESS_PROGRAMS)
-def test_the_fresh_process_programs_take_help_and_refuse_bad_arguments_in_one_line(program):
-    path = f"fresh_process/{program}"
+def test_the_fresh_process_programs_take_help_and_refuse_bad_arguments_in_one_line(program, tmp_path):
+    path = str(REPO / "fresh_process" / program)
     helped = no_torch(path, "--help")
     assert (helped.returncode, helped.stderr) == (0, "") and helped.stdout.startswith("usage: ")
     refused = no_torch(path, "--no-such-flag")
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: ") and refused.stderr.endswith(f"(see {program} --help)\n")
     assert refused.stderr.count("\n") == 1
+    arguments = {"load_whole_model.py": 1, "save_whole_model.py": 2, "run_pt2.py": 3}[program]
+    missing = no_torch(path, *["nothere.pt"] * arguments, cwd=tmp_path)  # no such input: before torch
+    assert (missing.returncode, missing.stderr) == (2, "error: nothere.pt is not a file\n")
 
 
 @pytest.mark.slow
