@@ -287,7 +287,12 @@ class Listing:
     rows: list[dict[str, Any]] = field(default_factory=list)
     storages: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     odd: list[str] = field(default_factory=list)  # tensors that are not plain, dense, with data
+    malformed: list[str] = field(default_factory=list)  # sparse tensors whose indices do not check out
     non_finite: list[str] = field(default_factory=list)
+    sparse: list[str] = field(default_factory=list)
+    component_bytes: dict[int, int] = field(
+        default_factory=dict
+    )  # a sparse tensor's index and value storages
     too_deep: bool = False
     walked: set[int] = field(default_factory=set)  # containers already listed: each is walked once
     spans: dict[int, list[tuple]] = field(default_factory=dict)  # storage -> (start, end, strides, name)
@@ -312,6 +317,9 @@ class Listing:
 
     def add_tensor(self, tensor: Tensor, name: str) -> None:
         dtype = str(tensor.dtype).removeprefix("torch.")
+        if tensor.layout in SPARSE_LAYOUTS and not tensor.is_nested and tensor.device.type != "meta":
+            self.add_sparse(tensor, name, dtype)
+            return
         if tensor.is_nested or tensor.layout != torch.strided or tensor.device.type == "meta":
             kind = "nested" if tensor.is_nested else "meta" if tensor.device.type == "meta" else tensor.layout
             shape = [] if tensor.is_nested else list(tensor.shape)
@@ -331,6 +339,48 @@ class Listing:
         if not finite(tensor):
             self.non_finite.append(name)
 
+    def add_sparse(self, tensor: Tensor, name: str, dtype: str) -> None:
+        """A sparse tensor: its index and value tensors, and whether they make a valid tensor.
+
+        torch.load rebuilds sparse tensors without checking their indices (unless asked to,
+        with torch.sparse.check_sparse_tensor_invariants): an index past the shape would make
+        later use read or write out of bounds. They are checked here, the way torch would."""
+        layout = str(tensor.layout).removeprefix("torch.")
+        parts = sparse_parts(tensor)
+        values = parts[-1]
+        address = values.untyped_storage().data_ptr()
+        row = tensor_row(name, list(tensor.shape), f"{dtype} ({layout})", self.locations.get(address, ""), 0)
+        row["device"] = row["device"] or str(tensor.device)
+        row["bytes"] = sum(part.numel() * part.element_size() for part in parts)
+        self.rows.append(row)
+        self.sparse.append(name or "the file's one tensor")
+        for part in parts:
+            self.component_bytes[part.untyped_storage().data_ptr()] = part.untyped_storage().nbytes()
+        try:
+            if tensor.layout == torch.sparse_coo:
+                torch.sparse_coo_tensor(*parts, tensor.shape, check_invariants=True)
+            else:
+                torch.sparse_compressed_tensor(
+                    *parts, tensor.shape, layout=tensor.layout, check_invariants=True
+                )
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            self.malformed.append(f"{name or 'the file'} ({error_line(err)})")
+            return
+        if not finite(values):
+            self.non_finite.append(name)
+
+
+SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
+def sparse_parts(tensor: Tensor) -> list[Tensor]:
+    """The tensors a sparse tensor is made of: its indices, then its values."""
+    if tensor.layout == torch.sparse_coo:
+        return [tensor._indices(), tensor._values()]
+    if tensor.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return [tensor.crow_indices(), tensor.col_indices(), tensor.values()]
+    return [tensor.ccol_indices(), tensor.row_indices(), tensor.values()]
+
 
 def overlapping_views(spans: dict[int, list[tuple]]) -> tuple[str, str] | None:
     """Two tensors over partly the same bytes of one storage. Tied weights, the same view
@@ -348,6 +398,8 @@ def overlapping_views(spans: dict[int, list[tuple]]) -> tuple[str, str] | None:
 
 def summary(value: Any) -> str:
     """A checkpoint value in a few words: small values as they are."""
+    if isinstance(value, torch.dtype):  # a quantized module's packed-params dtype, say
+        return str(value)
     if isinstance(value, Tensor):
         return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
     if isinstance(value, Mapping):
@@ -400,13 +452,21 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
     # a view's bytes are part of its storage's; the largest view stands for the storage
     report["contents"]["storage_bytes"] = sum(
         max(r["bytes"] for r in group) for group in listing.storages.values()
-    )
+    ) + sum(n for address, n in listing.component_bytes.items() if address not in listing.storages)
     if listing.too_deep:
         report["contents"]["note"] = f"containers nested deeper than {MAX_DEPTH} levels are not listed"
     if listing.cut_off:
         report["contents"]["note"] = f"only the first {MAX_OBJECTS} containers were walked"
     if listing.odd:
         report["reasons"].append(f"not plain dense tensors with data: {', '.join(listing.odd[:5])}")
+    if listing.malformed:
+        report["reasons"].append(f"malformed sparse tensors: {', '.join(listing.malformed[:3])}")
+    elif listing.sparse:
+        report["caveats"].append(
+            f"sparse tensors ({', '.join(listing.sparse[:5])}): their indices were checked here; "
+            "torch.load itself checks them only inside "
+            "`with torch.sparse.check_sparse_tensor_invariants():`, so load it that way"
+        )
     if overlap := overlapping_views(listing.spans):
         report["reasons"].append(
             f"{overlap[0]} and {overlap[1]} overlap in memory: one weight's values seen twice"
@@ -431,8 +491,14 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
 
 
 def shape_and_dtype(tensor: Tensor) -> tuple[tuple[int, ...], str]:
+    """Shape and dtype as the fit check compares them; a layout other than a dense tensor's is
+    part of the dtype, since load_state_dict cannot copy a sparse tensor into a dense parameter."""
     dtype = str(tensor.dtype).removeprefix("torch.")
-    return ((), f"{dtype} (nested)") if tensor.is_nested else (tuple(tensor.shape), dtype)
+    if tensor.is_nested:
+        return (), f"{dtype} (nested)"
+    if tensor.layout != torch.strided:
+        return tuple(tensor.shape), f"{dtype} ({str(tensor.layout).removeprefix('torch.')})"
+    return tuple(tensor.shape), dtype
 
 
 def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict[str, tuple]:
@@ -474,7 +540,12 @@ def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
 
 
 def finite(tensor: Tensor) -> bool:
-    """False for a floating-point tensor holding NaN or infinity (a dtype isfinite lacks: True)."""
+    """False for a floating-point tensor holding NaN or infinity, or a quantized tensor whose
+    scales are (a dtype isfinite lacks: True)."""
+    if tensor.is_quantized:
+        per_channel = tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        scales = tensor.q_per_channel_scales() if per_channel else torch.tensor(tensor.q_scale())
+        return bool(torch.isfinite(scales).all())
     try:
         return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
     except RuntimeError:  # float8: not checked

@@ -45,15 +45,32 @@ STORAGE_DTYPES = {  # torch's typed storage classes, as pickles name them -> dty
     "BoolStorage": ("bool", 1), "ComplexFloatStorage": ("complex64", 8),
     "ComplexDoubleStorage": ("complex128", 16), "UntypedStorage": ("uint8", 1),
     "Float8_e4m3fnStorage": ("float8_e4m3fn", 1), "Float8_e5m2Storage": ("float8_e5m2", 1),
+    # quantized tensors (torch.ao.quantization): one stored integer a value, scale and zero point apart
+    "QInt8Storage": ("qint8", 1), "QUInt8Storage": ("quint8", 1), "QInt32Storage": ("qint32", 4),
+    "QUInt4x2Storage": ("quint4x2", 1), "QUInt2x4Storage": ("quint2x4", 1),
 }  # fmt: skip
-TENSOR_REBUILDERS = {"torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2"}
+# (storage, offset, size, stride, ...): a quantized tensor's rebuild starts as a plain tensor's
+TENSOR_REBUILDERS = {
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_qtensor",
+}
 PARAMETER_REBUILDERS = {"torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"}
 
 
 # ---- A pickle read with stand-ins ----
 
 
-class StandIn:
+class Named(type):
+    """The type of every stand-in class: shown as the name the pickle gave, never as this module's."""
+
+    global_name = "?"
+
+    def __repr__(cls) -> str:
+        return cls.global_name
+
+
+class StandIn(metaclass=Named):
     """What every class or function a pickle names becomes: a record of how it was called."""
 
     global_name = "?"
@@ -77,6 +94,9 @@ class StandIn:
 
     def extend(self, values: Any) -> None:
         self.listed.extend(values)
+
+    def __repr__(self) -> str:
+        return f"{self.global_name}(...)"
 
 
 @dataclass(frozen=True)
@@ -110,12 +130,16 @@ class StandInUnpickler(pickle.Unpickler):
         """torch's storage references: ('storage', StorageClass, key, location, numel[, view])."""
         try:
             kind, storage_class, key, location, numel = pid[:5]
-            name = storage_class.global_name.rpartition(".")[2]
-            dtype, width = STORAGE_DTYPES[name]
-        except (TypeError, ValueError, AttributeError, KeyError):
+        except (TypeError, ValueError):
             raise ModelFileError(
                 f"it refers to storage data in a form torch does not write: {safe_text(repr(pid), 80)}"
             ) from None
+        full_name = getattr(storage_class, "global_name", repr(storage_class))
+        if full_name.rpartition(".")[2] not in STORAGE_DTYPES:
+            raise ModelFileError(
+                f"it refers to storage data of a type torch does not write: {safe_text(full_name, 80)}"
+            )
+        dtype, width = STORAGE_DTYPES[full_name.rpartition(".")[2]]
         if kind != "storage" or type(numel) is not int or numel < 0 or not isinstance(location, str | bytes):
             raise ModelFileError("it refers to storage data in a form torch does not write")
         location = location.decode(errors="replace") if isinstance(location, bytes) else location

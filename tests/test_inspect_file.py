@@ -7,6 +7,8 @@ the printed output from the script run as a reader runs it.
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import pickle
 import pickletools
@@ -29,6 +31,7 @@ from support.untrusted_files import MAX_PICKLE_BYTES, ModelFileError
 from tests.bad_files import (
     ESCAPES,
     EXIT_TOO_MUCH_MEMORY,
+    DeclaredStorage,
     DeclaredTensor,
     build_corpus,
     damaged_copies,
@@ -620,6 +623,27 @@ def test_a_file_with_non_string_keys_is_a_misfit_not_a_crash(tmp_path):
     assert result.returncode == EXIT_BAD_INPUT and "Traceback" not in result.stderr
     fit = json.loads(result.stdout)["fit"]
     assert fit["fits"] is False and fit["unexpected"] == ["0"] and fit["prefix_fix"] is None
+
+
+class ForeignStoragePickler(pickle.Pickler):
+    """Pickles a DeclaredStorage the way torch.save would, but naming a class that is no storage."""
+
+    def persistent_id(self, obj: object) -> tuple | None:
+        if isinstance(obj, DeclaredStorage):
+            return ("storage", collections.OrderedDict, obj.key, obj.location, obj.numel)
+        return None
+
+
+def test_a_storage_of_a_type_torch_never_writes_is_named_by_the_files_own_name(tmp_path):
+    """The stand-ins a pickle is read with are this tool's own: the report names what the file names."""
+    path = tmp_path / "foreign-storage.pth"
+    buffer = io.BytesIO()
+    ForeignStoragePickler(buffer, protocol=2).dump({"w": DeclaredTensor(4)})
+    torch_like_zip(path, buffer.getvalue(), [stored("archive/data/0", bytes(16))])
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "refers to storage data of a type torch does not write: collections.OrderedDict" in result.stdout
+    assert "StandIn" not in result.stdout and "support." not in result.stdout
 
 
 # %%

@@ -253,6 +253,82 @@ def test_a_training_loop_checkpoint_is_named_with_the_key_of_its_weights(tmp_pat
 
 
 # %%
+# torch.save files of other tensor kinds: whatever loads with weights_only=True and holds
+# well-formed tensors gets exit 0, and the report names the kind of each tensor
+
+
+def quantized_state_dict() -> dict:
+    """A dynamically quantized model's state_dict: qint8 weights packed with their biases."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with warnings.catch_warnings():  # quantize_dynamic's notice that torch.ao.quantization moves on
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8).state_dict()
+
+
+SPARSE = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 3.0]])
+OTHER_TENSORS = {  # file -> (what torch.save writes, the rows the report must list: name -> shape, dtype)
+    "quantized.pth": (
+        quantized_state_dict,
+        {"0._packed_params._packed_params.0": ([8, 4], "qint8"), "2.scale": ([], "float32")},
+    ),
+    "sparse-coo.pth": (SPARSE.to_sparse, {"": ([2, 3], "float32 (sparse_coo)")}),
+    "sparse-csr.pth": (SPARSE.to_sparse_csr, {"": ([2, 3], "float32 (sparse_csr)")}),
+}
+
+
+def save_quietly(make: object, path: Path) -> None:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": that is torch's to say
+        warnings.simplefilter("ignore")
+        torch.save(make(), path)
+
+
+def load_quietly(path: Path) -> object:
+    with warnings.catch_warnings():  # "TypedStorage is deprecated", from torch's own rebuild of qint8
+        warnings.simplefilter("ignore")
+        return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("name", list(OTHER_TENSORS))
+def test_a_file_that_loads_with_weights_only_and_is_well_formed_exits_0(name, tmp_path):
+    make, rows = OTHER_TENSORS[name]
+    path = tmp_path / name
+    save_quietly(make, path)
+    load_quietly(path)  # torch's own word: it loads, and nothing in it runs
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Verdict    intact, and loads with torch.load(weights_only=True) (exit 0)" in output
+    assert "StandIn" not in output and "support." not in output  # this tool's own names stay inside
+    listed = {row["name"]: (row["shape"], row["dtype"]) for row in report_on(path)["contents"]["tensors"]}
+    assert rows.items() <= listed.items()
+
+
+def test_a_sparse_tensor_with_an_index_past_its_shape_loads_but_is_refused(tmp_path):
+    """torch.load checks sparse indices only when asked to: the inspector checks them itself."""
+    path = tmp_path / "forged-sparse.pth"
+    indices = torch.tensor([[0, 5], [1, 9]])  # row 5 and column 9 of a (2, 3) tensor
+    torch.save(torch.sparse_coo_tensor(indices, torch.ones(2), (2, 3), check_invariants=False), path)
+    torch.load(path, weights_only=True)  # loads all the same
+    with pytest.raises(RuntimeError), torch.sparse.check_sparse_tensor_invariants():
+        torch.load(path, weights_only=True)
+    (reason,) = report_on(path)["reasons"]
+    assert reason.startswith("malformed sparse tensors: the file (") and "found index 5" in reason
+
+
+def test_a_sparse_weight_does_not_fit_the_dense_parameter_it_stands_for(tmp_path):
+    path = tmp_path / "sparse-weight.pth"
+    weights = {**state(), "hidden.weight": state()["hidden.weight"].to_sparse()}
+    torch.save(weights, path)
+    with pytest.raises(RuntimeError, match=r"hidden\.weight"):  # what load_state_dict says
+        Multiclass().load_state_dict(torch.load(path, weights_only=True))
+    report = report_on(path, on_meta())
+    assert report["fit"]["mismatched"] == [
+        {"name": "hidden.weight", "file": "(8, 4) float32 (sparse_coo)", "model": "(8, 4) float32"}
+    ]
+    assert report_on(path)["reasons"] == []  # without a model to fit: a sparse weight loads fine
+
+
+# %%
 # Other libraries' formats: named for what they are, with what reads them, exit 2
 
 
