@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import io
 import itertools
 import json
+import logging
 import math
 import os
 import pickletools
@@ -43,7 +45,7 @@ import sys
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,6 +322,10 @@ class Listing:
         if tensor.layout in SPARSE_LAYOUTS and not tensor.is_nested and tensor.device.type != "meta":
             self.add_sparse(tensor, name, dtype)
             return
+        if is_dtensor(tensor):  # its values are its local shard; the row shows the global shape
+            self.add_tensor(tensor.to_local(), name)
+            self.rows[-1].update(shape=list(tensor.shape), dtype=f"{dtype} (DTensor)")
+            return
         if tensor.is_nested or tensor.layout != torch.strided or tensor.device.type == "meta":
             kind = "nested" if tensor.is_nested else "meta" if tensor.device.type == "meta" else tensor.layout
             shape = [] if tensor.is_nested else list(tensor.shape)
@@ -382,6 +388,14 @@ def sparse_parts(tensor: Tensor) -> list[Tensor]:
     return [tensor.ccol_indices(), tensor.row_indices(), tensor.values()]
 
 
+def is_dtensor(tensor: Tensor) -> bool:
+    """A torch.distributed.tensor.DTensor (found by its class, without importing torch.distributed)."""
+    return any(
+        cls.__name__ == "DTensor" and cls.__module__.startswith("torch.distributed.")
+        for cls in type(tensor).__mro__
+    )
+
+
 def overlapping_views(spans: dict[int, list[tuple]]) -> tuple[str, str] | None:
     """Two tensors over partly the same bytes of one storage. Tied weights, the same view
     twice, are fine; views that overlap otherwise are not weights of their own."""
@@ -425,8 +439,40 @@ def state_dict_in(obj: Any) -> tuple[str, Mapping[str, Tensor] | None]:
     return "", None
 
 
-def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
-    """Load with weights_only=True (safe: nothing runs), fill in the contents; its state_dict's shapes."""
+LOAD_REFUSES = "torch.load(weights_only=True) refuses it: "
+
+
+@contextmanager
+def quiet_distributed_logs() -> Iterator[None]:
+    """Unpickling a DeviceMesh outside a process group logs a warning meant for torch.compile
+    users (no process group is needed to read the tensors): kept out of the report."""
+    logger = logging.getLogger("torch.distributed")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def refuse_once(report: dict[str, Any], reason: str) -> None:
+    """Add a reason unless it is there already (the scan and the load can fail the same way)."""
+    if reason not in report["reasons"]:
+        report["reasons"].append(reason)
+
+
+def torch_contents(
+    path: Path,
+    report: dict[str, Any],
+    standins: Callable[[], None] | None = None,
+    subclasses: bool = False,
+) -> dict[str, tuple]:
+    """Load with weights_only=True (safe: nothing runs), fill in the contents; its state_dict's shapes.
+
+    Where torch's unpickler cannot read the pickle at all (a protocol it lacks), `standins`
+    lists the tensors from the pickle's opcodes instead, loading nothing. A file of tensor
+    subclasses (DTensors) is loaded without the map_location function that notes each
+    storage's device: torch rebuilds subclasses only without one."""
     locations: dict[int, str] = {}
 
     def note_device(storage: Any, location: str) -> Any:
@@ -434,13 +480,16 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
         return storage
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_distributed_logs():
             warnings.simplefilter("ignore")
             mmap = report["kind"] != "legacy-torch"  # torch maps zip archives only
-            obj = torch.load(path, map_location=note_device, weights_only=True, mmap=mmap)
+            where = None if subclasses else note_device
+            obj = torch.load(path, map_location=where, weights_only=True, mmap=mmap)
     except Exception as err:  # any failure of a file from anywhere is a finding, not a crash
         report["needs"]["weights_only"] = f"refused: {describe_load_error(err)}"
-        report["reasons"].append(f"torch.load(weights_only=True) refuses it: {describe_load_error(err)}")
+        refuse_once(report, LOAD_REFUSES + describe_load_error(err))
+        if standins is not None and UNREADABLE_OPCODE in str(err):
+            standins()
         return {}
     report["needs"]["weights_only"] = "loads"
     listing = Listing(locations)
@@ -498,7 +547,7 @@ def shape_and_dtype(tensor: Tensor) -> tuple[tuple[int, ...], str]:
         return (), f"{dtype} (nested)"
     if tensor.layout != torch.strided:
         return tuple(tensor.shape), f"{dtype} ({str(tensor.layout).removeprefix('torch.')})"
-    return tuple(tensor.shape), dtype
+    return tuple(tensor.shape), f"{dtype} (DTensor)" if is_dtensor(tensor) else dtype
 
 
 def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict[str, tuple]:
@@ -637,11 +686,59 @@ def note_globals(report: dict[str, Any], found: list[str], unsafe: list[str] | N
         needs["safe_globals_needed"] = [safe_text(name, 100) for name in unsafe if not runs_code(name)]
 
 
+def distributed_names(data_pkl: bytes) -> list[str]:
+    """The torch.distributed classes a pickle names (DTensor's), beyond what weights_only allows
+    by default: importing torch.distributed.tensor allows DTensor's, in any later load."""
+    names = pickle_globals(data_pkl, limit=200, pickles=100)
+    return [
+        name for name in names if name.startswith("torch.distributed.") and name not in KNOWN_DATA_GLOBALS
+    ]
+
+
+def import_distributed_tensor() -> bool:
+    """Import torch.distributed.tensor, torch's own code (not the file's): it registers DTensor,
+    DeviceMesh and their placements with torch.serialization.add_safe_globals, so that
+    weights_only loads can rebuild them. False where this torch has no torch.distributed."""
+    if not torch.distributed.is_available():
+        return False
+    try:
+        importlib.import_module("torch.distributed.tensor")
+    except ImportError:
+        return False
+    return True
+
+
+def note_distributed(report: dict[str, Any], names: list[str]) -> None:
+    """A file of DTensors that loaded once torch.distributed.tensor was imported: that import is
+    what its reader needs, since a plain torch.load(weights_only=True) refuses it without.
+    Whether this process imported it before does not matter: the names are judged against
+    what weights_only allows by default."""
+    needs = report["needs"]
+    if needs.get("weights_only") != "loads":
+        return  # refused even so: its reasons say why
+    beyond = needs.get("not_allowed_by_weights_only") or []
+    needs["not_allowed_by_weights_only"] = sorted({*beyond, *(safe_text(name, 100) for name in names)})
+    needs["import_first"] = ["torch.distributed.tensor"]
+    needs["weights_only"] = "loads once torch.distributed.tensor is imported (tried); not before"
+    classes = sorted({safe_text(name.rpartition(".")[2], 40) for name in names})
+    report["reasons"].append(
+        f"it holds DTensors: torch.load(weights_only=True) refuses their classes ({', '.join(classes[:6])}) "
+        "unless torch.distributed.tensor is imported first, which allows them; "
+        "`import torch.distributed.tensor` and then torch.load(path, weights_only=True) loads it (tried)"
+    )
+
+
+UNREADABLE_OPCODE = "Unsupported operand"  # what torch's weights_only unpickler says of an opcode it lacks
+
+
 def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any]) -> None:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
-        report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
+        if UNREADABLE_OPCODE in str(err):  # the load stops at the same opcode: one reason for both
+            refuse_once(report, LOAD_REFUSES + describe_load_error(err))
+        else:
+            report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
         note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), None)
         report["needs"]["not_allowed_by_weights_only"] = None  # unknown: never "nothing"
         return
@@ -821,6 +918,8 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
             forged = []  # a damaged record: its CRC32 check above says so
         problems += forged
         report["reasons"] += forged
+        if distributed := distributed_names(data_pkl):  # DTensors: torch's own module allows them
+            import_distributed_tensor()
         torch_needs(path, data_pkl, report)
         if problems:
             report["needs"]["weights_only"] = "not tried: the file failed the integrity checks"
@@ -831,7 +930,15 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
             report["needs"]["weights_only"] = f"not tried: {err}"
             report["reasons"].append(str(err))
             return {}
-        return torch_contents(path, report)
+        shapes = torch_contents(
+            path,
+            report,
+            standins=lambda: standin_contents(archive, folder, report),
+            subclasses=bool(distributed),
+        )
+        if distributed:
+            note_distributed(report, distributed)
+        return shapes
     if kind == "pt2":
         report["format"] = f"torch.export program (.pt2), archive format {text_of('archive_format')}"
         report["reasons"].append(
@@ -904,6 +1011,14 @@ def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str
         held = archive.getinfo(record).file_size if record in archive.namelist() else 0
         if held < ref.nbytes:
             report["reasons"].append(f"storage {key} needs {ref.nbytes} bytes; its record holds {held}")
+    list_standins(found, report)
+    report["metadata"]["code"] = f"{len(code)} files: {', '.join(code[:6])}{', ...' if len(code) > 6 else ''}"
+    return {t.name: (tuple(t.shape), t.storage.dtype) for t in found.tensors}
+
+
+def list_standins(found: torch_archives.Found, report: dict[str, Any]) -> None:
+    """The contents, from tensors named in a pickle read with stand-ins."""
+    storages = {t.storage.key: t.storage for t in found.tensors}
     report["contents"]["tensors"] = [
         tensor_row(t.name, t.shape, t.storage.dtype, t.storage.location, math.prod(t.shape) * t.storage.width)
         for t in found.tensors
@@ -911,8 +1026,17 @@ def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str
     report["contents"]["storage_bytes"] = sum(ref.nbytes for ref in storages.values())
     if found.cut_off:
         report["contents"]["note"] = f"only the first {torch_archives.MAX_OBJECTS} objects were walked"
-    report["metadata"]["code"] = f"{len(code)} files: {', '.join(code[:6])}{', ...' if len(code) > 6 else ''}"
-    return {t.name: (tuple(t.shape), t.storage.dtype) for t in found.tensors}
+
+
+def standin_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> None:
+    """The tensors a torch.save file's data.pkl names, read with stand-ins: for a pickle that
+    torch.load(weights_only=True) cannot read, what it holds all the same (nothing is loaded)."""
+    try:
+        obj, _ = torch_archives.read_pickle(io.BytesIO(archive.read(f"{folder}/data.pkl")))
+    except (ModelFileError, *ZIP_ERRORS):
+        return  # its integrity checks read it already: not reached for a malformed one
+    list_standins(torch_archives.name_tensors(obj), report)
+    report["contents"].setdefault("note", "read from data.pkl with stand-ins, not loaded")
 
 
 def legacy_globals(data: bytes) -> list[str]:
@@ -1133,6 +1257,8 @@ def print_needs(needs: dict[str, Any]) -> None:
         lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])
     if needs.get("never_allow"):
         lines.append(["never allow:", f"{', '.join(needs['never_allow'])} (these run code)"])
+    if needs.get("import_first"):
+        lines.append(["import first:", f"{', '.join(needs['import_first'])} (torch's own code)"])
     if needs.get("pickled_weights"):
         lines.append(["pickled weights:", ", ".join(needs["pickled_weights"])])
     lines.append(["weights_only=True:", needs.get("weights_only", "not applicable")])

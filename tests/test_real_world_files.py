@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
 import sys
 import warnings
 import zipfile
@@ -326,6 +327,72 @@ def test_a_sparse_weight_does_not_fit_the_dense_parameter_it_stands_for(tmp_path
         {"name": "hidden.weight", "file": "(8, 4) float32 (sparse_coo)", "model": "(8, 4) float32"}
     ]
     assert report_on(path)["reasons"] == []  # without a model to fit: a sparse weight loads fine
+
+
+def test_a_pickle_protocol_torch_cannot_read_is_named_and_the_tensors_still_listed(tmp_path):
+    path = tmp_path / "protocol-5.pth"
+    torch.save(state(), path, pickle_protocol=5)
+    with pytest.raises(Exception, match="Unsupported operand 149"):  # 149: FRAME, from protocol 4 on
+        load_quietly(path)  # torch warns first that protocol 5 may not be read
+    report = report_on(path)
+    assert report["reasons"] == [
+        "torch.load(weights_only=True) refuses it: its pickle uses FRAME, an opcode of pickle protocol 4 "
+        "that weights_only's unpickler lacks; torch.save writes protocol 2 unless given pickle_protocol=4 "
+        "or higher: save it again without that argument"
+    ]
+    assert shapes_of(report) == EXPECTED_SHAPES  # read from the pickle's opcodes: nothing loaded
+    resaved = tmp_path / "protocol-2.pth"  # the advice, followed
+    torch.save(torch.load(path, weights_only=False), resaved)  # our own file: safe to load fully
+    assert report_on(resaved)["reasons"] == []
+
+
+def save_dtensors(path: Path, store: Path) -> None:
+    """torch.save of {'w': a DTensor}, from a one-process gloo group on the CPU, torn down after."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(store), 1), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        torch.save({"w": distribute_tensor(torch.arange(6.0).reshape(2, 3), mesh, [Replicate()])}, path)
+    finally:
+        dist.destroy_process_group()
+
+
+LOAD_DTENSORS = """
+import sys, torch
+try:
+    torch.load(sys.argv[1], weights_only=True)
+except Exception as err:
+    print("plain:", "must be imported to load DTensors" in str(err))
+import torch.distributed.tensor
+print("after the import:", type(torch.load(sys.argv[1], weights_only=True)["w"]).__name__)
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_a_dtensor_file_gets_the_import_that_makes_it_load_not_a_wrong_format(tmp_path):
+    path = tmp_path / "dtensor.pth"
+    save_dtensors(path, tmp_path / "store")
+    fresh = subprocess.run(  # a fresh process: this one has imported torch.distributed.tensor already
+        [sys.executable, "-c", LOAD_DTENSORS, str(path)], capture_output=True, text=True, check=True
+    )
+    assert fresh.stdout.splitlines() == ["plain: True", "after the import: DTensor"]
+    report = report_on(path)
+    (reason,) = report["reasons"]
+    assert reason.startswith(
+        "it holds DTensors: torch.load(weights_only=True) refuses their classes (DTensor"
+    )
+    assert reason.endswith(
+        "`import torch.distributed.tensor` and then torch.load(path, weights_only=True) loads it (tried)"
+    )
+    assert report["needs"]["import_first"] == ["torch.distributed.tensor"]
+    assert "torch.distributed.tensor.DTensor" in report["needs"]["not_allowed_by_weights_only"]
+    assert shapes_of(report) == {"w": [2, 3]}
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "not a PyTorch weights file" not in result.stdout and "DeviceMesh occurred" not in result.stderr
 
 
 # %%
