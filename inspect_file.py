@@ -5,10 +5,12 @@
 # GPU), a `.safetensors` download or a sharded Hugging Face folder, a TorchScript or `.pt2`
 # program, or a DCP folder: what is it, what does it hold, what would loading it import, is
 # it intact, and does it fit your model? ONNX, GGUF, NumPy and HDF5/Keras files are named,
-# with what reads them. Everything here is read from the bytes. Nothing in the file is
-# executed: a plain pickle is never unpickled, and `torch.load` is only ever called with
-# `weights_only=True`, after the file's checksums and sizes have been checked. The readers
-# of each format are in support/ (torch_archives, other_formats, model_folders, checkpoints).
+# with what reads them; so are the formats that carry code (TorchScript, torch.package,
+# AOTInductor packages), with what would run it. Everything here is read from the bytes.
+# Nothing in the file is executed: a plain pickle is never unpickled, and `torch.load` is
+# only ever called with `weights_only=True`, after the file's checksums and sizes have been
+# checked. The readers of each format are in support/ (torch_archives, other_formats,
+# model_folders, checkpoints).
 #
 # Unlike the other chapters, this one is a tool to run on your own files rather than a
 # lesson to step through cell by cell: its sections below answer one question each, and
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib.util
 import io
 import itertools
@@ -132,6 +135,8 @@ SAFETENSORS_DTYPES = {  # safetensors' dtype name -> torch's, and bytes per valu
 }  # fmt: skip
 PT2_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32"}
 PT2_DTYPES |= {8: "float64", 12: "bool", 13: "bfloat16"}
+AOTI_FOLDER = "data/aotinductor/"  # where a .pt2 keeps AOTInductor's compiled model, one folder a model
+NATIVE_CODE = (".so", ".dll", ".dylib", ".pyd", ".cubin", ".hsaco", ".spv", ".o")  # loaded, then run
 
 # ---- What kind of file is it? ----
 #
@@ -142,12 +147,16 @@ PT2_DTYPES |= {8: "float64", 12: "bool", 13: "bfloat16"}
 
 
 def zip_layout(archive: zipfile.ZipFile) -> tuple[str, str]:
-    """(kind, top folder) of a zip: torch-zip, torchscript, pt2, or zip (someone else's)."""
+    """(kind, top folder) of a zip: torch-package, aoti, pt2, torchscript, torch-zip, or zip
+    (someone else's). The formats that carry code are told first, whatever else they hold."""
     names = archive.namelist()
     folders = {name.partition("/")[0] for name in names}
     folder = folders.pop() if len(folders) == 1 else ""
+    if f"{folder}/.data/extern_modules" in names:  # torch.package.PackageExporter always writes it
+        return "torch-package", folder
     if f"{folder}/archive_format" in names:
-        return "pt2", folder
+        compiled = any(name.startswith(f"{folder}/{AOTI_FOLDER}") for name in names)
+        return ("aoti" if compiled else "pt2"), folder
     if f"{folder}/constants.pkl" in names or any(name.startswith(f"{folder}/code/") for name in names):
         return "torchscript", folder
     if f"{folder}/data.pkl" in names:
@@ -939,6 +948,14 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
         if distributed:
             note_distributed(report, distributed)
         return shapes
+    if kind == "torch-package":
+        return package_contents(archive, folder, report)
+    if kind == "aoti":
+        report["format"] = (
+            f"AOTInductor package (.pt2 with compiled code), archive format {text_of('archive_format')}"
+        )
+        aoti_contents(archive, folder, report)
+        return pt2_contents(archive, folder, report)
     if kind == "pt2":
         report["format"] = f"torch.export program (.pt2), archive format {text_of('archive_format')}"
         report["reasons"].append(
@@ -961,6 +978,78 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
     report["format"] = "a zip archive, but not one that torch.save wrote"
     report["reasons"].append("not a model file")
     return {}
+
+
+def listed(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def package_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> dict[str, tuple]:
+    """A torch.package archive: the Python source it carries, its pickles and what they import.
+
+    torch.package.PackageImporter imports the packaged modules from their source in the
+    archive, and unpickles each object with them: loading it runs that code, and the pickles
+    may name any function besides. Nothing here is imported or unpickled."""
+    report["format"] = "torch.package archive (torch.package.PackageExporter)"
+    inside = [name.removeprefix(f"{folder}/") for name in archive.namelist()]
+    sources = sorted(safe_text(name, 100) for name in inside if name.endswith(".py"))
+    pickles = sorted(name for name in inside if name.endswith(".pkl"))
+    found: list[str] = []
+    for name in pickles:
+        info = archive.getinfo(f"{folder}/{name}")
+        if info.file_size <= MAX_PICKLE_BYTES and info.compress_type == zipfile.ZIP_STORED:
+            with contextlib.suppress(*ZIP_ERRORS):  # a damaged record: its CRC32 check says so
+                found += pickle_globals(archive.read(info), limit=200)
+    note_globals(report, list(dict.fromkeys(found)), None)
+    report["metadata"]["code"] = f"{len(sources)} Python files: {listed(sources, 6) or 'none'}"
+    report["metadata"]["pickles"] = listed([safe_text(name, 100) for name in pickles], 6) or "none"
+    report["needs"]["weights_only"] = "not applicable: torch.package.PackageImporter reads it, not torch.load"
+    report["reasons"].append(
+        f"a torch.package archive, a format that carries code: torch.package.PackageImporter imports the "
+        f"Python source in it ({listed(sources) or 'none'}) and unpickles "
+        f"{listed([safe_text(name, 100) for name in pickles]) or 'its objects'} with it, running that code; "
+        "there is no safe way to load it: read its source, and load it only if you trust where it came from"
+    )
+    return {}
+
+
+def aoti_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> None:
+    """An AOTInductor package: the compiled libraries it carries, and what could read the rest.
+
+    torch._inductor.aoti_load_package (and torch.export.pt2_archive's load_pt2) extract each
+    model's shared library and load it into the process: its code runs, with the process's
+    rights. torch.export.load reads only an exported program (models/*.json), which
+    aoti_compile_and_package does not store."""
+    inside = [name.removeprefix(f"{folder}/") for name in archive.namelist()]
+    compiled = [name for name in inside if name.startswith(AOTI_FOLDER)]
+    native = [safe_text(name, 100) for name in compiled if name.endswith(NATIVE_CODE)]
+    sources = [safe_text(name, 100) for name in compiled if name.endswith((".cpp", ".h", ".py"))]
+    models = sorted({safe_text(name.removeprefix(AOTI_FOLDER).partition("/")[0], 60) for name in compiled})
+    programs = [
+        safe_text(name, 100) for name in inside if name.startswith("models/") and name.endswith(".json")
+    ]
+    report["metadata"]["code"] = (
+        f"{len(native)} compiled files: {listed(native) or 'none'}; "
+        f"{len(sources)} sources: {listed(sources) or 'none'}"
+    )
+    report["metadata"]["aoti_models"] = ", ".join(models)
+    report["needs"]["weights_only"] = (
+        "not applicable: torch._inductor.aoti_load_package reads it, not torch.load"
+    )
+    report["reasons"].append(
+        f"an AOTInductor package, a format that carries code: torch._inductor.aoti_load_package loads "
+        f"its compiled library ({listed(native) or 'none found'}) into the process, and that runs; "
+        "there is no safe way to load it: use it only if you trust where it came from"
+    )
+    if programs:
+        report["reasons"].append(
+            f"it also holds an exported program ({listed(programs)}), which torch.export.load reads; "
+            "torch.export.load may fall back to torch.load(weights_only=False) on its pickled parts"
+        )
+    else:
+        report["reasons"].append(
+            "it holds no exported program (models/*.json): torch.export.load cannot read it"
+        )
 
 
 def inspect_pickle_file(data: bytes, report: dict[str, Any]) -> None:
@@ -1210,8 +1299,16 @@ def aligned(cells: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
 
 def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
     rows = contents.get("tensors")
-    if rows is None:
-        return
+    if rows is not None:
+        print_tensors(contents, rows)
+    if metadata:
+        show("\nMetadata")
+        for key, value in metadata.items():
+            shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
+            show(f"  {key}: {shown}")
+
+
+def print_tensors(contents: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     where = (
         f" (the state_dict is under '{contents['state_dict_key']}')" if contents.get("state_dict_key") else ""
     )
@@ -1236,11 +1333,6 @@ def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
         show("\nTop-level keys")
         for line in aligned([[f"{key}:", value] for key, value in contents["top_level"].items()]):
             show(f"  {line}")
-    if metadata:
-        show("\nMetadata")
-        for key, value in metadata.items():
-            shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else value
-            show(f"  {key}: {shown}")
 
 
 def print_needs(needs: dict[str, Any]) -> None:
@@ -1269,6 +1361,8 @@ def print_needs(needs: dict[str, Any]) -> None:
 INTACT_KINDS = (
     "torch-zip",
     "pt2",
+    "aoti",
+    "torch-package",
     "safetensors",
     "torchscript",
     "legacy-torch",

@@ -396,6 +396,101 @@ def test_a_dtensor_file_gets_the_import_that_makes_it_load_not_a_wrong_format(tm
 
 
 # %%
+# Formats that carry code: named as such, with what would run it, exit 2
+
+PACKAGED_SOURCE = """
+import os
+from torch import nn
+
+if "PACKAGE_MARKER" in os.environ:  # the proof that loading the package runs this source
+    open(os.environ["PACKAGE_MARKER"], "w").close()
+
+
+class PackagedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+"""
+
+
+def test_a_torch_package_is_named_as_code_and_what_runs_it(tmp_path, monkeypatch):
+    (tmp_path / "packaged_net.py").write_text(PACKAGED_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "packaged_net", raising=False)  # gone again after the test
+    packaged_net = importlib.import_module("packaged_net")
+    path = tmp_path / "net.pt"
+    with torch.package.PackageExporter(path) as exporter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "TypedStorage is deprecated", from the exporter itself
+        exporter.extern(["torch", "torch.**"])
+        exporter.intern("packaged_net")
+        exporter.save_pickle("model", "model.pkl", packaged_net.PackagedNet())
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("PACKAGE_MARKER", str(marker))
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT and not marker.exists()
+    report = report_on(path)
+    assert report["kind"] == "torch-package" and report["integrity"]["problems"] == []
+    (reason,) = report["reasons"]
+    assert reason.startswith(
+        "a torch.package archive, a format that carries code: torch.package.PackageImporter imports the "
+        "Python source in it (packaged_net.py) and unpickles model/model.pkl with it, running that code"
+    )
+    assert "packaged_net.PackagedNet" in report["needs"]["globals"]
+    torch.package.PackageImporter(path).load_pickle("model", "model.pkl")  # what the report says it does
+    assert marker.exists()
+
+
+def write_aoti_like(path: Path, folder: Path) -> None:
+    """A .pt2 as torch's own writer lays out an AOTInductor package (the compiled library, its
+    C++ source), beside an exported program; the library's bytes are a stand-in, never loaded."""
+    library, source = folder / "model.wrapper.so", folder / "model.wrapper.cpp"
+    library.write_bytes(b"\x7fELF" + bytes(60))
+    source.write_text("// AOTInductor's generated C++\n")
+    from torch.export.pt2_archive._package import package_pt2
+
+    program = torch.export.export(Multiclass().eval(), (torch.randn(2, 4),))
+    package_pt2(path, exported_programs=program, aoti_files={"model": [str(library), str(source)]})
+
+
+def test_an_aotinductor_package_is_named_as_compiled_code(tmp_path):
+    path = tmp_path / "compiled.pt2"
+    write_aoti_like(path, tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        assert any(name.endswith("/data/aotinductor/model/model.wrapper.so") for name in archive.namelist())
+    report = report_on(path)
+    assert report["kind"] == "aoti" and report["integrity"]["problems"] == []
+    assert report["reasons"][0] == (
+        "an AOTInductor package, a format that carries code: torch._inductor.aoti_load_package loads its "
+        "compiled library (data/aotinductor/model/model.wrapper.so) into the process, and that runs; "
+        "there is no safe way to load it: use it only if you trust where it came from"
+    )
+    assert report["reasons"][1].startswith("it also holds an exported program (models/model.json)")
+    assert report["needs"]["weights_only"].startswith("not applicable: torch._inductor.aoti_load_package")
+    assert shapes_of(report) == EXPECTED_SHAPES  # the exported program's weights, from their JSON
+    assert run_chapter_here("inspect_file.py", str(path), cwd=tmp_path).returncode == EXIT_BAD_INPUT
+
+
+@pytest.mark.slow
+def test_a_real_aotinductor_package_is_named_as_compiled_code_that_torch_export_load_cannot_read(tmp_path):
+    """aoti_compile_and_package itself: a C++ compiler, about a minute on a small CPU."""
+    program = torch.export.export(Multiclass().eval(), (torch.randn(2, 4),))
+    with warnings.catch_warnings():  # torch's own deprecation notices from inside the compiler
+        warnings.simplefilter("ignore")
+        made = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "real.pt2"))
+    path = Path(made)
+    report = report_on(path)
+    assert report["kind"] == "aoti"
+    assert report["reasons"][0].startswith("an AOTInductor package, a format that carries code")
+    assert ".so) into the process" in report["reasons"][0]
+    assert report["reasons"][1] == (
+        "it holds no exported program (models/*.json): torch.export.load cannot read it"
+    )
+    with pytest.raises(RuntimeError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.load(path)
+
+
+# %%
 # Other libraries' formats: named for what they are, with what reads them, exit 2
 
 
