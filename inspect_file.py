@@ -436,16 +436,65 @@ def summary(value: Any) -> str:
     return safe_text(type(value).__name__)
 
 
-def state_dict_in(obj: Any) -> tuple[str, Mapping[str, Tensor] | None]:
-    """The state_dict in a loaded file: the file itself, or a checkpoint's entry for the model."""
+STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model")  # the usual names, preferred on a tie
+
+
+def is_state_dict(value: Any) -> bool:
+    """A non-empty mapping of names to tensors, as nn.Module.state_dict() returns."""
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(key, str) for key in value)
+        and all(isinstance(tensor, Tensor) for tensor in value.values())
+    )
+
+
+def state_dict_in(
+    obj: Any, expected: Mapping[str, tuple] | None = None
+) -> tuple[str, Mapping[str, Tensor] | None, list[str]]:
+    """The state_dict in a loaded file: the file itself, or the top-level entry of a checkpoint
+    that is one, under whatever key; of several, the one that fits `expected` (the model's
+    names -> shape and dtype) best. (key, state_dict, the keys of the others)."""
     if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return "", obj
-    if isinstance(obj, Mapping):
-        for key in ("model_state_dict", "state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-                return key, inner
-    return "", None
+        return "", obj, []
+    if not isinstance(obj, Mapping):
+        return "", None, []
+    found = [(key, value) for key, value in obj.items() if isinstance(key, str) and is_state_dict(value)]
+    if not found:
+        return "", None, []
+    wanted = expected or {}
+    shapes = sorted(map(repr, wanted.values()))
+
+    def fit(item: tuple[str, Mapping[str, Tensor]]) -> tuple:
+        key, state = item
+        named = sum(wanted.get(name) == shape_and_dtype(t) for name, t in state.items())
+        same_shapes = len(multiset_overlap(shapes, sorted(repr(shape_and_dtype(t)) for t in state.values())))
+        usual = STATE_DICT_KEYS.index(key) if key in STATE_DICT_KEYS else len(STATE_DICT_KEYS)
+        return -named, -same_shapes, usual
+
+    key, state = min(found, key=fit)  # the first of equals: the order the file keeps them in
+    return key, state, [other for other, _ in found if other != key]
+
+
+def multiset_overlap(first: list[str], second: list[str]) -> list[str]:
+    """The items two sorted lists share, each as often as both hold it."""
+    shared, i, j = [], 0, 0
+    while i < len(first) and j < len(second):
+        if first[i] == second[j]:
+            shared.append(first[i])
+            i, j = i + 1, j + 1
+        elif first[i] < second[j]:
+            i += 1
+        else:
+            j += 1
+    return shared
+
+
+def expected_shapes(model: nn.Module | None) -> dict[str, tuple]:
+    """The model's state_dict names -> (shape, dtype), as the fit check compares them."""
+    if model is None:
+        return {}
+    return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
 
 
 LOAD_REFUSES = "torch.load(weights_only=True) refuses it: "
@@ -475,6 +524,7 @@ def torch_contents(
     report: dict[str, Any],
     standins: Callable[[], None] | None = None,
     subclasses: bool = False,
+    model: nn.Module | None = None,
 ) -> dict[str, tuple]:
     """Load with weights_only=True (safe: nothing runs), fill in the contents; its state_dict's shapes.
 
@@ -531,7 +581,7 @@ def torch_contents(
         )
     if listing.non_finite:
         report["reasons"].append(f"NaN or infinite values in {', '.join(listing.non_finite[:5])}")
-    key, state = state_dict_in(obj)
+    key, state, others = state_dict_in(obj, expected_shapes(model))
     if isinstance(obj, Mapping) and (state is None or key):
         report["contents"]["top_level"] = {safe_text(k, 60): summary(v) for k, v in list(obj.items())[:40]}
     for holder in (obj, state):
@@ -545,6 +595,8 @@ def torch_contents(
             report["reasons"].append("its state_dict's _metadata is malformed: load_state_dict would fail")
     if key:
         report["contents"]["state_dict_key"] = key
+    if others:
+        report["contents"]["other_state_dicts"] = [safe_text(other, 60) for other in others]
     return {k: shape_and_dtype(v) for k, v in (state or {}).items()}
 
 
@@ -878,7 +930,9 @@ def new_report(path: Path, size: int) -> dict[str, Any]:
     }
 
 
-def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dict[str, tuple]:
+def inspect_zip(
+    path: Path, file: Any, size: int, report: dict[str, Any], model: nn.Module | None = None
+) -> dict[str, tuple]:
     try:
         archive = zipfile.ZipFile(file)
     except ZIP_ERRORS:
@@ -944,6 +998,7 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any]) -> dic
             report,
             standins=lambda: standin_contents(archive, folder, report),
             subclasses=bool(distributed),
+            model=model,
         )
         if distributed:
             note_distributed(report, distributed)
@@ -1065,7 +1120,9 @@ def inspect_pickle_file(data: bytes, report: dict[str, Any]) -> None:
     report["reasons"].append("a plain pickle: only pickle.load reads it, and that runs whatever it names")
 
 
-def inspect_legacy(path: Path, file: Any, size: int, report: dict[str, Any]) -> dict[str, tuple]:
+def inspect_legacy(
+    path: Path, file: Any, size: int, report: dict[str, Any], model: nn.Module | None = None
+) -> dict[str, tuple]:
     """Its pickles read with stand-ins, every storage record checked against them, then loaded."""
     caveat = "the legacy format has no checksums: damage inside the weights cannot be detected"
     report["integrity"]["notes"].append(caveat)
@@ -1084,7 +1141,7 @@ def inspect_legacy(path: Path, file: Any, size: int, report: dict[str, Any]) -> 
     report["integrity"]["notes"].append(
         f"its {len(layout.storages)} storage records hold exactly the values its data declares"
     )
-    return torch_contents(path, report)
+    return torch_contents(path, report, model=model)
 
 
 def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> dict[str, tuple]:
@@ -1202,7 +1259,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         file.seek(0)
         kind = sniff(head)
         if kind == "zip":
-            shapes = inspect_zip(snapshot, file, size, report)
+            shapes = inspect_zip(snapshot, file, size, report, model)
         elif kind == "safetensors":
             report["kind"], report["format"] = (
                 "safetensors",
@@ -1219,7 +1276,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
             report["kind"], report["format"] = kind, "legacy torch.save format (before PyTorch 1.6)"
             note_globals(report, legacy_globals(file.read(min(size, MAX_PICKLE_BYTES))), None)
             file.seek(0)
-            shapes = inspect_legacy(snapshot, file, size, report)
+            shapes = inspect_legacy(snapshot, file, size, report, model)
         elif kind == "pickle":
             report["kind"], report["format"] = kind, f"plain pickle, protocol {head[1]}"
             inspect_pickle_file(file.read(min(size, MAX_PICKLE_BYTES)), report)
@@ -1310,8 +1367,12 @@ def print_contents(contents: dict[str, Any], metadata: dict[str, Any]) -> None:
 
 def print_tensors(contents: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     where = (
-        f" (the state_dict is under '{contents['state_dict_key']}')" if contents.get("state_dict_key") else ""
+        f" (the state_dict is under '{contents['state_dict_key']}'" if contents.get("state_dict_key") else ""
     )
+    if where and contents.get("other_state_dicts"):
+        others = ", ".join(f"'{key}'" for key in contents["other_state_dicts"][:3])
+        where += f"; {others} {'holds' if len(contents['other_state_dicts']) == 1 else 'hold'} another"
+    where += ")" if where else ""
     show(f"\nContents   {len(rows)} tensors{where}")
     if contents.get("checkpoint_of"):
         show(f"  {contents['checkpoint_of']}")
@@ -1403,6 +1464,8 @@ def print_fit(fit: dict[str, Any] | None) -> None:
     if fit["prefix_fix"]:
         lines += [["fix:", fit["prefix_fix"]], *([["", fit["state_from"]]] if fit.get("state_from") else [])]
         lines.append(["", fit["prefix_code"]])
+    elif fit.get("state_from"):  # the weights are under a key of the checkpoint: how to take them
+        lines.append(["weights:", fit["state_from"]])
     for line in aligned(lines) if lines else []:
         show(f"  {line}")
 

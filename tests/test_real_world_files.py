@@ -253,6 +253,39 @@ def test_a_training_loop_checkpoint_is_named_with_the_key_of_its_weights(tmp_pat
     assert report["fit"]["fits"] and report["reasons"] == []
 
 
+def test_a_state_dict_under_a_key_of_any_name_is_found_and_the_key_named(tmp_path):
+    model = Multiclass()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "resume.pth"
+    torch.save(
+        {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "epoch": 3}, path
+    )
+    report = report_on(path, on_meta())
+    assert report["contents"]["state_dict_key"] == "model_state"
+    assert report["fit"]["fits"] and report["reasons"] == []
+    assert report["fit"]["state_from"] == "state = torch.load(path, weights_only=True)['model_state']"
+    result = run_chapter_here("inspect_file.py", str(path), "--model", "Multiclass", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert "Contents   16 tensors (the state_dict is under 'model_state')" in result.stdout
+    assert "holds no state_dict" not in result.stdout
+    Multiclass().load_state_dict(torch.load(path, weights_only=True)["model_state"])  # as the report says
+
+
+def test_of_several_state_dicts_the_one_that_fits_the_model_is_chosen(tmp_path):
+    path = tmp_path / "two-models.pth"
+    wider = Multiclass(n_hidden=16).state_dict()
+    torch.save({"model": wider, "ema": state(), "step": 10}, path)
+    report = report_on(path, on_meta())
+    assert report["contents"]["state_dict_key"] == "ema"
+    assert report["contents"]["other_state_dicts"] == ["model"]
+    assert report["fit"]["fits"] and report["reasons"] == []
+    alone = report_on(path)  # no model to fit: the usual name first
+    assert alone["contents"]["state_dict_key"] == "model"
+    assert report_on(path, on_meta(n_hidden=16))["contents"]["state_dict_key"] == "model"
+
+
 # %%
 # torch.save files of other tensor kinds: whatever loads with weights_only=True and holds
 # well-formed tensors gets exit 0, and the report names the kind of each tensor
