@@ -234,6 +234,15 @@ def check_records(archive: zipfile.ZipFile, size: int) -> tuple[list[dict[str, A
     return records, problems
 
 
+def safetensors_entry_problem(shape: list[int], begin: int, end: int) -> str:
+    """What is wrong with a tensor's shape or data offsets on their own, or ''."""
+    if any(n < 0 for n in shape):
+        return f"has a negative dimension in its shape {shape}"
+    if begin < 0 or end < begin:
+        return f"has data offsets [{begin}, {end}]: a span must start at 0 or later and not end before it"
+    return ""
+
+
 def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]:
     """The parsed JSON header, and what is wrong with it or with the data it describes."""
     header_size = struct.unpack("<Q", file.read(8))[0]
@@ -255,18 +264,22 @@ def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]
         try:
             width = SAFETENSORS_DTYPES[entry["dtype"]][1]
             begin, end = entry["data_offsets"]
-            numel = math.prod(entry["shape"])
-            valid = all(type(n) is int and n >= 0 for n in [*entry["shape"], begin, end]) and begin <= end
+            shape = list(entry["shape"])
+            numel = math.prod(shape)
+            whole = all(type(n) is int for n in [*shape, begin, end])
         except (KeyError, TypeError, ValueError):
             problems.append(f"tensor {shown} has a malformed entry")
             continue
-        if not valid or end - begin != numel * width:
+        if problem := safetensors_entry_problem(shape, begin, end) if whole else "has a malformed entry":
+            problems.append(f"tensor {shown} {problem}")
+        elif end - begin != numel * width:
             problems.append(
                 f"tensor {shown}: its shape and dtype need {numel * width} bytes, not {end - begin}"
             )
         elif end > data_size:
             problems.append(f"tensor {shown} ends at byte {end} of a data area of {data_size}: truncated")
-        spans.append((begin, end))
+        if whole and 0 <= begin <= end:
+            spans.append((begin, end))
     covered = 0
     for begin, end in sorted(spans):
         if begin != covered:
@@ -626,6 +639,8 @@ def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict
             begin, end = (int(n) for n in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             continue
+        if safetensors_entry_problem(shape, begin, end):
+            continue  # a negative size or span: not a tensor to list
         rows.append(tensor_row(safe_text(name, 80), shape, dtype, "cpu", end - begin))
         shapes[name] = (tuple(shape), dtype)
     report["contents"]["tensors"] = rows
@@ -682,6 +697,11 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
             record = f"{folder}/data/weights/{entry['path_name']}"
         except (KeyError, TypeError, ValueError):
             report["reasons"].append(f"its weights config entry for {safe_text(key, 80)} is malformed")
+            continue
+        if any(n < 0 for n in shape):
+            report["reasons"].append(
+                f"its weights config gives {safe_text(key, 80)} a negative dimension: shape {shape}"
+            )
             continue
         nbytes = archive.getinfo(record).file_size if record in archive.namelist() else 0
         rows.append(tensor_row(safe_text(key, 80), shape, dtype, device, nbytes))

@@ -140,8 +140,10 @@ class StandInUnpickler(pickle.Unpickler):
                 f"it refers to storage data of a type torch does not write: {safe_text(full_name, 80)}"
             )
         dtype, width = STORAGE_DTYPES[full_name.rpartition(".")[2]]
-        if kind != "storage" or type(numel) is not int or numel < 0 or not isinstance(location, str | bytes):
+        if kind != "storage" or type(numel) is not int or not isinstance(location, str | bytes):
             raise ModelFileError("it refers to storage data in a form torch does not write")
+        if numel < 0:
+            raise ModelFileError(f"storage {safe_text(key, 60)} declares a negative size: {numel} values")
         location = location.decode(errors="replace") if isinstance(location, bytes) else location
         ref = StorageRef(dtype, safe_text(key, 60), safe_text(location, 30), numel, width)
         if self.storages.setdefault(ref.key, ref) != ref:  # torch.load keeps the first, a scanner may not
@@ -275,6 +277,9 @@ def read_legacy(file: IO[bytes], size: int) -> LegacyLayout:
             problems.append(f"the file ends before storage {safe_text(key, 60)}: truncated")
             break
         (numel,) = struct.unpack("<q", count)
+        if numel < 0:
+            problems.append(f"storage {safe_text(key, 60)} gives a negative count of values: {numel}")
+            break
         if ref is None or numel != ref.numel:
             problems.append(f"storage {safe_text(key, 60)} holds {numel} values, not the {ref and ref.numel}")
             break
@@ -419,8 +424,12 @@ def view_problem(args: tuple) -> str:
         return "a tensor is rebuilt from something other than a storage"
     storage, offset, shape, stride = args[:4]
     numbers = [offset, *shape, *stride] if isinstance(shape, tuple) and isinstance(stride, tuple) else [None]
-    if not all(type(n) is int and n >= 0 for n in numbers) or len(shape) != len(stride):
+    if not all(type(n) is int for n in numbers) or len(shape) != len(stride):
         return f"a tensor over storage {storage.key} has a malformed shape, stride or offset"
+    for label, values in (("size", shape), ("stride", stride), ("offset", (offset,))):
+        if any(n < 0 for n in values):
+            shown = offset if label == "offset" else list(values)
+            return f"a tensor over storage {storage.key} has a negative {label}: {shown}"
     extent = (
         0 if 0 in shape else offset + sum((n - 1) * step for n, step in zip(shape, stride, strict=True)) + 1
     )

@@ -12,11 +12,13 @@ import io
 import json
 import pickle
 import pickletools
+import re
 import sys
 import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -50,6 +52,7 @@ from tests.bad_files import (
     stored,
     torch_like_zip,
     torch_pickle,
+    write_zip,
 )
 from tests.helpers import run_chapter_here, run_in_fork, run_script
 
@@ -314,7 +317,7 @@ def legacy_with(storage_count: int, tail: bytes = b"") -> bytes:
     data = buffer.getvalue()
     record = (4).to_bytes(8, "little") + torch.ones(4).numpy().tobytes()
     assert data.endswith(record)
-    return data[: -len(record)] + storage_count.to_bytes(8, "little") + record[8:] + tail
+    return data[: -len(record)] + storage_count.to_bytes(8, "little", signed=True) + record[8:] + tail
 
 
 @pytest.mark.parametrize(
@@ -644,6 +647,93 @@ def test_a_storage_of_a_type_torch_never_writes_is_named_by_the_files_own_name(t
     assert result.returncode == EXIT_BAD_INPUT
     assert "refers to storage data of a type torch does not write: collections.OrderedDict" in result.stdout
     assert "StandIn" not in result.stdout and "support." not in result.stdout
+
+
+# %%
+# A negative size: the message says what is wrong
+
+
+def write_safetensors(path: Path, header: dict, body: bytes) -> None:
+    """A safetensors file with this header, as it is (safetensors' writer refuses a bad one)."""
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + body)
+
+
+class NegativeView(DeclaredTensor):
+    """Pickles a tensor of size (-4,) over a good 4-value storage."""
+
+    def __reduce__(self) -> tuple:
+        return (
+            torch._utils._rebuild_tensor_v2,
+            (self.storage, 0, (-4,), (1,), False, collections.OrderedDict()),
+        )
+
+
+def pt2_with_negative_size(path: Path) -> None:
+    """torch.export.save's .pt2, its weights config then giving hidden.weight 8 -> -8 rows."""
+    write_pt2(path)
+    with zipfile.ZipFile(path) as archive:
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    for index, (name, data) in enumerate(records):
+        if name.endswith("/data/weights/model_weights_config.json"):
+            config = json.loads(data)
+            config["config"]["hidden.weight"]["tensor_meta"]["sizes"][0]["as_int"] = -8
+            records[index] = (name, json.dumps(config).encode())
+    write_zip(path, [stored(name, data) for name, data in records])
+
+
+def npy_with_negative_shape(path: Path) -> None:
+    np.save(path, np.zeros((3, 4), np.float32))
+    path.write_bytes(path.read_bytes().replace(b"(3, 4)", b"(-3,4)"))  # the same header length
+
+
+F32 = {"dtype": "F32"}
+NEGATIVE_SIZES = {
+    "safetensors shape": (
+        lambda p: write_safetensors(
+            p, {"w": {**F32, "shape": [-4, -8], "data_offsets": [0, 128]}}, bytes(128)
+        ),
+        "tensor w has a negative dimension in its shape [-4, -8]",
+    ),
+    "safetensors offsets": (
+        lambda p: write_safetensors(p, {"w": {**F32, "shape": [4, 8], "data_offsets": [128, 0]}}, bytes(128)),
+        "tensor w has data offsets [128, 0]: a span must start at 0 or later and not end before it",
+    ),
+    "torch.save storage": (
+        lambda p: torch_like_zip(
+            p, torch_pickle({"w": DeclaredTensor(-4)}), [stored("archive/data/0", bytes(16))]
+        ),
+        "storage 0 declares a negative size: -4 values",
+    ),
+    "torch.save tensor": (
+        lambda p: torch_like_zip(
+            p, torch_pickle({"w": NegativeView(4)}), [stored("archive/data/0", bytes(16))]
+        ),
+        "a tensor over storage 0 has a negative size: [-4]",
+    ),
+    "legacy storage": (
+        lambda p: p.write_bytes(legacy_with(-4)),
+        "gives a negative count of values: -4",  # storage <its address when saved>
+    ),
+    "pt2 weight": (
+        pt2_with_negative_size,
+        "its weights config gives hidden.weight a negative dimension: shape [-8, 4]",
+    ),
+    "npy array": (npy_with_negative_shape, "array has a negative dimension in its shape [-3, 4]"),
+}
+
+
+@pytest.mark.parametrize("kind", list(NEGATIVE_SIZES))
+def test_a_negative_size_is_named_as_such(kind, tmp_path):
+    make, message = NEGATIVE_SIZES[kind]
+    path = tmp_path / f"negative.{'npy' if 'npy' in kind else 'pt2' if 'pt2' in kind else 'bin'}"
+    make(path)
+    try:
+        reasons = report_on(path)["reasons"]
+    except ModelFileError as err:  # a header NumPy's own parser reads, but no array has
+        reasons = [str(err)]
+    assert any(reason.endswith(message) for reason in reasons), reasons
+    assert not any(re.search(r"need (\d+) bytes, not \1\b", reason) for reason in reasons)
 
 
 # %%
