@@ -371,13 +371,13 @@ def torch_zip_problems(archive: zipfile.ZipFile, folder: str) -> list[str]:
     data.pkl is read with stand-ins: nothing in it runs.
     """
     names = archive.namelist()
-    for name in names:
-        inside = name.removeprefix(f"{folder}/")
-        if inside == name or not TORCH_ZIP_RECORDS.fullmatch(inside):
-            return [f"it has a record torch.save never writes: {safe_text(name, 80)} (torch.load ignores it)"]
     data = archive.read(f"{folder}/data.pkl")
     stream = io.BytesIO(data)
     obj, unpickler = read_pickle(stream)
+    for name in names:
+        inside = name.removeprefix(f"{folder}/")
+        if inside == name or not TORCH_ZIP_RECORDS.fullmatch(inside):
+            return [unknown_record(name, inside, unpickler.storages)]
     if stream.tell() != len(data):
         return [f"{len(data) - stream.tell()} bytes follow data.pkl's STOP opcode (a second pickle?)"]
     problems = []
@@ -395,6 +395,19 @@ def torch_zip_problems(archive: zipfile.ZipFile, folder: str) -> list[str]:
         if key != name and key not in unpickler.storages:
             problems.append(f"record {safe_text(name, 80)} belongs to no tensor in data.pkl")
     return problems + view_problems(obj)
+
+
+def unknown_record(name: str, inside: str, storages: dict[str, StorageRef]) -> str:
+    """Why a record torch.save never writes is there. torch.load reads `data/<key>` for every
+    storage key data.pkl names, whatever the key (`../../x` too: the name is looked up in the
+    archive as it is, never resolved as a path); any other record it never opens."""
+    key = inside.removeprefix("data/")
+    if key != inside and safe_text(key, 60) in storages:
+        return (
+            f"it has a record torch.save never writes: {safe_text(name, 80)}, which torch.load reads, "
+            f"as data.pkl names storage {safe_text(key, 60)} (torch.save numbers its storages 0, 1, 2, ...)"
+        )
+    return f"it has a record torch.save never writes: {safe_text(name, 80)} (torch.load ignores it)"
 
 
 def view_problems(obj: Any, limit: int = MAX_OBJECTS) -> list[str]:

@@ -650,7 +650,7 @@ def test_a_storage_of_a_type_torch_never_writes_is_named_by_the_files_own_name(t
 
 
 # %%
-# A negative size: the message says what is wrong
+# A negative size, and a record torch.save never writes: each message says what is true
 
 
 def write_safetensors(path: Path, header: dict, body: bytes) -> None:
@@ -734,6 +734,32 @@ def test_a_negative_size_is_named_as_such(kind, tmp_path):
         reasons = [str(err)]
     assert any(reason.endswith(message) for reason in reasons), reasons
     assert not any(re.search(r"need (\d+) bytes, not \1\b", reason) for reason in reasons)
+
+
+def storage_named(path: Path, key: str, records: list[tuple[str, int]]) -> None:
+    """data.pkl naming storage `key` of 4 values; the records that follow it (name, values)."""
+    tensor = DeclaredTensor(4)
+    tensor.storage = DeclaredStorage(key, 4)
+    values = [stored(name, torch.arange(float(n)).numpy().tobytes()) for name, n in records]
+    torch_like_zip(path, torch_pickle({"w": tensor}), values)
+
+
+def test_a_storage_record_named_with_dots_is_read_by_torch_load_and_the_message_says_so(tmp_path):
+    """torch.load reads data/<key> for the key data.pkl names, `../../x` as well: not a path to it."""
+    named = tmp_path / "named.pth"
+    storage_named(named, "../../x", [("archive/data/../../x", 4)])
+    assert torch.equal(torch.load(named, weights_only=True)["w"], torch.arange(4.0))
+    (reason,) = report_on(named)["reasons"]
+    assert reason == (
+        "it has a record torch.save never writes: archive/data/../../x, which torch.load reads, as data.pkl "
+        "names storage ../../x (torch.save numbers its storages 0, 1, 2, ...)"
+    )
+    unnamed = tmp_path / "unnamed.pth"
+    storage_named(unnamed, "0", [("archive/data/0", 4), ("archive/data/../../x", 4)])
+    assert torch.equal(torch.load(unnamed, weights_only=True)["w"], torch.arange(4.0))  # the record unread
+    assert report_on(unnamed)["reasons"] == [
+        "it has a record torch.save never writes: archive/data/../../x (torch.load ignores it)"
+    ]
 
 
 # %%
