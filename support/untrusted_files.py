@@ -512,7 +512,7 @@ def describe_load_error(err: Exception) -> str:
     if found := re.search(r"Unsupported operand (\d+)", text):
         return unreadable_opcode(int(found.group(1)))
     if "must be imported to load DTensors" in text:
-        return "its tensors are DTensors, which it reads only once torch.distributed.tensor is imported"
+        return "its tensors are DTensors, which weights_only reads once torch.distributed.tensor is imported"
     if "Weights only load failed" in text:
         return "not a PyTorch weights file (unreadable pickle data)"
     return f"not a PyTorch weights file ({error_line(err)})"
