@@ -5,7 +5,9 @@
 # GPU), a `.safetensors` download or a sharded Hugging Face folder, a TorchScript or `.pt2`
 # program, or a DCP folder: what is it, what does it hold, what would loading it import, is
 # it intact, and does it fit your model? ONNX, GGUF, NumPy, HDF5/Keras, TensorFlow Lite and
-# ExecuTorch files are named, with what reads them. Everything here is read from the bytes.
+# ExecuTorch files are named, with what reads them; so are the formats that carry code
+# (TorchScript, torch.package, AOTInductor packages), with what would run it. Everything
+# here is read from the bytes.
 # Nothing in the file is executed: a plain pickle is never unpickled, and `torch.load` is
 # only ever called with `weights_only=True`, after the file's checksums and sizes have been
 # checked. The readers of each format are in support/ (torch_archives, other_formats,
@@ -31,9 +33,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib.util
+import io
 import itertools
 import json
+import logging
 import math
 import os
 import pickletools
@@ -45,7 +50,7 @@ import tempfile
 import warnings
 import zipfile
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +158,8 @@ SAFETENSORS_DTYPES = {
 }  # fmt: skip
 PT2_DTYPES = {1: "uint8", 2: "int8", 3: "int16", 4: "int32", 5: "int64", 6: "float16", 7: "float32"}
 PT2_DTYPES |= {8: "float64", 12: "bool", 13: "bfloat16"}
+AOTI_FOLDER = "data/aotinductor/"  # where a .pt2 keeps AOTInductor's compiled model, one folder a model
+NATIVE_CODE = (".so", ".dll", ".dylib", ".pyd", ".cubin", ".hsaco", ".spv", ".o")  # loaded, then run
 
 # ---- What kind of file is it? ----
 #
@@ -163,12 +170,16 @@ PT2_DTYPES |= {8: "float64", 12: "bool", 13: "bfloat16"}
 
 
 def zip_layout(archive: zipfile.ZipFile) -> tuple[str, str]:
-    """(kind, top folder) of a zip: torch-zip, torchscript, pt2, or zip (someone else's)."""
+    """(kind, top folder) of a zip: torch-package, aoti, pt2, torchscript, torch-zip, or zip
+    (someone else's). The formats that carry code are told first, whatever else they hold."""
     names = archive.namelist()
     folders = {name.partition("/")[0] for name in names}
     folder = folders.pop() if len(folders) == 1 else ""
+    if f"{folder}/.data/extern_modules" in names:  # torch.package.PackageExporter always writes it
+        return "torch-package", folder
     if f"{folder}/archive_format" in names:
-        return "pt2", folder
+        compiled = any(name.startswith(f"{folder}/{AOTI_FOLDER}") for name in names)
+        return ("aoti" if compiled else "pt2"), folder
     if f"{folder}/constants.pkl" in names or any(name.startswith(f"{folder}/code/") for name in names):
         return "torchscript", folder
     if f"{folder}/data.pkl" in names:
@@ -248,6 +259,15 @@ def check_records(archive: zipfile.ZipFile, size: int) -> tuple[list[dict[str, A
     return records, problems
 
 
+def safetensors_entry_problem(shape: list[int], begin: int, end: int) -> str:
+    """What is wrong with a tensor's shape or data offsets on their own, or ''."""
+    if any(n < 0 for n in shape):
+        return f"has a negative dimension in its shape {shape}"
+    if begin < 0 or end < begin:
+        return f"has data offsets [{begin}, {end}]: a span must start at 0 or later and not end before it"
+    return ""
+
+
 def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]:
     """The parsed JSON header, and what is wrong with it or with the data it describes."""
     header_size = struct.unpack("<Q", file.read(8))[0]
@@ -269,20 +289,24 @@ def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]
         try:
             bits = SAFETENSORS_DTYPES[entry["dtype"]][1]
             begin, end = entry["data_offsets"]
-            numel = math.prod(entry["shape"])
-            valid = all(type(n) is int and n >= 0 for n in [*entry["shape"], begin, end]) and begin <= end
+            shape = list(entry["shape"])
+            numel = math.prod(shape)
+            whole = all(type(n) is int for n in [*shape, begin, end])
         except (KeyError, TypeError, ValueError):
             problems.append(f"tensor {shown} has a malformed entry")
             continue
-        if valid and numel * bits % 8:
+        if problem := safetensors_entry_problem(shape, begin, end) if whole else "has a malformed entry":
+            problems.append(f"tensor {shown} {problem}")
+        elif numel * bits % 8:
             problems.append(f"tensor {shown}: {numel} values of {bits} bits do not fill whole bytes")
-        elif not valid or end - begin != numel * bits // 8:
+        elif end - begin != numel * bits // 8:
             problems.append(
                 f"tensor {shown}: its shape and dtype need {numel * bits // 8} bytes, not {end - begin}"
             )
         elif end > data_size:
             problems.append(f"tensor {shown} ends at byte {end} of a data area of {data_size}: truncated")
-        spans.append((begin, end))
+        if whole and 0 <= begin <= end:
+            spans.append((begin, end))
     covered = 0
     for begin, end in sorted(spans):
         if begin != covered:
@@ -314,7 +338,12 @@ class Listing:
     rows: list[dict[str, Any]] = field(default_factory=list)
     storages: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     odd: list[str] = field(default_factory=list)  # tensors that are not plain, dense, with data
+    malformed: list[str] = field(default_factory=list)  # sparse tensors whose indices do not check out
     non_finite: list[str] = field(default_factory=list)
+    sparse: list[str] = field(default_factory=list)
+    component_bytes: dict[int, int] = field(
+        default_factory=dict
+    )  # a sparse tensor's index and value storages
     too_deep: bool = False
     walked: set[int] = field(default_factory=set)  # containers already listed: each is walked once
     spans: dict[int, list[tuple]] = field(default_factory=dict)  # storage -> (start, end, strides, name)
@@ -339,6 +368,13 @@ class Listing:
 
     def add_tensor(self, tensor: Tensor, name: str) -> None:
         dtype = str(tensor.dtype).removeprefix("torch.")
+        if tensor.layout in SPARSE_LAYOUTS and not tensor.is_nested and tensor.device.type != "meta":
+            self.add_sparse(tensor, name, dtype)
+            return
+        if is_dtensor(tensor):  # its values are its local shard; the row shows the global shape
+            self.add_tensor(tensor.to_local(), name)
+            self.rows[-1].update(shape=list(tensor.shape), dtype=f"{dtype} (DTensor)")
+            return
         if tensor.is_nested or tensor.layout != torch.strided or tensor.device.type == "meta":
             kind = "nested" if tensor.is_nested else "meta" if tensor.device.type == "meta" else tensor.layout
             shape = [] if tensor.is_nested else list(tensor.shape)
@@ -358,6 +394,56 @@ class Listing:
         if not finite(tensor):
             self.non_finite.append(name)
 
+    def add_sparse(self, tensor: Tensor, name: str, dtype: str) -> None:
+        """A sparse tensor: its index and value tensors, and whether they make a valid tensor.
+
+        torch.load rebuilds sparse tensors without checking their indices (unless asked to,
+        with torch.sparse.check_sparse_tensor_invariants): an index past the shape would make
+        later use read or write out of bounds. They are checked here, the way torch would."""
+        layout = str(tensor.layout).removeprefix("torch.")
+        parts = sparse_parts(tensor)
+        values = parts[-1]
+        address = values.untyped_storage().data_ptr()
+        row = tensor_row(name, list(tensor.shape), f"{dtype} ({layout})", self.locations.get(address, ""), 0)
+        row["device"] = row["device"] or str(tensor.device)
+        row["bytes"] = sum(part.numel() * part.element_size() for part in parts)
+        self.rows.append(row)
+        self.sparse.append(name or "the file's one tensor")
+        for part in parts:
+            self.component_bytes[part.untyped_storage().data_ptr()] = part.untyped_storage().nbytes()
+        try:
+            if tensor.layout == torch.sparse_coo:
+                torch.sparse_coo_tensor(*parts, tensor.shape, check_invariants=True)
+            else:
+                torch.sparse_compressed_tensor(
+                    *parts, tensor.shape, layout=tensor.layout, check_invariants=True
+                )
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
+            self.malformed.append(f"{name or 'the file'} ({error_line(err)})")
+            return
+        if not finite(values):
+            self.non_finite.append(name)
+
+
+SPARSE_LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc)
+
+
+def sparse_parts(tensor: Tensor) -> list[Tensor]:
+    """The tensors a sparse tensor is made of: its indices, then its values."""
+    if tensor.layout == torch.sparse_coo:
+        return [tensor._indices(), tensor._values()]
+    if tensor.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return [tensor.crow_indices(), tensor.col_indices(), tensor.values()]
+    return [tensor.ccol_indices(), tensor.row_indices(), tensor.values()]
+
+
+def is_dtensor(tensor: Tensor) -> bool:
+    """A torch.distributed.tensor.DTensor (found by its class, without importing torch.distributed)."""
+    return any(
+        cls.__name__ == "DTensor" and cls.__module__.startswith("torch.distributed.")
+        for cls in type(tensor).__mro__
+    )
+
 
 def overlapping_views(spans: dict[int, list[tuple]]) -> tuple[str, str] | None:
     """Two tensors over partly the same bytes of one storage. Tied weights, the same view
@@ -375,6 +461,8 @@ def overlapping_views(spans: dict[int, list[tuple]]) -> tuple[str, str] | None:
 
 def summary(value: Any) -> str:
     """A checkpoint value in a few words: small values as they are."""
+    if isinstance(value, torch.dtype):  # a quantized module's packed-params dtype, say
+        return str(value)
     if isinstance(value, Tensor):
         return f"tensor {tuple(value.shape)} {str(value.dtype).removeprefix('torch.')}"
     if isinstance(value, Mapping):
@@ -388,20 +476,102 @@ def summary(value: Any) -> str:
     return safe_text(type(value).__name__)
 
 
-def state_dict_in(obj: Any) -> tuple[str, Mapping[str, Tensor] | None]:
-    """The state_dict in a loaded file: the file itself, or a checkpoint's entry for the model."""
+STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model")  # the usual names, preferred on a tie
+
+
+def is_state_dict(value: Any) -> bool:
+    """A non-empty mapping of names to tensors, as nn.Module.state_dict() returns."""
+    return (
+        isinstance(value, Mapping)
+        and bool(value)
+        and all(isinstance(key, str) for key in value)
+        and all(isinstance(tensor, Tensor) for tensor in value.values())
+    )
+
+
+def state_dict_in(
+    obj: Any, expected: Mapping[str, tuple] | None = None
+) -> tuple[str, Mapping[str, Tensor] | None, list[str]]:
+    """The state_dict in a loaded file: the file itself, or the top-level entry of a checkpoint
+    that is one, under whatever key; of several, the one that fits `expected` (the model's
+    names -> shape and dtype) best. (key, state_dict, the keys of the others)."""
     if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
-        return "", obj
-    if isinstance(obj, Mapping):
-        for key in ("model_state_dict", "state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-                return key, inner
-    return "", None
+        return "", obj, []
+    if not isinstance(obj, Mapping):
+        return "", None, []
+    found = [(key, value) for key, value in obj.items() if isinstance(key, str) and is_state_dict(value)]
+    if not found:
+        return "", None, []
+    wanted = expected or {}
+    shapes = sorted(map(repr, wanted.values()))
+
+    def fit(item: tuple[str, Mapping[str, Tensor]]) -> tuple:
+        key, state = item
+        named = sum(wanted.get(name) == shape_and_dtype(t) for name, t in state.items())
+        same_shapes = len(multiset_overlap(shapes, sorted(repr(shape_and_dtype(t)) for t in state.values())))
+        usual = STATE_DICT_KEYS.index(key) if key in STATE_DICT_KEYS else len(STATE_DICT_KEYS)
+        return -named, -same_shapes, usual
+
+    key, state = min(found, key=fit)  # the first of equals: the order the file keeps them in
+    return key, state, [other for other, _ in found if other != key]
 
 
-def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
-    """Load with weights_only=True (safe: nothing runs), fill in the contents; its state_dict's shapes."""
+def multiset_overlap(first: list[str], second: list[str]) -> list[str]:
+    """The items two sorted lists share, each as often as both hold it."""
+    shared, i, j = [], 0, 0
+    while i < len(first) and j < len(second):
+        if first[i] == second[j]:
+            shared.append(first[i])
+            i, j = i + 1, j + 1
+        elif first[i] < second[j]:
+            i += 1
+        else:
+            j += 1
+    return shared
+
+
+def expected_shapes(model: nn.Module | None) -> dict[str, tuple]:
+    """The model's state_dict names -> (shape, dtype), as the fit check compares them."""
+    if model is None:
+        return {}
+    return {k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()}
+
+
+LOAD_REFUSES = "torch.load(weights_only=True) refuses it: "
+
+
+@contextmanager
+def quiet_distributed_logs() -> Iterator[None]:
+    """Unpickling a DeviceMesh outside a process group logs a warning meant for torch.compile
+    users (no process group is needed to read the tensors): kept out of the report."""
+    logger = logging.getLogger("torch.distributed")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def refuse_once(report: dict[str, Any], reason: str) -> None:
+    """Add a reason unless it is there already (the scan and the load can fail the same way)."""
+    if reason not in report["reasons"]:
+        report["reasons"].append(reason)
+
+
+def torch_contents(
+    path: Path,
+    report: dict[str, Any],
+    standins: Callable[[], None] | None = None,
+    subclasses: bool = False,
+    model: nn.Module | None = None,
+) -> dict[str, tuple]:
+    """Load with weights_only=True (safe: nothing runs), fill in the contents; its state_dict's shapes.
+
+    Where torch's unpickler cannot read the pickle at all (a protocol it lacks), `standins`
+    lists the tensors from the pickle's opcodes instead, loading nothing. A file of tensor
+    subclasses (DTensors) is loaded without the map_location function that notes each
+    storage's device: torch rebuilds subclasses only without one."""
     locations: dict[int, str] = {}
 
     def note_device(storage: Any, location: str) -> Any:
@@ -409,13 +579,16 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
         return storage
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_distributed_logs():
             warnings.simplefilter("ignore")
             mmap = report["kind"] != "legacy-torch"  # torch maps zip archives only
-            obj = torch.load(path, map_location=note_device, weights_only=True, mmap=mmap)
+            where = None if subclasses else note_device
+            obj = torch.load(path, map_location=where, weights_only=True, mmap=mmap)
     except Exception as err:  # any failure of a file from anywhere is a finding, not a crash
         report["needs"]["weights_only"] = f"refused: {describe_load_error(err)}"
-        report["reasons"].append(f"torch.load(weights_only=True) refuses it: {describe_load_error(err)}")
+        refuse_once(report, LOAD_REFUSES + describe_load_error(err))
+        if standins is not None and UNREADABLE_OPCODE in str(err):
+            standins()
         return {}
     report["needs"]["weights_only"] = "loads"
     listing = Listing(locations)
@@ -427,20 +600,28 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
     # a view's bytes are part of its storage's; the largest view stands for the storage
     report["contents"]["storage_bytes"] = sum(
         max(r["bytes"] for r in group) for group in listing.storages.values()
-    )
+    ) + sum(n for address, n in listing.component_bytes.items() if address not in listing.storages)
     if listing.too_deep:
         report["contents"]["note"] = f"containers nested deeper than {MAX_DEPTH} levels are not listed"
     if listing.cut_off:
         report["contents"]["note"] = f"only the first {MAX_OBJECTS} containers were walked"
     if listing.odd:
         report["reasons"].append(f"not plain dense tensors with data: {', '.join(listing.odd[:5])}")
+    if listing.malformed:
+        report["reasons"].append(f"malformed sparse tensors: {', '.join(listing.malformed[:3])}")
+    elif listing.sparse:
+        report["caveats"].append(
+            f"sparse tensors ({', '.join(listing.sparse[:5])}): their indices were checked here; "
+            "torch.load itself checks them only inside "
+            "`with torch.sparse.check_sparse_tensor_invariants():`, so load it that way"
+        )
     if overlap := overlapping_views(listing.spans):
         report["reasons"].append(
             f"{overlap[0]} and {overlap[1]} overlap in memory: one weight's values seen twice"
         )
     if listing.non_finite:
         report["reasons"].append(f"NaN or infinite values in {', '.join(listing.non_finite[:5])}")
-    key, state = state_dict_in(obj)
+    key, state, others = state_dict_in(obj, expected_shapes(model))
     if isinstance(obj, Mapping) and (state is None or key):
         report["contents"]["top_level"] = {safe_text(k, 60): summary(v) for k, v in list(obj.items())[:40]}
     for holder in (obj, state):
@@ -454,12 +635,20 @@ def torch_contents(path: Path, report: dict[str, Any]) -> dict[str, tuple]:
             report["reasons"].append("its state_dict's _metadata is malformed: load_state_dict would fail")
     if key:
         report["contents"]["state_dict_key"] = key
+    if others:
+        report["contents"]["other_state_dicts"] = [safe_text(other, 60) for other in others]
     return {k: shape_and_dtype(v) for k, v in (state or {}).items()}
 
 
 def shape_and_dtype(tensor: Tensor) -> tuple[tuple[int, ...], str]:
+    """Shape and dtype as the fit check compares them; a layout other than a dense tensor's is
+    part of the dtype, since load_state_dict cannot copy a sparse tensor into a dense parameter."""
     dtype = str(tensor.dtype).removeprefix("torch.")
-    return ((), f"{dtype} (nested)") if tensor.is_nested else (tuple(tensor.shape), dtype)
+    if tensor.is_nested:
+        return (), f"{dtype} (nested)"
+    if tensor.layout != torch.strided:
+        return tuple(tensor.shape), f"{dtype} ({str(tensor.layout).removeprefix('torch.')})"
+    return tuple(tensor.shape), f"{dtype} (DTensor)" if is_dtensor(tensor) else dtype
 
 
 def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict[str, tuple]:
@@ -477,6 +666,8 @@ def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict
             begin, end = (int(n) for n in entry["data_offsets"])
         except (KeyError, TypeError, ValueError):
             continue
+        if safetensors_entry_problem(shape, begin, end):
+            continue  # a negative size or span: not a tensor to list
         rows.append(tensor_row(safe_text(name, 80), shape, dtype, "cpu", end - begin))
         shapes[name] = (tuple(shape), dtype)
     report["contents"]["tensors"] = rows
@@ -512,8 +703,12 @@ def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
 
 
 def finite(tensor: Tensor) -> bool:
-    """False for a floating-point or complex tensor holding NaN or infinity (a dtype isfinite
-    lacks: True)."""
+    """False for a floating-point or complex tensor holding NaN or infinity, or a quantized
+    tensor whose scales are (a dtype isfinite lacks: True)."""
+    if tensor.is_quantized:
+        per_channel = tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric)
+        scales = tensor.q_per_channel_scales() if per_channel else torch.tensor(tensor.q_scale())
+        return bool(torch.isfinite(scales).all())
     try:
         checked = tensor.is_floating_point() or tensor.is_complex()
         return not checked or bool(torch.isfinite(tensor).all())
@@ -541,6 +736,11 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) 
             record = f"{folder}/data/weights/{entry['path_name']}"
         except (KeyError, TypeError, ValueError):
             report["reasons"].append(f"its weights config entry for {safe_text(key, 80)} is malformed")
+            continue
+        if any(n < 0 for n in shape):
+            report["reasons"].append(
+                f"its weights config gives {safe_text(key, 80)} a negative dimension: shape {shape}"
+            )
             continue
         nbytes = archive.getinfo(record).file_size if record in archive.namelist() else 0
         rows.append(tensor_row(safe_text(key, 80), shape, dtype, device, nbytes))
@@ -649,11 +849,59 @@ def note_globals(
                 needs.setdefault("import_first", {}).setdefault(module, []).append(safe_text(name, 100))
 
 
+def distributed_names(data_pkl: bytes) -> list[str]:
+    """The torch.distributed classes a pickle names (DTensor's), beyond what weights_only allows
+    by default: importing torch.distributed.tensor allows DTensor's, in any later load."""
+    names = pickle_globals(data_pkl, limit=200, pickles=100)
+    return [
+        name for name in names if name.startswith("torch.distributed.") and name not in KNOWN_DATA_GLOBALS
+    ]
+
+
+def import_distributed_tensor() -> bool:
+    """Import torch.distributed.tensor, torch's own code (not the file's): it registers DTensor,
+    DeviceMesh and their placements with torch.serialization.add_safe_globals, so that
+    weights_only loads can rebuild them. False where this torch has no torch.distributed."""
+    if not torch.distributed.is_available():
+        return False
+    try:
+        importlib.import_module("torch.distributed.tensor")
+    except ImportError:
+        return False
+    return True
+
+
+def note_distributed(report: dict[str, Any], names: list[str]) -> None:
+    """A file of DTensors that loaded once torch.distributed.tensor was imported: that import is
+    what its reader needs, since a plain torch.load(weights_only=True) refuses it without.
+    Whether this process imported it before does not matter: the names are judged against
+    what weights_only allows by default."""
+    needs = report["needs"]
+    if needs.get("weights_only") != "loads":
+        return  # refused even so: its reasons say why
+    beyond = needs.get("not_allowed_by_weights_only") or []
+    needs["not_allowed_by_weights_only"] = sorted({*beyond, *(safe_text(name, 100) for name in names)})
+    needs["import_first"] = {"torch.distributed.tensor": sorted(safe_text(name, 100) for name in names)}
+    needs["weights_only"] = "loads once torch.distributed.tensor is imported (tried); not before"
+    classes = sorted({safe_text(name.rpartition(".")[2], 40) for name in names})
+    report["reasons"].append(
+        f"it holds DTensors: torch.load(weights_only=True) refuses their classes ({', '.join(classes[:6])}) "
+        "unless torch.distributed.tensor is imported first, which allows them; "
+        "`import torch.distributed.tensor` and then torch.load(path, weights_only=True) loads it (tried)"
+    )
+
+
+UNREADABLE_OPCODE = "Unsupported operand"  # what torch's weights_only unpickler says of an opcode it lacks
+
+
 def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any], file_name: str) -> None:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
-        report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
+        if UNREADABLE_OPCODE in str(err):  # the load stops at the same opcode: one reason for both
+            refuse_once(report, LOAD_REFUSES + describe_load_error(err))
+        else:
+            report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
         note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), None)
         report["needs"]["not_allowed_by_weights_only"] = None  # unknown: never "nothing"
         return
@@ -784,7 +1032,9 @@ def new_report(path: Path, size: int) -> dict[str, Any]:
     }
 
 
-def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any], name: str) -> dict[str, tuple]:
+def inspect_zip(
+    path: Path, file: Any, size: int, report: dict[str, Any], name: str, model: nn.Module | None = None
+) -> dict[str, tuple]:
     """A zip archive; `path` is the snapshot to read, `name` the file's own name."""
     try:
         archive = zipfile.ZipFile(file)
@@ -834,6 +1084,8 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any], name: 
             forged = []  # a damaged record: its CRC32 check above says so
         problems += forged
         report["reasons"] += forged
+        if distributed := distributed_names(data_pkl):  # DTensors: torch's own module allows them
+            import_distributed_tensor()
         torch_needs(path, data_pkl, report, name)
         if problems:
             report["needs"]["weights_only"] = "not tried: the file failed the integrity checks"
@@ -844,7 +1096,24 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any], name: 
             report["needs"]["weights_only"] = f"not tried: {err}"
             report["reasons"].append(str(err))
             return {}
-        return torch_contents(path, report)
+        shapes = torch_contents(
+            path,
+            report,
+            standins=lambda: standin_contents(archive, folder, report),
+            subclasses=bool(distributed),
+            model=model,
+        )
+        if distributed:
+            note_distributed(report, distributed)
+        return shapes
+    if kind == "torch-package":
+        return package_contents(archive, folder, report)
+    if kind == "aoti":
+        report["format"] = (
+            f"AOTInductor package (.pt2 with compiled code), archive format {text_of('archive_format')}"
+        )
+        aoti_contents(archive, folder, report)
+        return pt2_contents(archive, folder, report)
     if kind == "pt2":
         report["format"] = f"torch.export program (.pt2), archive format {text_of('archive_format')}"
         report["reasons"].append(
@@ -869,6 +1138,78 @@ def inspect_zip(path: Path, file: Any, size: int, report: dict[str, Any], name: 
     return {}
 
 
+def listed(names: list[str], shown: int = 4) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def package_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> dict[str, tuple]:
+    """A torch.package archive: the Python source it carries, its pickles and what they import.
+
+    torch.package.PackageImporter imports the packaged modules from their source in the
+    archive, and unpickles each object with them: loading it runs that code, and the pickles
+    may name any function besides. Nothing here is imported or unpickled."""
+    report["format"] = "torch.package archive (torch.package.PackageExporter)"
+    inside = [name.removeprefix(f"{folder}/") for name in archive.namelist()]
+    sources = sorted(safe_text(name, 100) for name in inside if name.endswith(".py"))
+    pickles = sorted(name for name in inside if name.endswith(".pkl"))
+    found: list[str] = []
+    for name in pickles:
+        info = archive.getinfo(f"{folder}/{name}")
+        if info.file_size <= MAX_PICKLE_BYTES and info.compress_type == zipfile.ZIP_STORED:
+            with contextlib.suppress(*ZIP_ERRORS):  # a damaged record: its CRC32 check says so
+                found += pickle_globals(archive.read(info), limit=200)
+    note_globals(report, list(dict.fromkeys(found)), None)
+    report["metadata"]["code"] = f"{len(sources)} Python files: {listed(sources, 6) or 'none'}"
+    report["metadata"]["pickles"] = listed([safe_text(name, 100) for name in pickles], 6) or "none"
+    report["needs"]["weights_only"] = "not applicable: torch.package.PackageImporter reads it, not torch.load"
+    report["reasons"].append(
+        f"a torch.package archive, a format that carries code: torch.package.PackageImporter imports the "
+        f"Python source in it ({listed(sources) or 'none'}) and unpickles "
+        f"{listed([safe_text(name, 100) for name in pickles]) or 'its objects'} with it, running that code; "
+        "there is no safe way to load it: read its source, and load it only if you trust where it came from"
+    )
+    return {}
+
+
+def aoti_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> None:
+    """An AOTInductor package: the compiled libraries it carries, and what could read the rest.
+
+    torch._inductor.aoti_load_package (and torch.export.pt2_archive's load_pt2) extract each
+    model's shared library and load it into the process: its code runs, with the process's
+    rights. torch.export.load reads only an exported program (models/*.json), which
+    aoti_compile_and_package does not store."""
+    inside = [name.removeprefix(f"{folder}/") for name in archive.namelist()]
+    compiled = [name for name in inside if name.startswith(AOTI_FOLDER)]
+    native = [safe_text(name, 100) for name in compiled if name.endswith(NATIVE_CODE)]
+    sources = [safe_text(name, 100) for name in compiled if name.endswith((".cpp", ".h", ".py"))]
+    models = sorted({safe_text(name.removeprefix(AOTI_FOLDER).partition("/")[0], 60) for name in compiled})
+    programs = [
+        safe_text(name, 100) for name in inside if name.startswith("models/") and name.endswith(".json")
+    ]
+    report["metadata"]["code"] = (
+        f"{len(native)} compiled files: {listed(native) or 'none'}; "
+        f"{len(sources)} sources: {listed(sources) or 'none'}"
+    )
+    report["metadata"]["aoti_models"] = ", ".join(models)
+    report["needs"]["weights_only"] = (
+        "not applicable: torch._inductor.aoti_load_package reads it, not torch.load"
+    )
+    report["reasons"].append(
+        f"an AOTInductor package, a format that carries code: torch._inductor.aoti_load_package loads "
+        f"its compiled library ({listed(native) or 'none found'}) into the process, and that runs; "
+        "there is no safe way to load it: use it only if you trust where it came from"
+    )
+    if programs:
+        report["reasons"].append(
+            f"it also holds an exported program ({listed(programs)}), which torch.export.load reads; "
+            "torch.export.load may fall back to torch.load(weights_only=False) on its pickled parts"
+        )
+    else:
+        report["reasons"].append(
+            "it holds no exported program (models/*.json): torch.export.load cannot read it"
+        )
+
+
 def inspect_pickle_file(data: bytes, report: dict[str, Any]) -> None:
     names = pickle_globals(data, limit=200)
     note_globals(report, names, None)
@@ -882,7 +1223,9 @@ def inspect_pickle_file(data: bytes, report: dict[str, Any]) -> None:
     report["reasons"].append("a plain pickle: only pickle.load reads it, and that runs whatever it names")
 
 
-def inspect_legacy(path: Path, file: Any, size: int, report: dict[str, Any]) -> dict[str, tuple]:
+def inspect_legacy(
+    path: Path, file: Any, size: int, report: dict[str, Any], model: nn.Module | None = None
+) -> dict[str, tuple]:
     """Its pickles read with stand-ins, every storage record checked against them, then loaded."""
     caveat = "the legacy format has no checksums: damage inside the weights cannot be detected"
     report["integrity"]["notes"].append(caveat)
@@ -901,7 +1244,7 @@ def inspect_legacy(path: Path, file: Any, size: int, report: dict[str, Any]) -> 
     report["integrity"]["notes"].append(
         f"its {len(layout.storages)} storage records hold exactly the values its data declares"
     )
-    return torch_contents(path, report)
+    return torch_contents(path, report, model=model)
 
 
 def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> dict[str, tuple]:
@@ -917,6 +1260,14 @@ def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str
         held = archive.getinfo(record).file_size if record in archive.namelist() else 0
         if held < ref.nbytes:
             report["reasons"].append(f"storage {key} needs {ref.nbytes} bytes; its record holds {held}")
+    list_standins(found, report)
+    report["metadata"]["code"] = f"{len(code)} files: {', '.join(code[:6])}{', ...' if len(code) > 6 else ''}"
+    return {t.name: (tuple(t.shape), t.storage.dtype) for t in found.tensors}
+
+
+def list_standins(found: torch_archives.Found, report: dict[str, Any]) -> None:
+    """The contents, from tensors named in a pickle read with stand-ins."""
+    storages = {t.storage.key: t.storage for t in found.tensors}
     report["contents"]["tensors"] = [
         tensor_row(t.name, t.shape, t.storage.dtype, t.storage.location, math.prod(t.shape) * t.storage.width)
         for t in found.tensors
@@ -924,8 +1275,17 @@ def torchscript_contents(archive: zipfile.ZipFile, folder: str, report: dict[str
     report["contents"]["storage_bytes"] = sum(ref.nbytes for ref in storages.values())
     if found.cut_off:
         report["contents"]["note"] = f"only the first {torch_archives.MAX_OBJECTS} objects were walked"
-    report["metadata"]["code"] = f"{len(code)} files: {', '.join(code[:6])}{', ...' if len(code) > 6 else ''}"
-    return {t.name: (tuple(t.shape), t.storage.dtype) for t in found.tensors}
+
+
+def standin_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> None:
+    """The tensors a torch.save file's data.pkl names, read with stand-ins: for a pickle that
+    torch.load(weights_only=True) cannot read, what it holds all the same (nothing is loaded)."""
+    try:
+        obj, _ = torch_archives.read_pickle(io.BytesIO(archive.read(f"{folder}/data.pkl")))
+    except (ModelFileError, *ZIP_ERRORS):
+        return  # its integrity checks read it already: not reached for a malformed one
+    list_standins(torch_archives.name_tensors(obj), report)
+    report["contents"].setdefault("note", "read from data.pkl with stand-ins, not loaded")
 
 
 def legacy_globals(data: bytes) -> list[str]:
@@ -1002,7 +1362,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         file.seek(0)
         kind = sniff(head)
         if kind == "zip":
-            shapes = inspect_zip(snapshot, file, size, report, path.name)
+            shapes = inspect_zip(snapshot, file, size, report, path.name, model)
         elif kind == "safetensors":
             report["kind"], report["format"] = (
                 "safetensors",
@@ -1019,7 +1379,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
             report["kind"], report["format"] = kind, "legacy torch.save format (before PyTorch 1.6)"
             note_globals(report, legacy_globals(file.read(min(size, MAX_PICKLE_BYTES))), None)
             file.seek(0)
-            shapes = inspect_legacy(snapshot, file, size, report)
+            shapes = inspect_legacy(snapshot, file, size, report, model)
         elif kind == "pickle":
             report["kind"], report["format"] = kind, f"plain pickle, protocol {head[1]}"
             inspect_pickle_file(file.read(min(size, MAX_PICKLE_BYTES)), report)
@@ -1103,11 +1463,18 @@ def aligned(cells: list[list[str]], right: tuple[int, ...] = ()) -> list[str]:
 
 def print_contents(contents: dict[str, Any]) -> None:
     rows = contents.get("tensors")
-    if rows is None:
-        return
+    if rows is not None:
+        print_tensors(contents, rows)
+
+
+def print_tensors(contents: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     where = (
-        f" (the state_dict is under '{contents['state_dict_key']}')" if contents.get("state_dict_key") else ""
+        f" (the state_dict is under '{contents['state_dict_key']}'" if contents.get("state_dict_key") else ""
     )
+    if where and contents.get("other_state_dicts"):
+        others = ", ".join(f"'{key}'" for key in contents["other_state_dicts"][:3])
+        where += f"; {others} {'holds' if len(contents['other_state_dicts']) == 1 else 'hold'} another"
+    where += ")" if where else ""
     show(f"\nContents   {len(rows)} tensors{where}")
     if contents.get("checkpoint_of"):
         show(f"  {contents['checkpoint_of']}")
@@ -1169,6 +1536,8 @@ def print_needs(needs: dict[str, Any]) -> None:
         )
     if needs.get("never_allow"):
         lines.append(["never allow:", f"{', '.join(needs['never_allow'])} (these run code)"])
+    if needs.get("import_first"):
+        lines.append(["import first:", f"{', '.join(needs['import_first'])} (torch's own code)"])
     if needs.get("pickled_weights"):
         lines.append(["pickled weights:", ", ".join(needs["pickled_weights"])])
     lines.append(["weights_only=True:", needs.get("weights_only", "not applicable")])
@@ -1198,6 +1567,8 @@ def library_advice(library: dict[str, Any]) -> str:
 INTACT_KINDS = (
     "torch-zip",
     "pt2",
+    "aoti",
+    "torch-package",
     "safetensors",
     "torchscript",
     "legacy-torch",
@@ -1238,6 +1609,8 @@ def print_fit(fit: dict[str, Any] | None) -> None:
     if fit["prefix_fix"]:
         lines += [["fix:", fit["prefix_fix"]], *([["", fit["state_from"]]] if fit.get("state_from") else [])]
         lines.append(["", fit["prefix_code"]])
+    elif fit.get("state_from"):  # the weights are under a key of the checkpoint: how to take them
+        lines.append(["weights:", fit["state_from"]])
     for line in aligned(lines) if lines else []:
         show(f"  {line}")
 

@@ -104,6 +104,8 @@ def numpy_header(stream: IO[bytes], name: str) -> dict[str, Any]:
         raise ModelFileError(
             f"{safe_text(name, 80)} has a malformed NumPy header ({error_line(err)})"
         ) from None
+    if any(n < 0 for n in shape):  # NumPy's parser lets it through; numpy.load then fails
+        raise ModelFileError(f"{safe_text(name, 80)} has a negative dimension in its shape {list(shape)}")
     row = tensor_row(
         safe_text(name, 80), list(shape), safe_text(dtype, 40), math.prod(shape) * dtype.itemsize
     )

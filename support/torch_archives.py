@@ -45,15 +45,32 @@ STORAGE_DTYPES = {  # torch's typed storage classes, as pickles name them -> dty
     "BoolStorage": ("bool", 1), "ComplexFloatStorage": ("complex64", 8),
     "ComplexDoubleStorage": ("complex128", 16), "UntypedStorage": ("uint8", 1),
     "Float8_e4m3fnStorage": ("float8_e4m3fn", 1), "Float8_e5m2Storage": ("float8_e5m2", 1),
+    # quantized tensors (torch.ao.quantization): one stored integer a value, scale and zero point apart
+    "QInt8Storage": ("qint8", 1), "QUInt8Storage": ("quint8", 1), "QInt32Storage": ("qint32", 4),
+    "QUInt4x2Storage": ("quint4x2", 1), "QUInt2x4Storage": ("quint2x4", 1),
 }  # fmt: skip
-TENSOR_REBUILDERS = {"torch._utils._rebuild_tensor", "torch._utils._rebuild_tensor_v2"}
+# (storage, offset, size, stride, ...): a quantized tensor's rebuild starts as a plain tensor's
+TENSOR_REBUILDERS = {
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_qtensor",
+}
 PARAMETER_REBUILDERS = {"torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"}
 
 
 # ---- A pickle read with stand-ins ----
 
 
-class StandIn:
+class Named(type):
+    """The type of every stand-in class: shown as the name the pickle gave, never as this module's."""
+
+    global_name = "?"
+
+    def __repr__(cls) -> str:
+        return cls.global_name
+
+
+class StandIn(metaclass=Named):
     """What every class or function a pickle names becomes: a record of how it was called."""
 
     global_name = "?"
@@ -77,6 +94,9 @@ class StandIn:
 
     def extend(self, values: Any) -> None:
         self.listed.extend(values)
+
+    def __repr__(self) -> str:
+        return f"{self.global_name}(...)"
 
 
 @dataclass(frozen=True)
@@ -110,14 +130,20 @@ class StandInUnpickler(pickle.Unpickler):
         """torch's storage references: ('storage', StorageClass, key, location, numel[, view])."""
         try:
             kind, storage_class, key, location, numel = pid[:5]
-            name = storage_class.global_name.rpartition(".")[2]
-            dtype, width = STORAGE_DTYPES[name]
-        except (TypeError, ValueError, AttributeError, KeyError):
+        except (TypeError, ValueError):
             raise ModelFileError(
                 f"it refers to storage data in a form torch does not write: {safe_text(repr(pid), 80)}"
             ) from None
-        if kind != "storage" or type(numel) is not int or numel < 0 or not isinstance(location, str | bytes):
+        full_name = getattr(storage_class, "global_name", repr(storage_class))
+        if full_name.rpartition(".")[2] not in STORAGE_DTYPES:
+            raise ModelFileError(
+                f"it refers to storage data of a type torch does not write: {safe_text(full_name, 80)}"
+            )
+        dtype, width = STORAGE_DTYPES[full_name.rpartition(".")[2]]
+        if kind != "storage" or type(numel) is not int or not isinstance(location, str | bytes):
             raise ModelFileError("it refers to storage data in a form torch does not write")
+        if numel < 0:
+            raise ModelFileError(f"storage {safe_text(key, 60)} declares a negative size: {numel} values")
         location = location.decode(errors="replace") if isinstance(location, bytes) else location
         ref = StorageRef(dtype, safe_text(key, 60), safe_text(location, 30), numel, width)
         if self.storages.setdefault(ref.key, ref) != ref:  # torch.load keeps the first, a scanner may not
@@ -251,6 +277,9 @@ def read_legacy(file: IO[bytes], size: int) -> LegacyLayout:
             problems.append(f"the file ends before storage {safe_text(key, 60)}: truncated")
             break
         (numel,) = struct.unpack("<q", count)
+        if numel < 0:
+            problems.append(f"storage {safe_text(key, 60)} gives a negative count of values: {numel}")
+            break
         if ref is None or numel != ref.numel:
             problems.append(f"storage {safe_text(key, 60)} holds {numel} values, not the {ref and ref.numel}")
             break
@@ -342,13 +371,13 @@ def torch_zip_problems(archive: zipfile.ZipFile, folder: str) -> list[str]:
     data.pkl is read with stand-ins: nothing in it runs.
     """
     names = archive.namelist()
-    for name in names:
-        inside = name.removeprefix(f"{folder}/")
-        if inside == name or not TORCH_ZIP_RECORDS.fullmatch(inside):
-            return [f"it has a record torch.save never writes: {safe_text(name, 80)} (torch.load ignores it)"]
     data = archive.read(f"{folder}/data.pkl")
     stream = io.BytesIO(data)
     obj, unpickler = read_pickle(stream)
+    for name in names:
+        inside = name.removeprefix(f"{folder}/")
+        if inside == name or not TORCH_ZIP_RECORDS.fullmatch(inside):
+            return [unknown_record(name, inside, unpickler.storages)]
     if stream.tell() != len(data):
         return [f"{len(data) - stream.tell()} bytes follow data.pkl's STOP opcode (a second pickle?)"]
     problems = []
@@ -366,6 +395,19 @@ def torch_zip_problems(archive: zipfile.ZipFile, folder: str) -> list[str]:
         if key != name and key not in unpickler.storages:
             problems.append(f"record {safe_text(name, 80)} belongs to no tensor in data.pkl")
     return problems + view_problems(obj)
+
+
+def unknown_record(name: str, inside: str, storages: dict[str, StorageRef]) -> str:
+    """Why a record torch.save never writes is there. torch.load reads `data/<key>` for every
+    storage key data.pkl names, whatever the key (`../../x` too: the name is looked up in the
+    archive as it is, never resolved as a path); any other record it never opens."""
+    key = inside.removeprefix("data/")
+    if key != inside and safe_text(key, 60) in storages:
+        return (
+            f"it has a record torch.save never writes: {safe_text(name, 80)}, which torch.load reads, "
+            f"as data.pkl names storage {safe_text(key, 60)} (torch.save numbers its storages 0, 1, 2, ...)"
+        )
+    return f"it has a record torch.save never writes: {safe_text(name, 80)} (torch.load ignores it)"
 
 
 def view_problems(obj: Any, limit: int = MAX_OBJECTS) -> list[str]:
@@ -395,8 +437,12 @@ def view_problem(args: tuple) -> str:
         return "a tensor is rebuilt from something other than a storage"
     storage, offset, shape, stride = args[:4]
     numbers = [offset, *shape, *stride] if isinstance(shape, tuple) and isinstance(stride, tuple) else [None]
-    if not all(type(n) is int and n >= 0 for n in numbers) or len(shape) != len(stride):
+    if not all(type(n) is int for n in numbers) or len(shape) != len(stride):
         return f"a tensor over storage {storage.key} has a malformed shape, stride or offset"
+    for label, values in (("size", shape), ("stride", stride), ("offset", (offset,))):
+        if any(n < 0 for n in values):
+            shown = offset if label == "offset" else list(values)
+            return f"a tensor over storage {storage.key} has a negative {label}: {shown}"
     extent = (
         0 if 0 in shape else offset + sum((n - 1) * step for n, step in zip(shape, stride, strict=True)) + 1
     )

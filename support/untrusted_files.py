@@ -509,11 +509,32 @@ def describe_load_error(err: Exception) -> str:
         return "a tensor claims more bytes than the file stores for it (the file is damaged or forged)"
     if isinstance(err, OSError) or "central directory" in text or "zip archive" in text:
         return "the file is truncated or corrupted (its zip archive is incomplete)"
+    if found := re.search(r"Unsupported operand (\d+)", text):
+        return unreadable_opcode(int(found.group(1)))
+    if "must be imported to load DTensors" in text:
+        return "its tensors are DTensors, which weights_only reads once torch.distributed.tensor is imported"
     if found := re.search(r"``(torch[\w.]*)`` and ``(torch[\w.]*)`` must be imported", text):
         return f"torch allows what it holds only once {found[1]} and {found[2]} are imported"
     if "Weights only load failed" in text:
         return "not a PyTorch weights file (unreadable pickle data)"
     return f"not a PyTorch weights file ({error_line(err)})"
+
+
+def unreadable_opcode(code: int) -> str:
+    """Why weights_only's unpickler stopped at opcode `code`: the protocol the file was pickled with."""
+    opcode = pickletools.code2op.get(chr(code)) if 0 <= code < 256 else None
+    if opcode is None:
+        return f"not a PyTorch weights file (byte {code} is no pickle opcode)"
+    if opcode.proto <= 2:  # torch.save's own protocol: an opcode it never writes
+        return (
+            f"its pickle uses {opcode.name}, an opcode that torch.save never writes "
+            "and weights_only's unpickler lacks"
+        )
+    return (
+        f"its pickle uses {opcode.name}, an opcode of pickle protocol {opcode.proto} that weights_only's "
+        f"unpickler lacks; torch.save writes protocol 2 unless given pickle_protocol={opcode.proto} or "
+        "higher: save it again without that argument"
+    )
 
 
 @contextmanager

@@ -120,7 +120,7 @@ REASONS = {
     "protocol 0 hostile pickle": "unpickling it would import __builtin__.exec",
     "integer keys": "it holds a dict, not a state_dict",
     **{f"a {name} gadget": f"it refers to {name}" for name in gadgets(Path("unused"))},
-    "a pathlib.os.system gadget": "unreadable pickle data",  # torch's weights_only reads no protocol 4
+    "a pathlib.os.system gadget": "an opcode of pickle protocol 4",  # torch's weights_only reads none
 }
 
 

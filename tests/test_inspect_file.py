@@ -7,9 +7,12 @@ the printed output from the script run as a reader runs it.
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import pickle
 import pickletools
+import re
 import subprocess
 import sys
 import warnings
@@ -33,6 +36,7 @@ from support.untrusted_files import MAX_PICKLE_BYTES, ModelFileError
 from tests.bad_files import (
     ESCAPES,
     EXIT_TOO_MUCH_MEMORY,
+    DeclaredStorage,
     DeclaredTensor,
     build_corpus,
     damaged_copies,
@@ -51,6 +55,7 @@ from tests.bad_files import (
     stored,
     torch_like_zip,
     torch_pickle,
+    write_zip,
 )
 from tests.helpers import run_chapter_here, run_in_fork, run_script, run_script_for_real
 
@@ -398,7 +403,7 @@ def legacy_with(storage_count: int, tail: bytes = b"") -> bytes:
     data = buffer.getvalue()
     record = (4).to_bytes(8, "little") + torch.ones(4).numpy().tobytes()
     assert data.endswith(record)
-    return data[: -len(record)] + storage_count.to_bytes(8, "little") + record[8:] + tail
+    return data[: -len(record)] + storage_count.to_bytes(8, "little", signed=True) + record[8:] + tail
 
 
 @pytest.mark.parametrize(
@@ -797,6 +802,140 @@ def test_a_file_with_non_string_keys_is_a_misfit_not_a_crash(tmp_path):
     assert result.returncode == EXIT_BAD_INPUT and "Traceback" not in result.stderr
     fit = json.loads(result.stdout)["fit"]
     assert fit["fits"] is False and fit["unexpected"] == ["0"] and fit["prefix_fix"] is None
+
+
+class ForeignStoragePickler(pickle.Pickler):
+    """Pickles a DeclaredStorage the way torch.save would, but naming a class that is no storage."""
+
+    def persistent_id(self, obj: object) -> tuple | None:
+        if isinstance(obj, DeclaredStorage):
+            return ("storage", collections.OrderedDict, obj.key, obj.location, obj.numel)
+        return None
+
+
+def test_a_storage_of_a_type_torch_never_writes_is_named_by_the_files_own_name(tmp_path):
+    """The stand-ins a pickle is read with are this tool's own: the report names what the file names."""
+    path = tmp_path / "foreign-storage.pth"
+    buffer = io.BytesIO()
+    ForeignStoragePickler(buffer, protocol=2).dump({"w": DeclaredTensor(4)})
+    torch_like_zip(path, buffer.getvalue(), [stored("archive/data/0", bytes(16))])
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "refers to storage data of a type torch does not write: collections.OrderedDict" in result.stdout
+    assert "StandIn" not in result.stdout and "support." not in result.stdout
+
+
+# %%
+# A negative size, and a record torch.save never writes: each message says what is true
+
+
+def write_safetensors(path: Path, header: dict, body: bytes) -> None:
+    """A safetensors file with this header, as it is (safetensors' writer refuses a bad one)."""
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + body)
+
+
+class NegativeView(DeclaredTensor):
+    """Pickles a tensor of size (-4,) over a good 4-value storage."""
+
+    def __reduce__(self) -> tuple:
+        return (
+            torch._utils._rebuild_tensor_v2,
+            (self.storage, 0, (-4,), (1,), False, collections.OrderedDict()),
+        )
+
+
+def pt2_with_negative_size(path: Path) -> None:
+    """torch.export.save's .pt2, its weights config then giving hidden.weight 8 -> -8 rows."""
+    write_pt2(path)
+    with zipfile.ZipFile(path) as archive:
+        records = [(info.filename, archive.read(info)) for info in archive.infolist()]
+    for index, (name, data) in enumerate(records):
+        if name.endswith("/data/weights/model_weights_config.json"):
+            config = json.loads(data)
+            config["config"]["hidden.weight"]["tensor_meta"]["sizes"][0]["as_int"] = -8
+            records[index] = (name, json.dumps(config).encode())
+    write_zip(path, [stored(name, data) for name, data in records])
+
+
+def npy_with_negative_shape(path: Path) -> None:
+    np.save(path, np.zeros((3, 4), np.float32))
+    path.write_bytes(path.read_bytes().replace(b"(3, 4)", b"(-3,4)"))  # the same header length
+
+
+F32 = {"dtype": "F32"}
+NEGATIVE_SIZES = {
+    "safetensors shape": (
+        lambda p: write_safetensors(
+            p, {"w": {**F32, "shape": [-4, -8], "data_offsets": [0, 128]}}, bytes(128)
+        ),
+        "tensor w has a negative dimension in its shape [-4, -8]",
+    ),
+    "safetensors offsets": (
+        lambda p: write_safetensors(p, {"w": {**F32, "shape": [4, 8], "data_offsets": [128, 0]}}, bytes(128)),
+        "tensor w has data offsets [128, 0]: a span must start at 0 or later and not end before it",
+    ),
+    "torch.save storage": (
+        lambda p: torch_like_zip(
+            p, torch_pickle({"w": DeclaredTensor(-4)}), [stored("archive/data/0", bytes(16))]
+        ),
+        "storage 0 declares a negative size: -4 values",
+    ),
+    "torch.save tensor": (
+        lambda p: torch_like_zip(
+            p, torch_pickle({"w": NegativeView(4)}), [stored("archive/data/0", bytes(16))]
+        ),
+        "a tensor over storage 0 has a negative size: [-4]",
+    ),
+    "legacy storage": (
+        lambda p: p.write_bytes(legacy_with(-4)),
+        "gives a negative count of values: -4",  # storage <its address when saved>
+    ),
+    "pt2 weight": (
+        pt2_with_negative_size,
+        "its weights config gives hidden.weight a negative dimension: shape [-8, 4]",
+    ),
+    "npy array": (npy_with_negative_shape, "array has a negative dimension in its shape [-3, 4]"),
+}
+
+
+@pytest.mark.parametrize("kind", list(NEGATIVE_SIZES))
+def test_a_negative_size_is_named_as_such(kind, tmp_path):
+    make, message = NEGATIVE_SIZES[kind]
+    path = tmp_path / f"negative.{'npy' if 'npy' in kind else 'pt2' if 'pt2' in kind else 'bin'}"
+    make(path)
+    try:
+        reasons = report_on(path)["reasons"]
+    except ModelFileError as err:  # a header NumPy's own parser reads, but no array has
+        reasons = [str(err)]
+    assert any(reason.endswith(message) for reason in reasons), reasons
+    assert not any(re.search(r"need (\d+) bytes, not \1\b", reason) for reason in reasons)
+
+
+def storage_named(path: Path, key: str, records: list[tuple[str, int]]) -> None:
+    """data.pkl naming storage `key` of 4 values; the records that follow it (name, values)."""
+    tensor = DeclaredTensor(4)
+    tensor.storage = DeclaredStorage(key, 4)
+    values = [stored(name, torch.arange(float(n)).numpy().tobytes()) for name, n in records]
+    torch_like_zip(path, torch_pickle({"w": tensor}), values)
+
+
+def test_a_storage_record_named_with_dots_is_read_by_torch_load_and_the_message_says_so(tmp_path):
+    """torch.load reads data/<key> for the key data.pkl names, `../../x` as well: not a path to it."""
+    named = tmp_path / "named.pth"
+    storage_named(named, "../../x", [("archive/data/../../x", 4)])
+    assert torch.equal(torch.load(named, weights_only=True)["w"], torch.arange(4.0))
+    (reason,) = report_on(named)["reasons"]
+    assert reason == (
+        "it has a record torch.save never writes: archive/data/../../x, which torch.load reads, as data.pkl "
+        "names storage ../../x (torch.save numbers its storages 0, 1, 2, ...)"
+    )
+    unnamed = tmp_path / "unnamed.pth"
+    storage_named(unnamed, "0", [("archive/data/0", 4), ("archive/data/../../x", 4)])
+    assert torch.equal(torch.load(unnamed, weights_only=True)["w"], torch.arange(4.0))  # the record unread
+    assert report_on(unnamed)["reasons"] == [
+        "it has a record torch.save never writes: archive/data/../../x (torch.load ignores it)"
+    ]
 
 
 # %%

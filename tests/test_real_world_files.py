@@ -22,6 +22,7 @@ import os
 import pickle
 import random
 import re
+import subprocess
 import sys
 import warnings
 import zipfile
@@ -264,6 +265,280 @@ def test_a_training_loop_checkpoint_is_named_with_the_key_of_its_weights(tmp_pat
         "a training-loop checkpoint: the weights are under 'model', beside epoch, optimizer"
     )
     assert report["fit"]["fits"] and report["reasons"] == []
+
+
+def test_a_state_dict_under_a_key_of_any_name_is_found_and_the_key_named(tmp_path):
+    model = Multiclass()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "resume.pth"
+    torch.save(
+        {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "epoch": 3}, path
+    )
+    report = report_on(path, on_meta())
+    assert report["contents"]["state_dict_key"] == "model_state"
+    assert report["fit"]["fits"] and report["reasons"] == []
+    assert report["fit"]["state_from"] == "state = torch.load(path, weights_only=True)['model_state']"
+    result = run_chapter_here("inspect_file.py", str(path), "--model", "Multiclass", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout
+    assert "Contents   16 tensors (the state_dict is under 'model_state')" in result.stdout
+    assert "holds no state_dict" not in result.stdout
+    Multiclass().load_state_dict(torch.load(path, weights_only=True)["model_state"])  # as the report says
+
+
+def test_of_several_state_dicts_the_one_that_fits_the_model_is_chosen(tmp_path):
+    path = tmp_path / "two-models.pth"
+    wider = Multiclass(n_hidden=16).state_dict()
+    torch.save({"model": wider, "ema": state(), "step": 10}, path)
+    report = report_on(path, on_meta())
+    assert report["contents"]["state_dict_key"] == "ema"
+    assert report["contents"]["other_state_dicts"] == ["model"]
+    assert report["fit"]["fits"] and report["reasons"] == []
+    alone = report_on(path)  # no model to fit: the usual name first
+    assert alone["contents"]["state_dict_key"] == "model"
+    assert report_on(path, on_meta(n_hidden=16))["contents"]["state_dict_key"] == "model"
+
+
+# %%
+# torch.save files of other tensor kinds: whatever loads with weights_only=True and holds
+# well-formed tensors gets exit 0, and the report names the kind of each tensor
+
+
+def quantized_state_dict() -> dict:
+    """A dynamically quantized model's state_dict: qint8 weights packed with their biases."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    with warnings.catch_warnings():  # quantize_dynamic's notice that torch.ao.quantization moves on
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8).state_dict()
+
+
+SPARSE = torch.tensor([[0.0, 1.0, 0.0], [2.0, 0.0, 3.0]])
+OTHER_TENSORS = {  # file -> (what torch.save writes, the rows the report must list: name -> shape, dtype)
+    "quantized.pth": (
+        quantized_state_dict,
+        {"0._packed_params._packed_params.0": ([8, 4], "qint8"), "2.scale": ([], "float32")},
+    ),
+    "sparse-coo.pth": (SPARSE.to_sparse, {"": ([2, 3], "float32 (sparse_coo)")}),
+    "sparse-csr.pth": (SPARSE.to_sparse_csr, {"": ([2, 3], "float32 (sparse_csr)")}),
+}
+
+
+def save_quietly(make: object, path: Path) -> None:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": that is torch's to say
+        warnings.simplefilter("ignore")
+        torch.save(make(), path)
+
+
+def load_quietly(path: Path) -> object:
+    with warnings.catch_warnings():  # "TypedStorage is deprecated", from torch's own rebuild of qint8
+        warnings.simplefilter("ignore")
+        return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("name", list(OTHER_TENSORS))
+def test_a_file_that_loads_with_weights_only_and_is_well_formed_exits_0(name, tmp_path):
+    make, rows = OTHER_TENSORS[name]
+    path = tmp_path / name
+    save_quietly(make, path)
+    load_quietly(path)  # torch's own word: it loads, and nothing in it runs
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Verdict    intact, and loads with torch.load(weights_only=True) (exit 0)" in output
+    assert "StandIn" not in output and "support." not in output  # this tool's own names stay inside
+    listed = {row["name"]: (row["shape"], row["dtype"]) for row in report_on(path)["contents"]["tensors"]}
+    assert rows.items() <= listed.items()
+
+
+def test_a_sparse_tensor_with_an_index_past_its_shape_loads_but_is_refused(tmp_path):
+    """torch.load checks sparse indices only when asked to: the inspector checks them itself."""
+    path = tmp_path / "forged-sparse.pth"
+    indices = torch.tensor([[0, 5], [1, 9]])  # row 5 and column 9 of a (2, 3) tensor
+    torch.save(torch.sparse_coo_tensor(indices, torch.ones(2), (2, 3), check_invariants=False), path)
+    torch.load(path, weights_only=True)  # loads all the same
+    with pytest.raises(RuntimeError), torch.sparse.check_sparse_tensor_invariants():
+        torch.load(path, weights_only=True)
+    (reason,) = report_on(path)["reasons"]
+    assert reason.startswith("malformed sparse tensors: the file (") and "found index 5" in reason
+
+
+def test_a_sparse_weight_does_not_fit_the_dense_parameter_it_stands_for(tmp_path):
+    path = tmp_path / "sparse-weight.pth"
+    weights = {**state(), "hidden.weight": state()["hidden.weight"].to_sparse()}
+    torch.save(weights, path)
+    with pytest.raises(RuntimeError, match=r"hidden\.weight"):  # what load_state_dict says
+        Multiclass().load_state_dict(torch.load(path, weights_only=True))
+    report = report_on(path, on_meta())
+    assert report["fit"]["mismatched"] == [
+        {"name": "hidden.weight", "file": "(8, 4) float32 (sparse_coo)", "model": "(8, 4) float32"}
+    ]
+    assert report_on(path)["reasons"] == []  # without a model to fit: a sparse weight loads fine
+
+
+def test_a_pickle_protocol_torch_cannot_read_is_named_and_the_tensors_still_listed(tmp_path):
+    path = tmp_path / "protocol-5.pth"
+    torch.save(state(), path, pickle_protocol=5)
+    with pytest.raises(Exception, match="Unsupported operand 149"):  # 149: FRAME, from protocol 4 on
+        load_quietly(path)  # torch warns first that protocol 5 may not be read
+    report = report_on(path)
+    assert report["reasons"] == [
+        "torch.load(weights_only=True) refuses it: its pickle uses FRAME, an opcode of pickle protocol 4 "
+        "that weights_only's unpickler lacks; torch.save writes protocol 2 unless given pickle_protocol=4 "
+        "or higher: save it again without that argument"
+    ]
+    assert shapes_of(report) == EXPECTED_SHAPES  # read from the pickle's opcodes: nothing loaded
+    resaved = tmp_path / "protocol-2.pth"  # the advice, followed
+    torch.save(torch.load(path, weights_only=False), resaved)  # our own file: safe to load fully
+    assert report_on(resaved)["reasons"] == []
+
+
+def save_dtensors(path: Path, store: Path) -> None:
+    """torch.save of {'w': a DTensor}, from a one-process gloo group on the CPU, torn down after."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(store), 1), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        torch.save({"w": distribute_tensor(torch.arange(6.0).reshape(2, 3), mesh, [Replicate()])}, path)
+    finally:
+        dist.destroy_process_group()
+
+
+LOAD_DTENSORS = """
+import sys, torch
+from support.untrusted_files import describe_load_error
+try:
+    torch.load(sys.argv[1], weights_only=True)
+except Exception as err:
+    print("plain:", describe_load_error(err))
+import torch.distributed.tensor
+print("after the import:", type(torch.load(sys.argv[1], weights_only=True)["w"]).__name__)
+"""
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+def test_a_dtensor_file_gets_the_import_that_makes_it_load_not_a_wrong_format(tmp_path):
+    path = tmp_path / "dtensor.pth"
+    save_dtensors(path, tmp_path / "store")
+    fresh = subprocess.run(  # a fresh process: this one has imported torch.distributed.tensor already
+        [sys.executable, "-c", LOAD_DTENSORS, str(path)], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert fresh.stdout.splitlines() == [  # what the chapters' loader says, and what the import changes
+        "plain: its tensors are DTensors, which weights_only reads once torch.distributed.tensor is imported",
+        "after the import: DTensor",
+    ]
+    report = report_on(path)
+    (reason,) = report["reasons"]
+    assert reason.startswith(
+        "it holds DTensors: torch.load(weights_only=True) refuses their classes (DTensor"
+    )
+    assert reason.endswith(
+        "`import torch.distributed.tensor` and then torch.load(path, weights_only=True) loads it (tried)"
+    )
+    assert list(report["needs"]["import_first"]) == ["torch.distributed.tensor"]
+    assert "torch.distributed.tensor.DTensor" in report["needs"]["not_allowed_by_weights_only"]
+    assert shapes_of(report) == {"w": [2, 3]}
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT
+    assert "not a PyTorch weights file" not in result.stdout and "DeviceMesh occurred" not in result.stderr
+
+
+# %%
+# Formats that carry code: named as such, with what would run it, exit 2
+
+PACKAGED_SOURCE = """
+import os
+from torch import nn
+
+if "PACKAGE_MARKER" in os.environ:  # the proof that loading the package runs this source
+    open(os.environ["PACKAGE_MARKER"], "w").close()
+
+
+class PackagedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+"""
+
+
+def test_a_torch_package_is_named_as_code_and_what_runs_it(tmp_path, monkeypatch):
+    (tmp_path / "packaged_net.py").write_text(PACKAGED_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "packaged_net", raising=False)  # gone again after the test
+    packaged_net = importlib.import_module("packaged_net")
+    path = tmp_path / "net.pt"
+    with torch.package.PackageExporter(path) as exporter, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "TypedStorage is deprecated", from the exporter itself
+        exporter.extern(["torch", "torch.**"])
+        exporter.intern("packaged_net")
+        exporter.save_pickle("model", "model.pkl", packaged_net.PackagedNet())
+    marker = tmp_path / "code-ran"
+    monkeypatch.setenv("PACKAGE_MARKER", str(marker))
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert result.returncode == EXIT_BAD_INPUT and not marker.exists()
+    report = report_on(path)
+    assert report["kind"] == "torch-package" and report["integrity"]["problems"] == []
+    (reason,) = report["reasons"]
+    assert reason.startswith(
+        "a torch.package archive, a format that carries code: torch.package.PackageImporter imports the "
+        "Python source in it (packaged_net.py) and unpickles model/model.pkl with it, running that code"
+    )
+    assert "packaged_net.PackagedNet" in report["needs"]["globals"]
+    torch.package.PackageImporter(path).load_pickle("model", "model.pkl")  # what the report says it does
+    assert marker.exists()
+
+
+def write_aoti_like(path: Path, folder: Path) -> None:
+    """A .pt2 as torch's own writer lays out an AOTInductor package (the compiled library, its
+    C++ source), beside an exported program; the library's bytes are a stand-in, never loaded."""
+    library, source = folder / "model.wrapper.so", folder / "model.wrapper.cpp"
+    library.write_bytes(b"\x7fELF" + bytes(60))
+    source.write_text("// AOTInductor's generated C++\n")
+    from torch.export.pt2_archive._package import package_pt2
+
+    program = torch.export.export(Multiclass().eval(), (torch.randn(2, 4),))
+    package_pt2(path, exported_programs=program, aoti_files={"model": [str(library), str(source)]})
+
+
+def test_an_aotinductor_package_is_named_as_compiled_code(tmp_path):
+    path = tmp_path / "compiled.pt2"
+    write_aoti_like(path, tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        assert any(name.endswith("/data/aotinductor/model/model.wrapper.so") for name in archive.namelist())
+    report = report_on(path)
+    assert report["kind"] == "aoti" and report["integrity"]["problems"] == []
+    assert report["reasons"][0] == (
+        "an AOTInductor package, a format that carries code: torch._inductor.aoti_load_package loads its "
+        "compiled library (data/aotinductor/model/model.wrapper.so) into the process, and that runs; "
+        "there is no safe way to load it: use it only if you trust where it came from"
+    )
+    assert report["reasons"][1].startswith("it also holds an exported program (models/model.json)")
+    assert report["needs"]["weights_only"].startswith("not applicable: torch._inductor.aoti_load_package")
+    assert shapes_of(report) == EXPECTED_SHAPES  # the exported program's weights, from their JSON
+    assert run_chapter_here("inspect_file.py", str(path), cwd=tmp_path).returncode == EXIT_BAD_INPUT
+
+
+@pytest.mark.slow
+def test_a_real_aotinductor_package_is_named_as_compiled_code_that_torch_export_load_cannot_read(tmp_path):
+    """aoti_compile_and_package itself: a C++ compiler, about a minute on a small CPU."""
+    program = torch.export.export(Multiclass().eval(), (torch.randn(2, 4),))
+    with warnings.catch_warnings():  # torch's own deprecation notices from inside the compiler
+        warnings.simplefilter("ignore")
+        made = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "real.pt2"))
+    path = Path(made)
+    report = report_on(path)
+    assert report["kind"] == "aoti"
+    assert report["reasons"][0].startswith("an AOTInductor package, a format that carries code")
+    assert ".so) into the process" in report["reasons"][0]
+    assert report["reasons"][1] == (
+        "it holds no exported program (models/*.json): torch.export.load cannot read it"
+    )
+    with pytest.raises(RuntimeError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.load(path)
 
 
 # %%
