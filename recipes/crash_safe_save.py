@@ -52,6 +52,8 @@ try:
 except RuntimeError as err:
     print(f"problem: {type(err).__name__}: {str(err).split('. ')[0]}")
     assert "failed finding central directory" in str(err)
+else:
+    raise AssertionError("torch.load accepted a checkpoint cut in half")
 
 
 # The fix.
@@ -86,6 +88,8 @@ with mock.patch.object(torch, "save", crashing_save):
         save_atomic(new, path)
     except OSError as err:
         print(f"simulated crash while saving: {err.strerror}")
+    else:
+        raise AssertionError("the simulated crash did not happen")
 survivor = torch.load(path, weights_only=True)
 assert survivor.keys() == old.keys() and all(torch.equal(survivor[k], old[k]) for k in old)
 assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pth"]  # no half file left over

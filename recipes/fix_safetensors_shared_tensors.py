@@ -5,8 +5,9 @@ A model whose output layer reuses its input embedding's weight has one tensor un
 in its state_dict. A safetensors file cannot say that two names are one tensor, so save_file
 refuses rather than write two copies that a load would then keep apart.
 
-Fix: safetensors.torch.save_model(model, path) writes the tensor once (the other name goes in the
-metadata); load_model(fresh_model, path) fills the fresh model's shared weight.
+Fix: safetensors.torch.save_model(model, path) writes the tensor once, under one name (the metadata
+only notes the other); load_model(fresh_model, path) copies it into a model whose class ties the two
+names again. load_model makes no tie itself: into an untied model it reports output.weight missing.
 
 Run: python fix_safetensors_shared_tensors.py
 Needs: torch, safetensors
@@ -50,20 +51,30 @@ except RuntimeError as err:
 else:
     raise AssertionError("save_file accepted tied weights")
 
-# THE FIX: save_model stores the shared tensor once; load_model fills the fresh model, whose
-# class ties the two names again, so the one tensor serves both.
+# THE FIX: save_model writes the shared tensor once, under one of its names.
 save_model(model, path)
-fresh = TiedModel()
-missing, unexpected = load_model(fresh, path)
-
 with safe_open(path, framework="pt") as f:
     print(f"fixed: the file holds {list(f.keys())}, metadata {f.metadata()}")
-    assert len(f.keys()) == 1
+    assert list(f.keys()) == ["embedding.weight"] and f.metadata()["output.weight"] == "embedding.weight"
+# load_model copies it into the fresh model's tied Parameter, which fills both names at once.
+fresh = TiedModel()
+assert not torch.equal(fresh.output.weight, model.output.weight)  # its own random start, so far
+missing, unexpected = load_model(fresh, path)
 assert not missing and not unexpected
-assert fresh.output.weight.data_ptr() == fresh.embedding.weight.data_ptr()  # one storage again
-assert torch.equal(fresh.embedding.weight, model.embedding.weight)
+assert fresh.output.weight is fresh.embedding.weight  # the tie from TiedModel() survives the load
+assert torch.equal(fresh.output.weight, model.output.weight)  # the one stored tensor, under both names
 with torch.no_grad():
     assert torch.equal(fresh(tokens), model(tokens))
+
+# The tie itself must come from the class: load_model does not read the metadata to make one.
+untied = nn.ModuleDict({"embedding": nn.Embedding(10, 8), "output": nn.Linear(8, 10, bias=False)})
+try:
+    load_model(untied, path)
+except RuntimeError as err:
+    assert 'Missing key(s) in state_dict: "output.weight"' in str(err), str(err)
+    print('an untied model: load_model says: Missing key(s) in state_dict: "output.weight"')
+else:
+    raise AssertionError("load_model filled an untied output.weight")
 
 # torch.save keeps the sharing itself: the pickle records one storage, used by both names.
 torch.save(model.state_dict(), folder / "tied.pth")
@@ -72,4 +83,4 @@ shared = state["output.weight"].data_ptr() == state["embedding.weight"].data_ptr
 print(f"torch.save: after torch.load, both names share one storage: {shared}")
 assert shared
 workdir.cleanup()
-print("ok: save_model/load_model round-trips the tied weight as one storage with equal values")
+print("ok: save_model writes the tied weight once; load_model fills both names of a model that ties them")

@@ -5,8 +5,9 @@ here __main__.Multiclass. A program without that class cannot load the file: wei
 default) refuses it as "Unsupported global: GLOBAL __main__.Multiclass", weights_only=False fails with
 the AttributeError.
 
-Fix: where the class exists, load your own file once and resave model.state_dict(); from then on load
-the state_dict into a freshly built model with weights_only=True.
+Fix: where the class exists, load the old file once with weights_only=True, allowing exactly the
+classes that torch.serialization.get_unsafe_globals_in_checkpoint lists (torch.serialization.safe_globals),
+and resave model.state_dict(); from then on load that into a freshly built model with weights_only=True.
 
 Run: python fix_whole_model_class_missing.py
 Needs: torch
@@ -62,8 +63,13 @@ print(f"problem: and with weights_only=False: {error_line}")
 assert child.returncode == 1 and error_line.startswith("AttributeError:"), child.stderr
 assert "'Multiclass'" in error_line and "__main__" in error_line, child.stderr
 
-# The fix, here where the class exists: load the old file once (you made it, so you trust it) ...
-old = torch.load(folder / "whole-model.pth", weights_only=False)
+# The fix, here where the class exists: load the old file once, allowing only the classes it names ...
+needed = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(folder / "whole-model.pth"))
+allowed = [Multiclass, nn.Linear, nn.ReLU, nn.LogSoftmax]
+print(f"fixed: the file names {needed}")
+assert needed == sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in allowed)  # and nothing else
+with torch.serialization.safe_globals(allowed):
+    old = torch.load(folder / "whole-model.pth", weights_only=True)
 torch.save(old.state_dict(), folder / "model-state.pth")
 # ... and from then on: build the model, then load the weights, which need no class.
 restored = Multiclass()
@@ -74,4 +80,4 @@ assert all(torch.equal(restored.state_dict()[key], value) for key, value in mode
 with torch.no_grad():
     assert torch.equal(restored(X), model(X))
 workdir.cleanup()
-print("ok: the state_dict resaved from the whole model loads with weights_only=True and predicts the same")
+print("ok: the old file loads with only its own 4 classes allowed; its resaved state_dict predicts the same")

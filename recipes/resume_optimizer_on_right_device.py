@@ -1,9 +1,11 @@
-"""RuntimeError: Expected all tensors to be on the same device (optimizer.step() after a resume).
+"""Optimizer state on the wrong device (or dtype) when resuming: Expected all tensors to be on the same device
 
 optimizer.load_state_dict copies each state tensor (Adam's exp_avg, exp_avg_sq) onto its parameter's
 device and dtype as they are at that call. A model moved afterwards (model.to("cuda")) leaves the state
-behind and the first step fails. Without a GPU this recipe shows the same wrong order with the other
-thing the load casts, the dtype: it fails on any machine. On a GPU the fix also moves the state to cuda.
+behind on the cpu, and the first optimizer.step() fails. On a machine with a GPU this recipe shows that
+device error itself: it moves the model to cuda after the load (the message says "on the same device").
+Without a GPU it shows the same wrong order with the other thing the load casts, the dtype (the model
+moved to float64: "expected dtype float"). On a GPU the fix also puts the state on cuda.
 
 Fix: model.to(device) first, then build the optimizer over its parameters, then
 optimizer.load_state_dict(checkpoint["optimizer_state_dict"]).
@@ -52,23 +54,25 @@ for _ in range(20):
 path = folder / "checkpoint.pth"
 torch.save({"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()}, path)
 checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # state on the cpu, float32
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-# The problem: the optimizer's state loaded first, the model moved (here: to float64) after.
+# The problem: the optimizer's state loaded first, the model moved after: to cuda where there is a
+# GPU, else to float64 (the dtype twin, which any machine can show).
 model = Multiclass()
 model.load_state_dict(checkpoint["model_state_dict"])
 optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
 optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-model.to(torch.float64)  # too late: exp_avg and exp_avg_sq stay float32 (and on the cpu)
+late = device if device.type == "cuda" else torch.float64
+model.to(late)  # too late: exp_avg and exp_avg_sq stay float32, on the cpu
 try:
-    train_step(model, optimizer, X.double(), y)
+    train_step(model, optimizer, X.to(late), y.to(device))
 except RuntimeError as err:
-    print(f"problem (the dtype twin of the device error): {type(err).__name__}: {err}")
-    assert "expected dtype float" in str(err)
+    print(f"problem (model.to({late}) after the load): {type(err).__name__}: {err}")
+    assert ("on the same device" if device.type == "cuda" else "expected dtype float") in str(err), err
 else:
     raise AssertionError("a step with the state left behind should fail")
 
 # The fix: move the model, then build the optimizer, then load its state (cast to each parameter).
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 model = Multiclass().to(device, torch.float64)  # float64 makes the cast visible without a GPU
 model.load_state_dict(checkpoint["model_state_dict"])
 optimizer = torch.optim.Adam(model.parameters(), lr=0.01)

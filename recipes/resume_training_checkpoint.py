@@ -2,7 +2,8 @@
 
 A state_dict alone restarts Adam from zero moments and the shuffling from a new order, so the
 resumed run drifts away from the uninterrupted one. A checkpoint also needs the optimizer's
-state, the epoch, and the state of every random number generator the loop draws from.
+state, the epoch, and the state of every random number generator the loop draws from: here the
+global one (dropout's masks) and the shuffle's own.
 
 Fix: save {"epoch", model, optimizer, torch RNG, generator state} in one dict; to resume, build a
 fresh model and optimizer, load both state_dicts, restore both generators, go on from epoch + 1.
@@ -20,17 +21,18 @@ from torch import nn
 
 
 class Multiclass(nn.Module):
-    """The article's iris network: 4 measurements -> 8 hidden units -> 3 log-probabilities."""
+    """The article's iris network, with dropout: its masks come from torch's global generator."""
 
     def __init__(self) -> None:
         super().__init__()
         self.hidden = nn.Linear(4, 8)
         self.act = nn.ReLU()
+        self.dropout = nn.Dropout(0.2)  # a new random mask at every training step
         self.output = nn.Linear(8, 3)
         self.logsoftmax = nn.LogSoftmax(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logsoftmax(self.output(self.act(self.hidden(x))))
+        return self.logsoftmax(self.output(self.dropout(self.act(self.hidden(x)))))
 
 
 workdir = tempfile.TemporaryDirectory()  # removed at the end, or at exit if the script stops early
@@ -65,7 +67,7 @@ checkpoint = {
     "epoch": STOP_AFTER,
     "model_state_dict": model.state_dict(),
     "optimizer_state_dict": optimizer.state_dict(),
-    "torch_rng_state": torch.get_rng_state(),  # for anything drawn from the global generator (dropout ...)
+    "torch_rng_state": torch.get_rng_state(),  # the global generator: the dropout masks
     "shuffle_state": shuffle.get_state(),  # where the next epoch's shuffle starts
 }
 torch.save(checkpoint, folder / "checkpoint.pth")
