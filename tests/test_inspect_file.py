@@ -314,8 +314,10 @@ def test_names_torch_allows_once_its_own_module_is_imported_are_that_advice(tmp_
     path = nested_jagged_file(tmp_path / "njt.pth")
     with torch_dynamo_not_imported():
         result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
-        with pytest.raises(pickle.UnpicklingError, match="must be imported"):
+        with pytest.raises(pickle.UnpicklingError) as refused:
             torch.load(path, weights_only=True)
+    if "must be imported" not in str(refused.value):  # torch 2.15 says no such thing of nested tensors
+        pytest.skip(f"torch {torch.__version__} names no import that lets weights_only load a nested tensor")
     assert result.returncode == EXIT_BAD_INPUT
     assert "import first:         torch._dynamo (importing it allows torch._dynamo.decorators._DimRange" in (
         result.stdout
@@ -330,6 +332,8 @@ def test_a_fresh_interpreter_gets_the_import_advice_and_loads_once_it_imports(tm
     path = nested_jagged_file(tmp_path / "njt.pth")
     result = run_script_for_real("inspect_file.py", str(path), cwd=tmp_path)
     assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    if "import first:" not in result.stdout and "Unsupported global" in result.stdout:  # torch 2.15
+        pytest.skip(f"torch {torch.__version__} names no import that lets weights_only load a nested tensor")
     assert "import first:         torch._dynamo" in result.stdout
     load = "import sys, torch, torch._dynamo; print(type(torch.load(sys.argv[1], weights_only=True)['njt']))"
     loaded = subprocess.run(
