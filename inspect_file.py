@@ -612,8 +612,8 @@ def torch_contents(
     elif listing.sparse:
         report["caveats"].append(
             f"sparse tensors ({', '.join(listing.sparse[:5])}): their indices were checked here; "
-            "torch.load itself checks them only inside "
-            "`with torch.sparse.check_sparse_tensor_invariants():`, so load it that way"
+            "torch 2.13 checks them only inside "
+            "`with torch.sparse.check_sparse_tensor_invariants():` (2.15 always does), so load it that way"
         )
     if overlap := overlapping_views(listing.spans):
         report["reasons"].append(
