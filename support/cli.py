@@ -414,8 +414,16 @@ def install_one_line_errors() -> None:
     """Run as a script: bad input and failed writes end in one line (exit 2), Ctrl-C too (130)."""
     sys.excepthook = report_in_one_line
     exit_quietly_on_ctrl_c()
-    # Registered before the chapter's own exit handlers, it runs after them.
+    # Registered before the chapter's own exit handlers, these run after them, the last last.
+    atexit.register(end_as_interrupted)
     atexit.register(skip_final_collection)
+
+
+def end_as_interrupted() -> None:
+    """Exit status 130 after a Ctrl-C, even where its SystemExit was swallowed and the chapter
+    ran on to its end (its output going nowhere)."""
+    if INTERRUPTED.is_set():
+        os._exit(EXIT_INTERRUPTED)
 
 
 def skip_final_collection() -> None:

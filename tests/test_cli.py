@@ -135,3 +135,50 @@ def test_ctrl_c_while_torch_is_being_imported_is_one_line_exit_130(script, tmp_p
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == EXIT_INTERRUPTED
     assert stderr.decode() == "interrupted (Ctrl-C); nothing was saved\n"
+
+
+SWALLOWS_CTRL_C = """
+import os, signal, time
+try:  # what torch's start-up did with the SystemExit of a Ctrl-C during its import of numpy
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(1)
+except BaseException:
+    pass
+"""
+
+
+def run_swallowing(tmp_path: Path, where: str) -> subprocess.CompletedProcess[str]:
+    """A chapter-like script whose Ctrl-C lands in code that catches every exception: inside a
+    module being imported, or in the script itself. Then it would print and exit 0."""
+    (tmp_path / "swallow.py").write_text(SWALLOWS_CTRL_C)
+    script = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+        "from support.cli import chapter_parser, parse_chapter_args\n"
+        "parse_chapter_args(chapter_parser(out_dir=False))\n"
+        + ("import swallow\n" if where == "import" else SWALLOWS_CTRL_C)
+        + ("import time; time.sleep(20)\n" if where == "script, then long work" else "")
+        + "print('went on after Ctrl-C')\n"
+    )
+    (tmp_path / "chapter.py").write_text(script)
+    return subprocess.run(
+        [sys.executable, "chapter.py"],
+        cwd=tmp_path,
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_ctrl_c_inside_an_import_that_catches_everything_still_ends_the_chapter(tmp_path):
+    result = run_swallowing(tmp_path, "import")
+    assert (result.returncode, result.stdout) == (EXIT_INTERRUPTED, "")
+    assert result.stderr == "interrupted (Ctrl-C); nothing was saved\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["script", "script, then long work"])  # ends at exit; the watchdog
+def test_ctrl_c_swallowed_elsewhere_still_ends_the_chapter_and_nothing_more_is_printed(where, tmp_path):
+    result = run_swallowing(tmp_path, where)
+    assert (result.returncode, result.stdout) == (EXIT_INTERRUPTED, "")
+    assert result.stderr == "interrupted (Ctrl-C); nothing was saved\n"
