@@ -26,7 +26,7 @@
 # with `pickle.load`, which can run code. Load only checkpoints you made, from a folder only
 # you can write to. This chapter reads its checkpoint as it would read a stranger's.
 #
-# Chapter 8 of 9. Next: chapter 9, `inspect_file.py`, a tool that inspects any model file
+# Chapter 8 of 9. Next: chapter 9, `python look_inside.py`, how to look inside a model file
 # without running it.
 
 # %%
@@ -129,9 +129,9 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 
 from build_model import Multiclass, flat_tensors, load_iris_split, seed_everything
-from support.dcp_checks import check_dcp_checkpoint
+from model_inspector.dcp import check_dcp_checkpoint
+from model_inspector.loading import read_untrusted
 from support.lab_tools import private_folder, root_error_line, run_under_torchrun, start_ranks
-from support.untrusted_files import read_untrusted
 
 # What the distributed machinery would print that is no lesson (the rank tools quiet gloo's own lines):
 logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # failures are reported in one line

@@ -21,7 +21,7 @@ say "Installing torch $(pinned torch), numpy $(pinned numpy), scikit-learn $(pin
 ticker=$!
 trap 'kill "$ticker" 2>/dev/null || true' EXIT
 .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt \
-    ".[dev,formats,plots,realworld,quantize]" |
+    -e ".[dev,formats,plots,realworld,quantize]" |
     { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' || true; }
 kill "$ticker" 2>/dev/null || true
 say ".venv is ready"
@@ -43,4 +43,4 @@ run checkpoint_resume.py
 run load_tips.py
 run compare_formats.py
 run distributed_checkpoint.py
-run inspect_file.py artifacts/iris-model.pth --model Multiclass
+run look_inside.py

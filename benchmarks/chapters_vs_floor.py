@@ -30,7 +30,7 @@ CHAPTERS = {
     "load_tips.py": [],
     "compare_formats.py": [],
     "distributed_checkpoint.py": [],
-    "inspect_file.py": ["artifacts/iris-model.pth", "--model", "Multiclass"],
+    "look_inside.py": [],
 }
 # The chapters that read the model train_iris.py saves: with --only, it runs first, untimed.
 READ_THE_TRAINED_MODEL = {
@@ -38,7 +38,7 @@ READ_THE_TRAINED_MODEL = {
     "save_load_demo.py",
     "load_tips.py",
     "compare_formats.py",
-    "inspect_file.py",
+    "look_inside.py",
 }
 
 

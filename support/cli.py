@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import gc
 import math
 import os
 import shutil
@@ -31,43 +30,26 @@ import time
 import zipfile
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import NoReturn
+
+from model_inspector.process import skip_final_collection
+from model_inspector.text import (
+    EXIT_BAD_INPUT,
+    OneLineError,
+    OneLineParser,
+    error_line,
+    fail,
+    not_found,
+    print_error,
+    safe_text,
+)
 
 DEFAULT_OUT_DIR = Path("artifacts")  # where every chapter reads and writes its files
-EXIT_BAD_INPUT = 2  # the status argparse uses for bad usage; we use it for bad files too
 EXIT_INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 MAX_SEED = 2**32 - 1  # the largest seed NumPy accepts
 
 
-class ChapterError(Exception):
+class ChapterError(OneLineError):
     """Bad input a chapter refuses in one line: a file, a folder or a flag."""
-
-
-# ---- Printing what came from outside ----
-
-
-def safe_text(text: object, limit: int = 200) -> str:
-    """`text` with control characters escaped, so a name from a file cannot drive the terminal."""
-    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
-
-
-def error_line(err: BaseException, max_lines: int = 1) -> str:
-    """'ExceptionType: the first lines of its message', on one line, escaped."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    message = " ".join(lines[:max_lines])
-    return safe_text(f"{type(err).__name__}: {message}" if message else type(err).__name__, limit=400)
-
-
-def print_error(message: object) -> None:
-    """`error: message` on stderr, one line, escaped."""
-    print(f"error: {safe_text(message, limit=600)}", file=sys.stderr, flush=True)
-
-
-def fail(message: object) -> NoReturn:
-    """Report bad input in one line on stderr and exit with status 2, without a traceback."""
-    print_error(message)
-    raise SystemExit(EXIT_BAD_INPUT)
 
 
 # ---- The command line ----
@@ -101,13 +83,6 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr and exit status 2, like every refusal."""
-
-    def error(self, message: str) -> NoReturn:
-        fail(f"{message} (see {self.prog} --help)")
 
 
 def chapter_prose(script: Path) -> str:
@@ -177,11 +152,6 @@ def as_named_for_reader(folder: Path) -> Path:
     here = Path.cwd()
     absolute = Path(os.path.normpath(here / folder))
     return absolute.relative_to(here) if absolute.is_relative_to(here) else absolute
-
-
-def not_found(path: Path, made_by: str = "") -> str:
-    """The line for a missing input file, with the command that makes it."""
-    return f"{path} not found{f'; create it with: {made_by}' if made_by else ''}"
 
 
 def require_inputs(*paths: Path, made_by: str = "") -> None:
@@ -378,7 +348,7 @@ TORCH_WRITE_FAILURES = (
 
 def one_line_error(err: BaseException) -> str | None:
     """The one line a chapter ends with for `err`, or None if `err` is a bug (show it all)."""
-    if isinstance(err, ChapterError):
+    if isinstance(err, OneLineError):  # a ChapterError, or a file a reader refused
         return str(err)
     if isinstance(err, OSError):
         half_written = discard_half_written()
@@ -424,28 +394,3 @@ def end_as_interrupted() -> None:
     ran on to its end (its output going nowhere)."""
     if INTERRUPTED.is_set():
         os._exit(EXIT_INTERRUPTED)
-
-
-def skip_final_collection() -> None:
-    """Freeze the collector at exit, where that is quiet.
-
-    At exit, Python's collector walks every object torch and its compiler left behind: about
-    half a second to a second of CPU for nothing. Frozen objects are skipped, and files are
-    still flushed and closed. But an extension built with nanobind (triton's, which PyPI's
-    torch 2.15 wheels bring) counts its objects that were never freed, and prints some 30
-    lines about "leaked" instances on stderr: where one is loaded, the collector runs."""
-    if not nanobind_loaded():
-        gc.freeze()
-
-
-def nanobind_loaded() -> bool:
-    """True if an extension module built with nanobind has been imported.
-
-    nanobind's functions and classes are of types it defines in a module named `nanobind`
-    (`nb_func`, `nb_type_0`, ...)."""
-    for module in list(sys.modules.values()):
-        if str(getattr(module, "__file__", "")).endswith((".so", ".pyd")) and any(
-            type(value).__module__ == "nanobind" for value in list(vars(module).values())
-        ):
-            return True
-    return False

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from build_model import Multiclass
-from support import untrusted_files
+from model_inspector import files
 from support.lab_tools import Hostile, memory_mb, reset_peak_memory
 from support.settings import MODEL_FILE
 
@@ -290,7 +290,7 @@ def make_fifo(path: Path) -> None:
 
 def make_too_large(path: Path) -> None:
     with path.open("wb") as f:
-        f.truncate(untrusted_files.MAX_FILE_BYTES + 1)  # sparse: no disk used
+        f.truncate(files.MAX_FILE_BYTES + 1)  # sparse: no disk used
 
 
 # Zips that torch.load reads one way and other readers another: each starts from torch.save's own file.
@@ -461,7 +461,7 @@ def probes(marker: Path) -> dict[str, Callable[[Path], None]]:
         ),
         "shared lists 30 deep": lambda p: torch_like_zip(p, shared_lists_pickle()),
         "pickle bomb under the size limit": lambda p: torch_like_zip(
-            p, many_lists_pickle(untrusted_files.MAX_PICKLE_BYTES - 16)
+            p, many_lists_pickle(files.MAX_PICKLE_BYTES - 16)
         ),
         "protocol 0 hostile pickle": lambda p: p.write_bytes(pickle.dumps(Hostile(marker), protocol=0)),
         "integer keys": lambda p: save({0: torch.zeros(1)}, p),
@@ -597,7 +597,7 @@ def flip_weight_bit(folder: Path) -> None:
 def dcp_probes(marker: Path) -> dict[str, tuple[Callable[[Path], None], bool, str]]:
     """Probe name -> (what it does to a good checkpoint folder, whether to write the manifest after,
     what its refusal says)."""
-    from support.untrusted_files import MAX_FILE_BYTES
+    from model_inspector.files import MAX_FILE_BYTES
 
     def metadata_bytes(data: bytes) -> Callable[[Path], None]:
         return lambda folder: (folder / ".metadata").write_bytes(data)
@@ -711,7 +711,7 @@ def manifest_of(folder: Path) -> Path:
 
 def build_dcp_probe(root: Path, damage: Callable[[Path], None], manifest_after: bool) -> Path:
     """A good checkpoint folder `root/dcp-checkpoint` with its manifest, then `damage` done to it."""
-    from support.dcp_checks import write_manifest
+    from model_inspector.dcp import write_manifest
 
     folder = root / DCP_FOLDER
     save_dcp(folder, dcp_state())

@@ -181,7 +181,7 @@ checkpoint_run = chapter_fixture("checkpoint_run", "checkpoint_resume.py")
 tips_run = chapter_fixture("tips_run", "load_tips.py")
 formats_run = chapter_fixture("formats_run", "compare_formats.py")
 distributed_run = chapter_fixture("distributed_run", "distributed_checkpoint.py")
-inspect_file_run = chapter_fixture("inspect_file_run", "inspect_file.py")
+look_inside_run = chapter_fixture("look_inside_run", "look_inside.py")
 
 
 @pytest.fixture

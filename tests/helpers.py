@@ -39,7 +39,7 @@ CHAPTERS = [
     "load_tips.py",
     "compare_formats.py",
     "distributed_checkpoint.py",
-    "inspect_file.py",
+    "look_inside.py",
 ]
 # What each chapter reads from an earlier one (README order guarantees it for a reader).
 READS = {
@@ -47,10 +47,10 @@ READS = {
     "save_load_demo.py": ["iris-model.pth"],
     "load_tips.py": ["iris-model.pth"],
     "compare_formats.py": ["iris-model.pth"],
-    "inspect_file.py": ["iris-model.pth"],
+    "look_inside.py": ["iris-model.pth"],
 }
 # The arguments walkthrough.sh gives a chapter, where it gives any.
-ARGS = {"inspect_file.py": ["artifacts/iris-model.pth", "--model", "Multiclass"]}
+ARGS: dict[str, list[str]] = {}
 SCRIPT_ENV = {
     **os.environ,
     "PYTHONDONTWRITEBYTECODE": "1",  # leave nothing behind in the repo

@@ -19,17 +19,12 @@ import pytest
 import torch
 
 from build_model import Multiclass
+from model_inspector.files import MAX_FILE_BYTES, ModelFileError, refusing
+from model_inspector.loading import read_untrusted
 from support.cli import EXIT_BAD_INPUT, safe_text
 from support.saving import save_atomically
 from support.settings import MODEL_FILE
-from support.untrusted_files import (
-    MAX_FILE_BYTES,
-    ModelFileError,
-    check_state_dict_fits,
-    load_untrusted_model,
-    read_untrusted,
-    refusing,
-)
+from support.untrusted_files import check_state_dict_fits, load_untrusted_model
 from tests.bad_files import (
     DEVICE_TAGS,
     ESCAPES,
@@ -43,7 +38,7 @@ from tests.bad_files import (
 )
 from tests.helpers import run_chapter_here, run_in_fork, run_script
 
-READERS = ["inspect_state.py", "save_load_demo.py", "load_tips.py", "compare_formats.py"]
+READERS = ["inspect_state.py", "save_load_demo.py", "load_tips.py", "compare_formats.py", "look_inside.py"]
 EXIT_LOADED = 4
 TIMEOUT = 60  # seconds; every probe is refused in well under one, so reaching this means a hang
 # The probes each chapter meets in-process: code, a hang, memory, escapes, damage, a misfit.
@@ -57,6 +52,7 @@ SUBPROCESS_PROBE = {
     "save_load_demo.py": "link to /dev/urandom",
     "load_tips.py": "escape codes in a GLOBAL (pickle)",
     "compare_formats.py": "zip bomb",
+    "look_inside.py": "a timeit.timeit gadget",
 }
 
 # What each refusal says, in a word or two (escaped text appears escaped).

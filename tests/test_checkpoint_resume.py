@@ -32,11 +32,12 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
+from model_inspector.files import ModelFileError
 from support import pictures
 from support.cli import EXIT_INTERRUPTED
 from support.saving import remove_abandoned_partials
 from support.settings import SEED
-from support.untrusted_files import ModelFileError, check_checkpoint, read_checkpoint
+from support.untrusted_files import check_checkpoint, read_checkpoint
 from tests.helpers import (
     SCRIPT_ENV,
     ChapterResult,

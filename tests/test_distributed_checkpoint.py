@@ -23,8 +23,8 @@ import torch.distributed.fsdp  # what the chapter imports, once here: each forke
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from build_model import Multiclass, flat_tensors
+from model_inspector.dcp import check_dcp_checkpoint, manifest_path
 from support import cli
-from support.dcp_checks import check_dcp_checkpoint, manifest_path
 from support.lab_tools import Hostile, run_fresh_python
 from support.untrusted_files import load_untrusted_model
 from tests.bad_files import (
@@ -449,7 +449,7 @@ def test_killing_the_launcher_stops_its_ranks(tmp_path):
 
 def readme_section() -> str:
     readme = (REPO / "README.md").read_text()
-    return readme[readme.index("## Chapter 8 across machines") : readme.index("## Chapter 9 on files")]
+    return readme[readme.index("## Chapter 8 across machines") : readme.index("## The inspector, on files")]
 
 
 def torchrun_nodes(cwd: Path, *args: str) -> list[subprocess.Popen[str]]:

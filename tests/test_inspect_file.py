@@ -27,12 +27,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-import inspect_file
 from build_model import Multiclass
+from model_inspector import files as inspector_files
+from model_inspector import inspection, pickles, render, safetensors_files, text, torch_files
+from model_inspector.files import MAX_PICKLE_BYTES, ModelFileError
 from support.cli import EXIT_BAD_INPUT
 from support.lab_tools import Hostile
 from support.settings import MODEL_FILE
-from support.untrusted_files import MAX_PICKLE_BYTES, ModelFileError
 from tests.bad_files import (
     ESCAPES,
     EXIT_TOO_MUCH_MEMORY,
@@ -166,7 +167,7 @@ def files(tmp_path_factory: pytest.TempPathFactory, marker: Path) -> dict[str, P
 def report_on(path: Path, model: nn.Module | None = None, described: str = "") -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return inspect_file.inspect_path(path, described, model)
+        return inspection.inspect_path(path, described, model)
 
 
 def on_meta(model_class: type[nn.Module], **kwargs: int) -> nn.Module:
@@ -348,7 +349,7 @@ def test_a_fresh_interpreter_gets_the_import_advice_and_loads_once_it_imports(tm
 
 def test_a_function_torch_registers_itself_is_not_never_allow_in_a_legacy_file():
     report: dict = {"needs": {}}
-    inspect_file.note_globals(report, ["torch.nested._internal.nested_tensor._rebuild_njt"], None)
+    pickles.note_globals(report, ["torch.nested._internal.nested_tensor._rebuild_njt"], None)
     assert report["needs"]["never_allow"] == []
 
 
@@ -481,7 +482,7 @@ def test_each_kind_of_damage_is_a_reason_to_refuse(name, problem, files):
 
 def bomb_in_child(path: Path) -> int:
     before = limit_memory()
-    report = inspect_file.inspect_path(path)
+    report = inspection.inspect_path(path)
     print(report["integrity"]["problems"], file=sys.stderr)
     return EXIT_TOO_MUCH_MEMORY if grew_too_much(before) else 0
 
@@ -496,7 +497,7 @@ def test_deep_nesting_is_cut_off_not_a_crash(files):
     report = report_on(files["deep.pth"])
     assert (
         report["contents"]["note"]
-        == f"containers nested deeper than {inspect_file.MAX_DEPTH} levels are not listed"
+        == f"containers nested deeper than {torch_files.MAX_DEPTH} levels are not listed"
     )
 
 
@@ -553,7 +554,7 @@ def test_names_with_escape_codes_are_printed_escaped(files, tmp_path):
     result = run_chapter_here("inspect_file.py", str(files["escapes.pth"]), cwd=tmp_path)
     assert result.returncode == EXIT_BAD_INPUT
     assert "\x1b" not in result.stdout
-    assert f"never allow:          {inspect_file.safe_text(ESCAPES)}.x (these run code)" in result.stdout
+    assert f"never allow:          {text.safe_text(ESCAPES)}.x (these run code)" in result.stdout
 
 
 def inspect_in_child(path: Path, cwd: Path) -> int:
@@ -647,7 +648,7 @@ def damaged_copies_get_a_report_or_one_line(
         except ModelFileError as err:
             assert "\n" not in str(err)
             continue
-        inspect_file.print_report(report)
+        render.render(report)
         json.dumps(report)
     assert "Traceback" not in capsys.readouterr().out
 
@@ -671,10 +672,11 @@ def test_safetensors_gets_the_nan_rule_of_torch_files_and_a_header_may_start_wit
 
 def test_a_safetensors_header_over_the_limit_is_refused_naming_the_limit(tmp_path):
     path = tmp_path / "huge.safetensors"
-    header = b"{}" + b" " * inspect_file.MAX_HEADER_BYTES
+    header = b"{}" + b" " * safetensors_files.MAX_HEADER_BYTES
     path.write_bytes(len(header).to_bytes(8, "little") + header)
     assert report_on(path)["reasons"] == [
-        f"its header has {len(header)} bytes, more than the {inspect_file.MAX_HEADER_BYTES} this tool parses"
+        f"its header has {len(header)} bytes, "
+        f"more than the {safetensors_files.MAX_HEADER_BYTES} this tool parses"
     ]
 
 
@@ -987,7 +989,7 @@ def test_a_file_swapped_while_it_is_inspected_is_reported_as_it_was_when_opened(
         return real_load(source, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", swap_then_load)
-    report = inspect_file.inspect_path(path, "Multiclass()", Multiclass())
+    report = inspection.inspect_path(path, "Multiclass()", Multiclass())
     assert loaded_from and not other.exists()  # the swap happened before the load
     assert report["reasons"] == []
     assert [row["shape"] for row in report["contents"]["tensors"]] == [[8, 4], [8], [3, 8], [3]]
@@ -1002,7 +1004,7 @@ def test_without_proc_the_snapshot_is_a_private_copy_and_the_file_is_read_from_i
     torch.save(Multiclass().state_dict(), path)
     real_exists = Path.exists
     monkeypatch.setattr(Path, "exists", lambda p: not str(p).startswith("/proc/") and real_exists(p))
-    with path.open("rb") as file, inspect_file.snapshot_of(file) as snapshot:
+    with path.open("rb") as file, inspector_files.snapshot_of(file) as snapshot:
         assert snapshot != path and snapshot.read_bytes() == path.read_bytes()
         assert file.tell() == 0
         path.unlink()  # the name can go: the copy is what is read

@@ -22,8 +22,7 @@ import pytest
 
 from tests.helpers import CHAPTERS, REPO
 
-# inspect_file.py (chapter 9) is a tool with sections, not a notebook of cells.
-NOTEBOOK_CHAPTERS = [script for script in CHAPTERS if script != "inspect_file.py"]
+NOTEBOOK_CHAPTERS = CHAPTERS
 README = (REPO / "README.md").read_text()
 
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from build_model import Multiclass
+from model_inspector.files import ModelFileError
 from support.lab_tools import Hostile
-from support.untrusted_files import ModelFileError, load_untrusted_model
+from support.untrusted_files import load_untrusted_model
 from tests.helpers import ARGS, CHAPTERS, REPO
 from tests.test_distributed_checkpoint import FAILED_RANK_LINE
 

@@ -35,10 +35,10 @@ import pytest
 import torch
 from torch import nn
 
-import inspect_file
 from build_model import Multiclass
+from model_inspector import inspection
+from model_inspector.files import ModelFileError
 from support.cli import EXIT_BAD_INPUT
-from support.untrusted_files import ModelFileError
 from tests.bad_files import (
     EXIT_TOO_MUCH_MEMORY,
     gadget_pickle,
@@ -75,7 +75,7 @@ def on_meta(**kwargs: int) -> nn.Module:
 def report_on(path: Path, model: nn.Module | None = None) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return inspect_file.inspect_path(path, "Multiclass()" if model else "", model)
+        return inspection.inspect_path(path, "Multiclass()" if model else "", model)
 
 
 def shapes_of(report: dict) -> dict[str, list[int]]:
@@ -409,7 +409,7 @@ def save_dtensors(path: Path, store: Path) -> None:
 
 LOAD_DTENSORS = """
 import sys, torch
-from support.untrusted_files import describe_load_error
+from model_inspector.files import describe_load_error
 try:
     torch.load(sys.argv[1], weights_only=True)
 except Exception as err:

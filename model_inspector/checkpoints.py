@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from support.cli import safe_text
-from support.untrusted_files import describe_load_error
+from model_inspector.files import describe_load_error
+from model_inspector.text import safe_text
 
 CPU_LOAD = 'torch.load(path, map_location="cpu", weights_only=True)'
 MAX_READ_IN_BYTES = 256 * 2**20  # a larger file's trial load maps its weights instead of reading them
@@ -116,3 +116,27 @@ def note_training_framework(report: dict[str, Any]) -> None:
         )
     if key and report.get("fit"):
         report["fit"]["state_from"] = f"state = torch.load(path, weights_only=True)[{key!r}]"
+
+
+def device_problem(tags: set[str]) -> str | None:
+    """Why tensors saved with these device tags do not load here with a plain
+    `torch.load(path, weights_only=True)`, as the lessons load them; None if they do."""
+    for tag in sorted(tags - {"cpu"}):  # "cpu" loads anywhere; "cpu:7" does not
+        shown = safe_text(tag, 30)
+        try:
+            device = torch.device(tag)
+        except (RuntimeError, ValueError):
+            return f"its tensors are tagged {shown}, which is not a device"
+        if device.type == "meta":
+            return "its tensors were saved on the meta device: they hold no values"
+        if (
+            device.type == "cuda"
+            and device.index is not None
+            and 0 <= device.index < torch.cuda.device_count()
+        ):
+            continue
+        return (
+            f"its tensors were saved on {shown}, which this machine does not have: load it with"
+            ' map_location="cpu" (chapter 6), and save it again'
+        )
+    return None

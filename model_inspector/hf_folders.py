@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from support.cli import safe_text
-from support.untrusted_files import ModelFileError, key_list, open_regular_file
+from model_inspector.files import ModelFileError, open_regular_file
+from model_inspector.loading import key_list
+from model_inspector.text import safe_text
 
 MAX_INDEX_BYTES = 64 * 2**20  # an index for a model of 100,000 tensors is a few MiB
 MAX_CONFIG_BYTES = 2**20

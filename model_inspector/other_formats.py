@@ -1,7 +1,7 @@
 """Model files torch.load does not read, named for what they are: ONNX, GGUF, NumPy, HDF5, Keras,
 TensorFlow Lite and ExecuTorch.
 
-Each reader fills the same report `inspect_file.py` prints, from the file's bytes, and says
+Each reader fills the same report as the others, from the file's bytes, and says
 what does read the file. An ONNX model is parsed with the `onnx` package (never by hand),
 and its external data is checked but never read. A GGUF header is read field by field,
 every count checked against the file's size before anything is allocated for it. NumPy's
@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
-from support.cli import error_line, safe_text
-from support.untrusted_files import ZIP_ERRORS, ModelFileError
+from model_inspector.files import ZIP_ERRORS, ModelFileError
+from model_inspector.report import tensor_row
+from model_inspector.text import error_line, safe_text
 
 NUMPY_MAGIC = b"\x93NUMPY"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -73,10 +74,6 @@ def zip_kind(archive: zipfile.ZipFile) -> str:
     if {"config.json", "metadata.json"} <= set(names) and any(name.endswith(".h5") for name in names):
         return "keras"
     return "zip"
-
-
-def tensor_row(name: str, shape: list[int], dtype: str, nbytes: int, device: str = "") -> dict[str, Any]:
-    return {"name": name, "shape": shape, "dtype": dtype, "device": device, "bytes": nbytes, "shares": None}
 
 
 def not_for_torch(report: dict[str, Any], kind: str, format_text: str, reader: str) -> None:

@@ -24,15 +24,9 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from support.cli import safe_text
-from support.untrusted_files import (
-    CHUNK,
-    MAX_NESTING,
-    MAX_PICKLE_BYTES,
-    ZIP_ERRORS,
-    ModelFileError,
-    pickle_nesting,
-)
+from model_inspector.files import CHUNK, MAX_PICKLE_BYTES, ZIP_ERRORS, ModelFileError
+from model_inspector.pickles import MAX_NESTING, TENSOR_REBUILDERS, pickle_nesting
+from model_inspector.text import safe_text
 
 MAX_INFLATED_BYTES = 64 * 2**20  # a TorchScript archive's code and debug records, inflated, all together
 MAX_OBJECTS = 100_000  # objects walked when naming tensors; a pickle that shares more is cut off
@@ -49,12 +43,6 @@ STORAGE_DTYPES = {  # torch's typed storage classes, as pickles name them -> dty
     "QInt8Storage": ("qint8", 1), "QUInt8Storage": ("quint8", 1), "QInt32Storage": ("qint32", 4),
     "QUInt4x2Storage": ("quint4x2", 1), "QUInt2x4Storage": ("quint2x4", 1),
 }  # fmt: skip
-# (storage, offset, size, stride, ...): a quantized tensor's rebuild starts as a plain tensor's
-TENSOR_REBUILDERS = {
-    "torch._utils._rebuild_tensor",
-    "torch._utils._rebuild_tensor_v2",
-    "torch._utils._rebuild_qtensor",
-}
 PARAMETER_REBUILDERS = {"torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"}
 
 
