@@ -158,4 +158,4 @@ with torch.device("meta"):
     shapes_only = Multiclass()  # its names and shapes, and no memory
 print(render(inspect_path(model_path, "Multiclass()", shapes_only)))
 whole_report = inspect_path(whole_model_path)
-print(f"\nAnd on {whole_model_path.name}: {whole_report['reasons'][0]}")
+print(f"\nAnd on {whole_model_path.name}: {whole_report.reasons[0]}")

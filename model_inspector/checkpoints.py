@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from model_inspector.files import describe_load_error
+from model_inspector.report import Report
 from model_inspector.text import safe_text
 
 CPU_LOAD = 'torch.load(path, map_location="cpu", weights_only=True)'
@@ -41,81 +41,81 @@ def available(device_type: str) -> bool:
         return False
 
 
-def plain_load_works(path: Path, report: dict[str, Any]) -> bool:
+def plain_load_works(path: Path, report: Report) -> bool:
     """Try the load the verdict would name, `torch.load(path, weights_only=True)`, as it is."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            mmap = report["kind"] == "torch-zip"
+            mmap = report.kind == "torch-zip"
             torch.load(path, weights_only=True, mmap=mmap)
     except Exception:  # a file from anywhere can fail in any way: then say how it loads, if it does
         return False
     return True
 
 
-def note_devices(path: Path, report: dict[str, Any]) -> None:
+def note_devices(path: Path, report: Report) -> None:
     """Name the devices the tensors were saved on; for one this machine lacks, try map_location="cpu"."""
-    rows = report["contents"].get("tensors") or []
-    saved = sorted({row["device"] for row in rows if row.get("device")})
-    report["contents"]["devices"] = saved
+    rows = report.contents.tensors or []
+    saved = sorted({row.device for row in rows if row.device})
+    report.contents.devices = saved
     if "meta" in saved:
-        report["reasons"].append("tensors were saved on the meta device: they hold no values")
+        report.reasons.append("tensors were saved on the meta device: they hold no values")
         return
     missing = []
     for name in saved:
         try:
             device_type = torch.device(name).type
         except (RuntimeError, ValueError):
-            report["reasons"].append(f"tensors are tagged with {safe_text(name, 30)}, which is not a device")
+            report.reasons.append(f"tensors are tagged with {safe_text(name, 30)}, which is not a device")
             return
         if not available(device_type):
             missing.append(name)
-    if not missing and not report["reasons"] and not plain_load_works(path, report):
+    if not missing and not report.reasons and not plain_load_works(path, report):
         missing = [name for name in saved if name != "cpu"] or saved  # cpu:7, say: a tag torch cannot restore
     if not missing:
         if any(name != "cpu" for name in saved):
-            report["integrity"]["notes"].append(
+            report.integrity.notes.append(
                 f'saved on {", ".join(saved)}: loads onto it here; map_location="cpu" loads it onto the CPU'
             )
         return
-    report["integrity"]["notes"].append(
+    report.integrity.notes.append(
         f"saved on {', '.join(missing)}, which this machine does not have: "
         "torch.load(path, weights_only=True) fails here"
     )
-    if report["reasons"]:
+    if report.reasons:
         return  # damaged or refused already: not loaded at all
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             # the exact command; a large zip is mapped rather than read in, on the CPU all the same
-            mmap = report["kind"] == "torch-zip" and report["bytes"] > MAX_READ_IN_BYTES
+            mmap = report.kind == "torch-zip" and report.bytes > MAX_READ_IN_BYTES
             torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # a file from anywhere can fail in any way: a finding, not a crash
-        report["reasons"].append(f"{CPU_LOAD} refuses it: {describe_load_error(err)}")
+        report.reasons.append(f"{CPU_LOAD} refuses it: {describe_load_error(err)}")
         return
-    report["integrity"]["notes"].append(f"the fix, tried: {CPU_LOAD} loads it onto the CPU")
-    report["needs"]["map_location"] = "cpu"
-    report["needs"]["weights_only"] = f"loads with {CPU_LOAD} (tried)"
-    report["loads_with"] = CPU_LOAD
+    report.integrity.notes.append(f"the fix, tried: {CPU_LOAD} loads it onto the CPU")
+    report.needs.map_location = "cpu"
+    report.needs.weights_only = f"loads with {CPU_LOAD} (tried)"
+    report.loads_with = CPU_LOAD
 
 
-def note_training_framework(report: dict[str, Any]) -> None:
+def note_training_framework(report: Report) -> None:
     """Name a Lightning or training-loop checkpoint, and the key that holds its weights."""
-    top = report["contents"].get("top_level") or {}
-    key = report["contents"].get("state_dict_key", "")
+    top = report.contents.top_level or {}
+    key = report.contents.state_dict_key
     version = next((top[k] for k in LIGHTNING_VERSION_KEYS if k in top), None)
     if version is not None and key == "state_dict":
-        report["contents"]["checkpoint_of"] = (
+        report.contents.checkpoint_of = (
             f"a Lightning checkpoint (version {version.strip(chr(39))}): the weights are under 'state_dict', "
             "named by the LightningModule's attributes"
         )
     elif key and TRAINING_KEYS & set(top):
         others = ", ".join(sorted(set(top) - {key}))
-        report["contents"]["checkpoint_of"] = (
+        report.contents.checkpoint_of = (
             f"a training-loop checkpoint: the weights are under '{key}', beside {safe_text(others, 120)}"
         )
-    if key and report.get("fit"):
-        report["fit"]["state_from"] = f"state = torch.load(path, weights_only=True)[{key!r}]"
+    if key and report.fit:
+        report.fit.state_from = f"state = torch.load(path, weights_only=True)[{key!r}]"
 
 
 def device_problem(tags: set[str]) -> str | None:

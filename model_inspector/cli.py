@@ -162,4 +162,4 @@ def main(argv: list[str] | None = None) -> NoReturn:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.stderr.flush()
     skip_final_collection()
-    raise SystemExit(EXIT_BAD_INPUT if report["reasons"] else 0)
+    raise SystemExit(EXIT_BAD_INPUT if report.reasons else 0)

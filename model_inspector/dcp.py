@@ -54,6 +54,7 @@ from model_inspector.files import (
 )
 from model_inspector.loading import check_plain_tensor, read_untrusted
 from model_inspector.pickles import MAX_NESTING, note_globals, pickle_globals, pickle_nesting
+from model_inspector.report import Report
 from model_inspector.text import error_line, safe_text
 
 MAX_METADATA_BYTES = 64 * 1024  # an index of names and shapes: this one is 9 KB; room for some 200 items
@@ -337,21 +338,19 @@ def check_items(
                 check_plain_tensor(f"{name} (chunk at {offsets})", value, like=like)
 
 
-def inspect_dcp(folder: Path, report: dict[str, Any]) -> None:
+def inspect_dcp(folder: Path, report: Report) -> None:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink())
-    report["kind"], report["format"] = "dcp", "torch.distributed.checkpoint folder"
-    report["integrity"]["records"] = [
-        {"name": safe_text(p.name, 80), "bytes": p.stat().st_size} for p in files
-    ]
-    report["bytes"] = sum(p.stat().st_size for p in files)
+    report.kind, report.format = "dcp", "torch.distributed.checkpoint folder"
+    report.integrity.records = [{"name": safe_text(p.name, 80), "bytes": p.stat().st_size} for p in files]
+    report.bytes = sum(p.stat().st_size for p in files)
     metadata = folder / ".metadata"
     if metadata.stat().st_size <= MAX_PICKLE_BYTES:
         with open_regular_file(metadata) as f:
             names = pickle_globals(f.read(MAX_PICKLE_BYTES), limit=200)
         note_globals(report, names, None)
-    report["needs"]["weights_only"] = "no: torch.distributed.checkpoint reads .metadata with pickle.load"
-    report["integrity"]["notes"].append("DCP stores no checksums: damage cannot be detected")
-    report["reasons"].append(
+    report.needs.weights_only = "no: torch.distributed.checkpoint reads .metadata with pickle.load"
+    report.integrity.notes.append("DCP stores no checksums: damage cannot be detected")
+    report.reasons.append(
         "DCP reads its .metadata with pickle.load, which runs any code in it; "
         "load it only if you trust its source"
     )

@@ -12,6 +12,7 @@ from torch import nn
 
 from model_inspector.checkpoints import note_training_framework
 from model_inspector.render import shape_text
+from model_inspector.report import Fit, Report
 from model_inspector.text import safe_text
 
 
@@ -39,7 +40,7 @@ def tensor_text(shape: tuple[int, ...], dtype: str) -> str:
     return f"{shape_text(list(shape))} {dtype}"
 
 
-def check_fit(shapes: dict[str, tuple], described: str, model: nn.Module, report: dict[str, Any]) -> None:
+def check_fit(shapes: dict[str, tuple], described: str, model: nn.Module, report: Report) -> None:
     expected = {
         k: (tuple(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()
     }
@@ -56,26 +57,24 @@ def check_fit(shapes: dict[str, tuple], described: str, model: nn.Module, report
         fix = f"{verb} the prefix '{prefix}'"
         renamed = f"k.removeprefix('{prefix}')" if verb == "strip" else f"'{prefix}' + k"
         how = f"state = {{{renamed}: v for k, v in state.items()}}"
-    report["fit"] = {
-        "model": described,
-        "fits": not (missing or unexpected or mismatched),
-        "missing": [safe_text(k, 80) for k in missing],
-        "unexpected": [safe_text(k, 80) for k in unexpected],
-        "mismatched": mismatched,
-        "prefix_fix": fix,
-        "prefix_code": how,
-    }
-    if not report["fit"]["fits"]:
+    report.fit = Fit(
+        model=described,
+        fits=not (missing or unexpected or mismatched),
+        missing=[safe_text(k, 80) for k in missing],
+        unexpected=[safe_text(k, 80) for k in unexpected],
+        mismatched=mismatched,
+        prefix_fix=fix,
+        prefix_code=how,
+    )
+    if not report.fit.fits:
         counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} mismatched"
-        report["reasons"].append(f"it does not fit {described}: {counts}{f'; {fix}' if fix else ''}")
+        report.reasons.append(f"it does not fit {described}: {counts}{f'; {fix}' if fix else ''}")
 
 
-def with_fit(
-    report: dict[str, Any], shapes: dict[str, tuple], described: str, model: nn.Module | None
-) -> dict:
+def with_fit(report: Report, shapes: dict[str, tuple], described: str, model: nn.Module | None) -> Report:
     if model is not None and shapes:
         check_fit(shapes, described, model, report)
-    elif model is not None and not report["reasons"]:
-        report["reasons"].append(f"it holds no state_dict to check against {described}")
+    elif model is not None and not report.reasons:
+        report.reasons.append(f"it holds no state_dict to check against {described}")
     note_training_framework(report)
     return report

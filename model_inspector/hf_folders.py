@@ -18,6 +18,7 @@ from typing import Any
 
 from model_inspector.files import ModelFileError, open_regular_file
 from model_inspector.loading import key_list
+from model_inspector.report import Report
 from model_inspector.text import safe_text
 
 MAX_INDEX_BYTES = 64 * 2**20  # an index for a model of 100,000 tensors is a few MiB
@@ -152,7 +153,7 @@ def model_config(folder: Path) -> dict[str, str]:
 
 
 def inspect_sharded(
-    folder: Path, index_path: Path, report: dict[str, Any], inspect_shard: Callable[[Path], dict[str, Any]]
+    folder: Path, index_path: Path, report: Report, inspect_shard: Callable[[Path], Report]
 ) -> dict[str, tuple]:
     """Every shard, the index against them, totals and config.json; the shapes of all tensors."""
     weight_map, total = read_index(index_path)
@@ -163,14 +164,14 @@ def inspect_sharded(
         )
     shards = {name: shard_path(folder, name) for name in names}  # refuses a path outside before any opens
     safetensors = all(name.endswith(".safetensors") for name in names)
-    report["kind"] = "sharded-safetensors" if safetensors else "sharded-torch"
-    report["format"] = (
+    report.kind = "sharded-safetensors" if safetensors else "sharded-torch"
+    report.format = (
         f"sharded {'safetensors' if safetensors else 'torch.save'} folder: {len(names)} shards "
         f"and {safe_text(index_path.name, 80)}"
     )
     missing = [name for name, path in shards.items() if not path.exists()]
     if missing:
-        report["reasons"].append(f"shards the index names are not in the folder: {key_list(missing)}")
+        report.reasons.append(f"shards the index names are not in the folder: {key_list(missing)}")
     rows, shapes, records, held = [], {}, [], {}
     globals_found: set[str] = set()
     loads: set[str] = set()
@@ -182,53 +183,52 @@ def inspect_sharded(
             shard = inspect_shard(path)
         except ModelFileError as err:  # a shard that cannot be read at all is one reason among the others
             records.append({"name": safe_text(name, 80), "bytes": path.stat().st_size, "verdict": "refused"})
-            report["reasons"].append(f"shard {safe_text(name, 80)}: {err}")
+            report.reasons.append(f"shard {safe_text(name, 80)}: {err}")
             continue
-        verdict = "refused" if shard["reasons"] else "ok"
-        tensors = len(shard["contents"].get("tensors") or [])
+        verdict = "refused" if shard.reasons else "ok"
+        tensors = len(shard.contents.tensors or [])
         records.append(
-            {"name": safe_text(name, 80), "bytes": shard["bytes"], "verdict": verdict, "tensors": tensors}
+            {"name": safe_text(name, 80), "bytes": shard.bytes, "verdict": verdict, "tensors": tensors}
         )
         shown = safe_text(name, 80)
-        report["reasons"] += [f"shard {shown}: {reason}" for reason in shard["reasons"]]
-        report["integrity"]["problems"] += [f"shard {shown}: {p}" for p in shard["integrity"]["problems"]]
-        report["integrity"]["notes"] += [f"shard {shown}: {note}" for note in shard["integrity"]["notes"]]
-        globals_found.update(shard["needs"].get("globals", []))
-        loads.add(shard["needs"].get("weights_only", ""))
-        if "map_location" in shard["needs"]:
-            report["needs"]["map_location"] = shard["needs"]["map_location"]
-        if "loads_with" in shard:
-            report["loads_with"] = f"{shard['loads_with']}, shard by shard"
-        for row in shard["contents"].get("tensors") or []:
-            rows.append({**row, "shard": safe_text(name, 80)})
-            held[row["name"]] = name
-            shapes[row["name"]] = (tuple(row["shape"]), row["dtype"])
-    report["integrity"]["records"] = records
-    report["bytes"] = sum(record["bytes"] for record in records)
-    report["contents"]["tensors"] = rows
-    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+        report.reasons += [f"shard {shown}: {reason}" for reason in shard.reasons]
+        report.integrity.problems += [f"shard {shown}: {p}" for p in shard.integrity.problems]
+        report.integrity.notes += [f"shard {shown}: {note}" for note in shard.integrity.notes]
+        globals_found.update(shard.needs.globals or [])
+        loads.add(shard.needs.weights_only)
+        report.needs.map_location = shard.needs.map_location or report.needs.map_location
+        if shard.loads_with:
+            report.loads_with = f"{shard.loads_with}, shard by shard"
+        for row in shard.contents.tensors or []:
+            rows.append(row)
+            held[row.name] = name
+            shapes[row.name] = (tuple(row.shape), row.dtype)
+    report.integrity.records = records
+    report.bytes = sum(record["bytes"] for record in records)
+    report.contents.tensors = rows
+    report.contents.storage_bytes = sum(row.bytes for row in rows)
     present = [name for name in names if name not in missing]
     absent = [t for t, shard in weight_map.items() if shard in present and held.get(t) != shard]
     unlisted = [t for t in held if t not in weight_map]
     if absent:
-        report["reasons"].append(f"tensors the index names are not in their shard: {key_list(absent)}")
+        report.reasons.append(f"tensors the index names are not in their shard: {key_list(absent)}")
     if unlisted:
-        report["reasons"].append(f"tensors in the shards that the index does not name: {key_list(unlisted)}")
+        report.reasons.append(f"tensors in the shards that the index does not name: {key_list(unlisted)}")
     if not missing and total is not None:
-        taken = report["contents"]["storage_bytes"]
-        report["integrity"]["notes"].append(
+        taken = report.contents.storage_bytes
+        report.integrity.notes.append(
             f"the index's total_size, {total} bytes, matches the shards' tensors"
             if total == taken
             else f"the index's total_size says {total} bytes; the shards' tensors take {taken}"
         )
     if config := model_config(folder):
-        report["metadata"]["config.json"] = config
-    report["reasons"] += code_in_folder(folder, {*names, index_path.name})
-    report["needs"]["globals"] = sorted(globals_found)
+        report.metadata["config.json"] = config
+    report.reasons += code_in_folder(folder, {*names, index_path.name})
+    report.needs.globals = sorted(globals_found)
     if safetensors:
-        report["needs"]["weights_only"] = "not needed: safetensors holds no code"
+        report.needs.weights_only = "not needed: safetensors holds no code"
     else:
-        report["needs"]["weights_only"] = (
+        report.needs.weights_only = (
             f"{loads.pop()}, every shard"
             if len(loads) == 1
             else "differs from shard to shard (see the reasons)"

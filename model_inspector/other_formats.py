@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
 from model_inspector.files import ZIP_ERRORS, ModelFileError
-from model_inspector.report import tensor_row
+from model_inspector.report import Report, TensorRow, tensor_row
 from model_inspector.text import error_line, safe_text
 
 NUMPY_MAGIC = b"\x93NUMPY"
@@ -76,19 +76,20 @@ def zip_kind(archive: zipfile.ZipFile) -> str:
     return "zip"
 
 
-def not_for_torch(report: dict[str, Any], kind: str, format_text: str, reader: str) -> None:
+def not_for_torch(report: Report, kind: str, format_text: str, reader: str) -> None:
     """Name the format and what reads it; it is not a torch file, so the verdict is exit 2."""
-    report["kind"], report["format"] = kind, format_text
-    report["needs"]["weights_only"] = f"not applicable: {reader} reads it, not torch.load"
-    report["other_format"] = f"{format_text}, not a torch file: read it with {reader}"
-    report["reasons"].append(report["other_format"])
+    report.kind, report.format = kind, format_text
+    report.needs.weights_only = f"not applicable: {reader} reads it, not torch.load"
+    report.other_format = f"{format_text}, not a torch file: read it with {reader}"
+    report.reasons.append(report.other_format)
 
 
 # ---- NumPy and HDF5 ----
 
 
-def numpy_header(stream: IO[bytes], name: str) -> dict[str, Any]:
-    """One .npy header, read with NumPy's own parser (it evaluates literals only, size-limited)."""
+def numpy_header(stream: IO[bytes], name: str) -> tuple[TensorRow, bool]:
+    """One .npy header, read with NumPy's own parser (it evaluates literals only, size-limited),
+    and whether its array holds Python objects (which only unpickling rebuilds)."""
     import numpy as np
 
     try:
@@ -106,43 +107,41 @@ def numpy_header(stream: IO[bytes], name: str) -> dict[str, Any]:
     row = tensor_row(
         safe_text(name, 80), list(shape), safe_text(dtype, 40), math.prod(shape) * dtype.itemsize
     )
-    row["pickled"] = dtype.hasobject
-    return row
+    return row, dtype.hasobject
 
 
-def inspect_numpy(
-    file: IO[bytes], size: int, report: dict[str, Any], archive: zipfile.ZipFile | None
-) -> None:
+def inspect_numpy(file: IO[bytes], size: int, report: Report, archive: zipfile.ZipFile | None) -> None:
     if archive is None:
-        rows = [numpy_header(file, "array")]
-        if rows[0]["bytes"] > size:
-            report["reasons"].append(f"its header describes {rows[0]['bytes']} bytes; the file has {size}")
-        report["integrity"]["notes"].append("NumPy keeps no checksums: damage cannot be detected")
+        arrays = [numpy_header(file, "array")]
+        if arrays[0][0].bytes > size:
+            report.reasons.append(f"its header describes {arrays[0][0].bytes} bytes; the file has {size}")
+        report.integrity.notes.append("NumPy keeps no checksums: damage cannot be detected")
         fmt = "NumPy array (.npy)"
     else:
-        rows = []
+        arrays = []
         for info in archive.infolist()[:MAX_ROWS]:
             try:
                 with archive.open(info) as stream:
-                    rows.append(numpy_header(stream, info.filename.removesuffix(".npy")))
+                    arrays.append(numpy_header(stream, info.filename.removesuffix(".npy")))
             except ZIP_ERRORS:
                 raise ModelFileError(f"its record {safe_text(info.filename, 80)} is damaged") from None
         compressed = any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
-        arrays = f"{len(rows)} array{'s' if len(rows) != 1 else ''}"
-        fmt = f"NumPy archive (.npz{', compressed' if compressed else ''}) of {arrays}"
-    report["contents"]["tensors"] = rows
-    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
-    pickled = [row["name"] for row in rows if row.pop("pickled")]
+        fmt = f"NumPy archive (.npz{', compressed' if compressed else ''}) of {len(arrays)} array"
+        fmt += "s" if len(arrays) != 1 else ""
+    rows = [row for row, _ in arrays]
+    report.contents.tensors = rows
+    report.contents.storage_bytes = sum(row.bytes for row in rows)
+    pickled = [row.name for row, holds_objects in arrays if holds_objects]
     if pickled:
-        report["needs"]["never_allow"] = ["allow_pickle=True"]
-        report["reasons"].append(
+        report.needs.never_allow = ["allow_pickle=True"]
+        report.reasons.append(
             f"arrays of Python objects ({', '.join(pickled[:5])}): numpy.load needs allow_pickle=True, "
             "which unpickles them and runs whatever they name"
         )
     not_for_torch(report, "numpy", fmt, "numpy.load(path, allow_pickle=False)")
 
 
-def inspect_hdf5(report: dict[str, Any]) -> None:
+def inspect_hdf5(report: Report) -> None:
     not_for_torch(
         report,
         "hdf5",
@@ -151,7 +150,7 @@ def inspect_hdf5(report: dict[str, Any]) -> None:
     )
 
 
-def inspect_keras(report: dict[str, Any]) -> None:
+def inspect_keras(report: Report) -> None:
     not_for_torch(
         report,
         "keras",
@@ -173,10 +172,10 @@ def flatbuffer_root_problem(head: bytes, size: int) -> str:
     return ""
 
 
-def inspect_tflite(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
+def inspect_tflite(file: IO[bytes], size: int, report: Report) -> None:
     if problem := flatbuffer_root_problem(file.read(8), size):
-        report["reasons"].append(problem)
-    report["integrity"]["notes"].append("a FlatBuffer keeps no checksums: damage cannot be detected")
+        report.reasons.append(problem)
+    report.integrity.notes.append("a FlatBuffer keeps no checksums: damage cannot be detected")
     not_for_torch(
         report,
         "tflite",
@@ -185,27 +184,27 @@ def inspect_tflite(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
     )
 
 
-def inspect_executorch(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
+def inspect_executorch(file: IO[bytes], size: int, report: Report) -> None:
     """An ExecuTorch program: its identifier, and its extended header's sizes against the file's."""
     head = file.read(64)
     identifier = safe_text(head[4:8].decode("ascii", errors="replace"), 8)
     if problem := flatbuffer_root_problem(head, size):
-        report["reasons"].append(problem)
+        report.reasons.append(problem)
     if head[8:12] == EXECUTORCH_HEADER:
         length, program, segments = struct.unpack_from("<IQQ", head.ljust(32, b"\0"), 12)
         if len(head) < 32 or length < 24:  # magic, length and the two sizes: 24 bytes at least
-            report["reasons"].append("its extended header is cut short or corrupt")
+            report.reasons.append("its extended header is cut short or corrupt")
         elif program > size or segments > size:
-            report["reasons"].append(
+            report.reasons.append(
                 f"its header says the program takes {program} bytes and its data starts at byte "
                 f"{segments}; the file has {size}: cut short"
             )
         else:
-            report["metadata"]["executorch"] = {
+            report.metadata["executorch"] = {
                 "program": f"{program} bytes",
                 "data segments": f"from byte {segments}" if segments else "none",
             }
-    report["integrity"]["notes"].append("a FlatBuffer keeps no checksums: damage cannot be detected")
+    report.integrity.notes.append("a FlatBuffer keeps no checksums: damage cannot be detected")
     not_for_torch(
         report,
         "executorch",
@@ -275,7 +274,7 @@ class GGUFReader:
         self.file.seek(self.file.tell() + count)
 
 
-def inspect_gguf(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
+def inspect_gguf(file: IO[bytes], size: int, report: Report) -> None:
     """GGUF: version, metadata and tensor list; every count checked against the file's size first."""
     reader = GGUFReader(file, size)
     reader.take(4)
@@ -310,15 +309,15 @@ def inspect_gguf(file: IO[bytes], size: int, report: dict[str, Any]) -> None:
     alignment = alignment if type(alignment) is int and alignment > 0 else 32
     data_start = -(-file.tell() // alignment) * alignment
     if ends and data_start + max(ends) > size:
-        report["reasons"].append(
+        report.reasons.append(
             f"its tensors end at byte {data_start + max(ends)} of a {size}-byte file: truncated"
         )
-    report["contents"]["tensors"] = rows
-    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
-    report["integrity"]["notes"].append("GGUF keeps no checksums; its tensors lie within the file")
+    report.contents.tensors = rows
+    report.contents.storage_bytes = sum(row.bytes for row in rows)
+    report.integrity.notes.append("GGUF keeps no checksums; its tensors lie within the file")
     shown = ("general.architecture", "general.name", "general.file_type", "general.quantization_version")
-    report["metadata"]["gguf"] = {key: safe_text(metadata[key], 80) for key in shown if key in metadata}
-    report["metadata"]["gguf"]["entries"] = str(n_values)
+    report.metadata["gguf"] = {key: safe_text(metadata[key], 80) for key in shown if key in metadata}
+    report.metadata["gguf"]["entries"] = str(n_values)
     not_for_torch(
         report,
         "gguf",
@@ -396,7 +395,7 @@ def stored_tensors(model: Any) -> Iterator[tuple[str, Any]]:
                 yield name, tensor
 
 
-def check_external_data(model: Any, folder: Path, report: dict[str, Any]) -> None:
+def check_external_data(model: Any, folder: Path, report: Report) -> None:
     """Every tensor kept outside the .onnx file: a file inside its folder, its bytes there."""
     import onnx
 
@@ -414,14 +413,14 @@ def check_external_data(model: Any, folder: Path, report: dict[str, Any]) -> Non
         except ValueError:
             raise ModelFileError(f"{name} has a malformed offset") from None
         if not target.is_file():
-            report["reasons"].append(f"its external data file {safe_text(location, 80)} is missing")
+            report.reasons.append(f"its external data file {safe_text(location, 80)} is missing")
             continue
         end = offset + max(length, 0)
         if offset < 0 or end > target.stat().st_size:
-            report["reasons"].append(f"{name} reaches past the end of {safe_text(location, 80)}")
+            report.reasons.append(f"{name} reaches past the end of {safe_text(location, 80)}")
         files[safe_text(location, 80)] = target.stat().st_size
     if files:
-        report["metadata"]["external data"] = {name: f"{size} bytes" for name, size in sorted(files.items())}
+        report.metadata["external data"] = {name: f"{size} bytes" for name, size in sorted(files.items())}
 
 
 # ONNX packs these types' values into bytes, as many as fit (its helper.make_tensor does):
@@ -479,7 +478,7 @@ def same_file(path: Path, opened: os.stat_result) -> bool:
     return all(getattr(now, name) == getattr(opened, name) for name in fields)
 
 
-def check_onnx(path: Path, opened: os.stat_result, report: dict[str, Any]) -> None:
+def check_onnx(path: Path, opened: os.stat_result, report: Report) -> None:
     """onnx.checker on the model's path, as onnxruntime reads it: the checker finds external
     data next to the model only when given its path (given the parsed model, it looks in the
     current folder and calls a valid file "not regular file"). It reads the file again, so
@@ -491,9 +490,9 @@ def check_onnx(path: Path, opened: os.stat_result, report: dict[str, Any]) -> No
     try:
         onnx.checker.check_model(os.fspath(path))
     except (onnx.checker.ValidationError, ValueError, RuntimeError) as err:
-        report["reasons"].append(f"onnx.checker refuses it: {error_line(err)}")
+        report.reasons.append(f"onnx.checker refuses it: {error_line(err)}")
     else:
-        report["integrity"]["notes"].append("onnx.checker.check_model passes (ONNX keeps no checksums)")
+        report.integrity.notes.append("onnx.checker.check_model passes (ONNX keeps no checksums)")
     if not same_file(path, opened):
         raise ModelFileError("it changed while it was being read")
 
@@ -504,7 +503,7 @@ CONSTANT_VALUES = {  # a Constant node's attribute -> (dtype, bytes per value, a
 }  # fmt: skip
 
 
-def constant_row(node: Any) -> dict[str, Any] | None:
+def constant_row(node: Any) -> TensorRow | None:
     """The tensor a Constant node outputs, as a row (None for a malformed node): from its
     `value` or `sparse_value` tensor, or from value_float(s), value_int(s), value_string(s)."""
     if len(node.attribute) != 1 or len(node.output) != 1:
@@ -531,7 +530,7 @@ def constant_row(node: Any) -> dict[str, Any] | None:
     return None
 
 
-def onnx_contents(model: Any, report: dict[str, Any]) -> dict[str, tuple]:
+def onnx_contents(model: Any, report: Report) -> dict[str, tuple]:
     """Rows for the initializers and for the Constant nodes' values (some exporters keep the
     weights as Constants); shapes, for the fit check, of the initializers, whose names are
     the state_dict's: a Constant's output is named by the exporter."""
@@ -549,14 +548,14 @@ def onnx_contents(model: Any, report: dict[str, Any]) -> dict[str, tuple]:
         if constant and len(rows) < MAX_ROWS and (row := constant_row(node)) is not None:
             rows.append(row)
             constants += 1
-    report["contents"]["tensors"] = rows
-    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    report.contents.tensors = rows
+    report.contents.storage_bytes = sum(row.bytes for row in rows)
     if constants:
-        report["contents"]["note"] = f"{constants} of them are the values of Constant nodes, not initializers"
+        report.contents.note = f"{constants} of them are the values of Constant nodes, not initializers"
     return shapes
 
 
-def inspect_onnx(path: Path, file: IO[bytes], size: int, report: dict[str, Any]) -> dict[str, tuple]:
+def inspect_onnx(path: Path, file: IO[bytes], size: int, report: Report) -> dict[str, tuple]:
     """Producer, opset, inputs, outputs, initializers and Constants, with onnx's parser and
     checker. The model is parsed from the file already open, whatever its name leads to now."""
     try:
@@ -582,13 +581,13 @@ def inspect_onnx(path: Path, file: IO[bytes], size: int, report: dict[str, Any])
     shapes = onnx_contents(model, report)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
     producer = f"{model.producer_name} {model.producer_version}".strip() or "not recorded"
-    report["metadata"]["onnx"] = {
+    report.metadata["onnx"] = {
         "producer": safe_text(producer, 80),
         "opset": safe_text(opsets, 120),
         "nodes": str(len(model.graph.node)),
     }
     for label, values in (("inputs", model.graph.input), ("outputs", model.graph.output)):
-        report["metadata"][label] = {safe_text(v.name, 60): safe_text(value_info_text(v), 80) for v in values}
+        report.metadata[label] = {safe_text(v.name, 60): safe_text(value_info_text(v), 80) for v in values}
     not_for_torch(
         report,
         "onnx",

@@ -14,10 +14,11 @@ import io
 import pickletools
 import zipfile
 from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
-from typing import IO, Any
+from typing import IO
 
 from model_inspector import allowlists
 from model_inspector.files import MAX_PICKLE_OPS, ModelFileError
+from model_inspector.report import Report
 from model_inspector.text import safe_text
 
 
@@ -269,32 +270,31 @@ def runs_code(name: str) -> bool:
     return not attribute.lstrip("_")[:1].isupper()  # _StorageInfo is a class too
 
 
-def note_globals(
-    report: dict[str, Any], found: list[str], unsafe: list[str] | None, file_name: str = ""
-) -> None:
+def note_globals(report: Report, found: list[str], unsafe: list[str] | None, file_name: str = "") -> None:
     """Record the globals found; `unsafe` (those weights_only would refuse) is None where
     weights_only does not apply at all (a plain pickle, DCP's .metadata). For a file that a
     known library writes and loads with names of its own allowed (allowlists.py),
     the names on that library's list are its advice, not a guess of this tool's."""
-    needs = report["needs"]
-    needs["globals"] = sorted(safe_text(name, 100) for name in found)
+    needs = report.needs
+    needs.globals = sorted(safe_text(name, 100) for name in found)
     library = allowlists.library_load(file_name, unsafe) if unsafe is not None else None
     if library:
-        needs["library_load"] = {**library, "refuses": [safe_text(name, 100) for name in library["refuses"]]}
+        needs.library_load = {**library, "refuses": [safe_text(name, 100) for name in library["refuses"]]}
     covered = set(library["allows"]) if library and not library["refuses"] else set()
     named = [name for name in (found if unsafe is None else unsafe) if name not in covered]
-    needs["never_allow"] = [safe_text(name, 100) for name in named if runs_code(name)]
-    needs["data_only"] = [safe_text(name, 100) for name in named if rebuilds_data(name)]
+    needs.never_allow = [safe_text(name, 100) for name in named if runs_code(name)]
+    needs.data_only = [safe_text(name, 100) for name in named if rebuilds_data(name)]
     if unsafe is not None:
-        needs["not_allowed_by_weights_only"] = [safe_text(name, 100) for name in unsafe]
-        needs["safe_globals_needed"] = [
+        needs.scanned_by_torch = True
+        needs.not_allowed_by_weights_only = [safe_text(name, 100) for name in unsafe]
+        needs.safe_globals_needed = [
             safe_text(name, 100)
             for name in named
             if not runs_code(name) and not rebuilds_data(name) and not registered_by_torch(name)
         ]
         for name in unsafe:  # torch allows these itself, once the module that registers them is imported
             if module := registered_by_torch(name):
-                needs.setdefault("import_first", {}).setdefault(module, []).append(safe_text(name, 100))
+                needs.import_first.setdefault(module, []).append(safe_text(name, 100))
 
 
 def legacy_globals(data: bytes) -> list[str]:

@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from model_inspector.report import tensor_row
+from model_inspector.report import Report, tensor_row
 from model_inspector.text import error_line, safe_text
 from model_inspector.torch_files import finite
 
@@ -92,14 +92,12 @@ def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]
     return header, problems
 
 
-def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict[str, tuple]:
+def safetensors_contents(header: dict[str, Any], report: Report) -> dict[str, tuple]:
     """Rows for the well-formed entries of a safetensors header (the others are problems already)."""
     rows, shapes = [], {}
     for name, entry in header.items():
         if name == "__metadata__" and isinstance(entry, dict):
-            report["metadata"]["__metadata__"] = {
-                safe_text(k, 40): safe_text(v, 80) for k, v in entry.items()
-            }
+            report.metadata["__metadata__"] = {safe_text(k, 40): safe_text(v, 80) for k, v in entry.items()}
             continue
         try:
             shape = [int(n) for n in entry["shape"] if type(n) is int]
@@ -111,8 +109,8 @@ def safetensors_contents(header: dict[str, Any], report: dict[str, Any]) -> dict
             continue  # a negative size or span: not a tensor to list
         rows.append(tensor_row(safe_text(name, 80), shape, dtype, end - begin, "cpu"))
         shapes[name] = (tuple(shape), dtype)
-    report["contents"]["tensors"] = rows
-    report["contents"]["storage_bytes"] = sum(row["bytes"] for row in rows)
+    report.contents.tensors = rows
+    report.contents.storage_bytes = sum(row.bytes for row in rows)
     return shapes
 
 
@@ -127,7 +125,7 @@ def torch_dtype_of(code: str, shape: list[int]) -> str:
     return name or code
 
 
-def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
+def safetensors_opens(path: Path, report: Report) -> None:
     """Let safetensors itself validate the header (it reads no tensor data to do so)."""
     from safetensors import safe_open  # the `formats` extra; without it, the checks above stand alone
 
@@ -138,6 +136,6 @@ def safetensors_opens(path: Path, report: dict[str, Any]) -> None:
                 if not finite(opened.get_tensor(name)):
                     non_finite.append(safe_text(name, 80))
     except Exception as err:  # safetensors raises its own error types for a bad header
-        report["reasons"].append(f"safetensors refuses it: {error_line(err)}")
+        report.reasons.append(f"safetensors refuses it: {error_line(err)}")
     if non_finite:  # the rule torch.save files meet too
-        report["reasons"].append(f"NaN or infinite values in {', '.join(non_finite[:5])}")
+        report.reasons.append(f"NaN or infinite values in {', '.join(non_finite[:5])}")

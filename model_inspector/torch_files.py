@@ -28,7 +28,7 @@ from model_inspector import standins
 from model_inspector.files import ZIP_ERRORS, ModelFileError, describe_load_error
 from model_inspector.fit import expected_shapes
 from model_inspector.pickles import KNOWN_DATA_GLOBALS, note_globals, pickle_globals, safe_ops
-from model_inspector.report import refuse_once, tensor_row
+from model_inspector.report import Report, TensorRow, refuse_once, tensor_row
 from model_inspector.text import error_line, safe_text
 
 MAX_DEPTH = 32  # containers nested deeper than this are not listed
@@ -42,8 +42,8 @@ class Listing:
     """The tensors found in a loaded file, and the storages they view."""
 
     locations: dict[int, str]  # storage address -> the device it was saved from
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    storages: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    rows: list[TensorRow] = field(default_factory=list)
+    storages: dict[int, list[TensorRow]] = field(default_factory=dict)
     odd: list[str] = field(default_factory=list)  # tensors that are not plain, dense, with data
     malformed: list[str] = field(default_factory=list)  # sparse tensors whose indices do not check out
     non_finite: list[str] = field(default_factory=list)
@@ -80,7 +80,7 @@ class Listing:
             return
         if is_dtensor(tensor):  # its values are its local shard; the row shows the global shape
             self.add_tensor(tensor.to_local(), name)
-            self.rows[-1].update(shape=list(tensor.shape), dtype=f"{dtype} (DTensor)")
+            self.rows[-1].shape, self.rows[-1].dtype = list(tensor.shape), f"{dtype} (DTensor)"
             return
         if tensor.is_nested or tensor.layout != torch.strided or tensor.device.type == "meta":
             kind = "nested" if tensor.is_nested else "meta" if tensor.device.type == "meta" else tensor.layout
@@ -90,12 +90,12 @@ class Listing:
             return
         address = tensor.untyped_storage().data_ptr()
         row = tensor_row(name, list(tensor.shape), dtype, 0, self.locations.get(address, str(tensor.device)))
-        row["bytes"] = tensor.numel() * tensor.element_size()
+        row.bytes = tensor.numel() * tensor.element_size()
         self.rows.append(row)
         if any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape, strict=True)):
             self.odd.append(f"{name} (one value repeated: a view with strides {tuple(tensor.stride())})")
         start = tensor.storage_offset() * tensor.element_size()
-        self.spans.setdefault(address, []).append((start, start + row["bytes"], tensor.stride(), name))
+        self.spans.setdefault(address, []).append((start, start + row.bytes, tensor.stride(), name))
         if address and tensor.untyped_storage().nbytes():
             self.storages.setdefault(address, []).append(row)
         if not finite(tensor):
@@ -112,8 +112,8 @@ class Listing:
         values = parts[-1]
         address = values.untyped_storage().data_ptr()
         row = tensor_row(name, list(tensor.shape), f"{dtype} ({layout})", 0, self.locations.get(address, ""))
-        row["device"] = row["device"] or str(tensor.device)
-        row["bytes"] = sum(part.numel() * part.element_size() for part in parts)
+        row.device = row.device or str(tensor.device)
+        row.bytes = sum(part.numel() * part.element_size() for part in parts)
         self.rows.append(row)
         self.sparse.append(name or "the file's one tensor")
         for part in parts:
@@ -255,7 +255,7 @@ def quiet_distributed_logs() -> Iterator[None]:
 
 def torch_contents(
     path: Path,
-    report: dict[str, Any],
+    report: Report,
     standins: Callable[[], None] | None = None,
     subclasses: bool = False,
     model: nn.Module | None = None,
@@ -275,62 +275,62 @@ def torch_contents(
     try:
         with warnings.catch_warnings(), quiet_distributed_logs():
             warnings.simplefilter("ignore")
-            mmap = report["kind"] != "legacy-torch"  # torch maps zip archives only
+            mmap = report.kind != "legacy-torch"  # torch maps zip archives only
             where = None if subclasses else note_device
             obj = torch.load(path, map_location=where, weights_only=True, mmap=mmap)
     except Exception as err:  # any failure of a file from anywhere is a finding, not a crash
-        report["needs"]["weights_only"] = f"refused: {describe_load_error(err)}"
+        report.needs.weights_only = f"refused: {describe_load_error(err)}"
         refuse_once(report, LOAD_REFUSES + describe_load_error(err))
         if standins is not None and UNREADABLE_OPCODE in str(err):
             standins()
         return {}
-    report["needs"]["weights_only"] = "loads"
+    report.needs.weights_only = "loads"
     listing = Listing(locations)
     listing.add(obj)
     for group in listing.storages.values():
         for row in group:
-            row["shares"] = [other["name"] for other in group if other is not row] or None
-    report["contents"]["tensors"] = listing.rows
+            row.shares = [other.name for other in group if other is not row] or None
+    report.contents.tensors = listing.rows
     # a view's bytes are part of its storage's; the largest view stands for the storage
-    report["contents"]["storage_bytes"] = sum(
-        max(r["bytes"] for r in group) for group in listing.storages.values()
+    report.contents.storage_bytes = sum(
+        max(r.bytes for r in group) for group in listing.storages.values()
     ) + sum(n for address, n in listing.component_bytes.items() if address not in listing.storages)
     if listing.too_deep:
-        report["contents"]["note"] = f"containers nested deeper than {MAX_DEPTH} levels are not listed"
+        report.contents.note = f"containers nested deeper than {MAX_DEPTH} levels are not listed"
     if listing.cut_off:
-        report["contents"]["note"] = f"only the first {MAX_OBJECTS} containers were walked"
+        report.contents.note = f"only the first {MAX_OBJECTS} containers were walked"
     if listing.odd:
-        report["reasons"].append(f"not plain dense tensors with data: {', '.join(listing.odd[:5])}")
+        report.reasons.append(f"not plain dense tensors with data: {', '.join(listing.odd[:5])}")
     if listing.malformed:
-        report["reasons"].append(f"malformed sparse tensors: {', '.join(listing.malformed[:3])}")
+        report.reasons.append(f"malformed sparse tensors: {', '.join(listing.malformed[:3])}")
     elif listing.sparse:
-        report["caveats"].append(
+        report.caveats.append(
             f"sparse tensors ({', '.join(listing.sparse[:5])}): their indices were checked here; "
             "torch 2.13 checks them only inside "
             "`with torch.sparse.check_sparse_tensor_invariants():` (2.15 always does), so load it that way"
         )
     if overlap := overlapping_views(listing.spans):
-        report["reasons"].append(
+        report.reasons.append(
             f"{overlap[0]} and {overlap[1]} overlap in memory: one weight's values seen twice"
         )
     if listing.non_finite:
-        report["reasons"].append(f"NaN or infinite values in {', '.join(listing.non_finite[:5])}")
+        report.reasons.append(f"NaN or infinite values in {', '.join(listing.non_finite[:5])}")
     key, state, others = state_dict_in(obj, expected_shapes(model))
     if isinstance(obj, Mapping) and (state is None or key):
-        report["contents"]["top_level"] = {safe_text(k, 60): summary(v) for k, v in list(obj.items())[:40]}
+        report.contents.top_level = {safe_text(k, 60): summary(v) for k, v in list(obj.items())[:40]}
     for holder in (obj, state):
         args = holder.get("model_args") if isinstance(holder, Mapping) else None
         if isinstance(args, Mapping):
-            report["metadata"]["model_args"] = {safe_text(k, 40): summary(v) for k, v in args.items()}
+            report.metadata["model_args"] = {safe_text(k, 40): summary(v) for k, v in args.items()}
         versions = getattr(holder, "_metadata", None)
         if isinstance(versions, Mapping) and all(isinstance(v, Mapping) for v in versions.values()):
-            report["metadata"]["_metadata"] = f"module versions for {len(versions)} modules"
+            report.metadata["_metadata"] = f"module versions for {len(versions)} modules"
         elif versions is not None:
-            report["reasons"].append("its state_dict's _metadata is malformed: load_state_dict would fail")
+            report.reasons.append("its state_dict's _metadata is malformed: load_state_dict would fail")
     if key:
-        report["contents"]["state_dict_key"] = key
+        report.contents.state_dict_key = key
     if others:
-        report["contents"]["other_state_dicts"] = [safe_text(other, 60) for other in others]
+        report.contents.other_state_dicts = [safe_text(other, 60) for other in others]
     return {k: shape_and_dtype(v) for k, v in (state or {}).items()}
 
 
@@ -381,20 +381,20 @@ def import_distributed_tensor() -> bool:
     return True
 
 
-def note_distributed(report: dict[str, Any], names: list[str]) -> None:
+def note_distributed(report: Report, names: list[str]) -> None:
     """A file of DTensors that loaded once torch.distributed.tensor was imported: that import is
     what its reader needs, since a plain torch.load(weights_only=True) refuses it without.
     Whether this process imported it before does not matter: the names are judged against
     what weights_only allows by default."""
-    needs = report["needs"]
-    if needs.get("weights_only") != "loads":
+    needs = report.needs
+    if needs.weights_only != "loads":
         return  # refused even so: its reasons say why
-    beyond = needs.get("not_allowed_by_weights_only") or []
-    needs["not_allowed_by_weights_only"] = sorted({*beyond, *(safe_text(name, 100) for name in names)})
-    needs["import_first"] = {"torch.distributed.tensor": sorted(safe_text(name, 100) for name in names)}
-    needs["weights_only"] = "loads once torch.distributed.tensor is imported (tried); not before"
+    beyond = needs.not_allowed_by_weights_only or []
+    needs.not_allowed_by_weights_only = sorted({*beyond, *(safe_text(name, 100) for name in names)})
+    needs.import_first = {"torch.distributed.tensor": sorted(safe_text(name, 100) for name in names)}
+    needs.weights_only = "loads once torch.distributed.tensor is imported (tried); not before"
     classes = sorted({safe_text(name.rpartition(".")[2], 40) for name in names})
-    report["reasons"].append(
+    report.reasons.append(
         f"it holds DTensors: torch.load(weights_only=True) refuses their classes ({', '.join(classes[:6])}) "
         "unless torch.distributed.tensor is imported first, which allows them; "
         "`import torch.distributed.tensor` and then torch.load(path, weights_only=True) loads it (tried)"
@@ -404,70 +404,71 @@ def note_distributed(report: dict[str, Any], names: list[str]) -> None:
 UNREADABLE_OPCODE = "Unsupported operand"  # what torch's weights_only unpickler says of an opcode it lacks
 
 
-def torch_needs(path: Path, data_pkl: bytes, report: dict[str, Any], file_name: str) -> None:
+def torch_needs(path: Path, data_pkl: bytes, report: Report, file_name: str) -> None:
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception as err:  # it parses the pickle itself: a damaged one can fail in any way
         if UNREADABLE_OPCODE in str(err):  # the load stops at the same opcode: one reason for both
             refuse_once(report, LOAD_REFUSES + describe_load_error(err))
         else:
-            report["reasons"].append(f"its pickle cannot be scanned: {describe_load_error(err)}")
+            report.reasons.append(f"its pickle cannot be scanned: {describe_load_error(err)}")
         note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), None)
-        report["needs"]["not_allowed_by_weights_only"] = None  # unknown: never "nothing"
+        report.needs.scanned_by_torch = True
+        report.needs.not_allowed_by_weights_only = None  # unknown: never "nothing"
         return
     note_globals(report, pickle_globals(data_pkl, limit=200, pickles=100), sorted(unsafe), file_name)
 
 
-def inspect_pickle_file(data: bytes, report: dict[str, Any]) -> None:
+def inspect_pickle_file(data: bytes, report: Report) -> None:
     names = pickle_globals(data, limit=200)
     note_globals(report, names, None)
     complete = any(op.name == "STOP" for op, _, _ in safe_ops(data))
     if not complete:
-        report["integrity"]["problems"].append("the pickle is cut short or malformed (no STOP)")
+        report.integrity.problems.append("the pickle is cut short or malformed (no STOP)")
     else:
-        report["integrity"]["notes"].append("the pickle reads through to its STOP opcode: not cut short")
-    report["needs"]["weights_only"] = "no: torch.load cannot read a plain pickle; pickle.load would run it"
-    report["reasons"] += report["integrity"]["problems"]
-    report["reasons"].append("a plain pickle: only pickle.load reads it, and that runs whatever it names")
+        report.integrity.notes.append("the pickle reads through to its STOP opcode: not cut short")
+    report.needs.weights_only = "no: torch.load cannot read a plain pickle; pickle.load would run it"
+    report.reasons += report.integrity.problems
+    report.reasons.append("a plain pickle: only pickle.load reads it, and that runs whatever it names")
 
 
 def inspect_legacy(
-    path: Path, file: Any, size: int, report: dict[str, Any], model: nn.Module | None = None
+    path: Path, file: Any, size: int, report: Report, model: nn.Module | None = None
 ) -> dict[str, tuple]:
     """Its pickles read with stand-ins, every storage record checked against them, then loaded."""
     caveat = "the legacy format has no checksums: damage inside the weights cannot be detected"
-    report["integrity"]["notes"].append(caveat)
-    report["caveats"].append(f"{caveat}; re-save it with torch.save to get them")
+    report.integrity.notes.append(caveat)
+    report.caveats.append(f"{caveat}; re-save it with torch.save to get them")
     try:
         layout = standins.read_legacy(file, size)
     except ModelFileError as err:
-        report["needs"]["weights_only"] = f"not tried: {err}"
-        report["reasons"].append(str(err))
+        report.needs.weights_only = f"not tried: {err}"
+        report.reasons.append(str(err))
         return {}
-    report["integrity"]["problems"] += layout.problems
-    report["reasons"] += layout.problems
+    report.integrity.problems += layout.problems
+    report.reasons += layout.problems
     if layout.problems:
-        report["needs"]["weights_only"] = "not tried: the file failed the layout checks"
+        report.needs.weights_only = "not tried: the file failed the layout checks"
         return {}
-    report["integrity"]["notes"].append(
+    report.integrity.notes.append(
         f"its {len(layout.storages)} storage records hold exactly the values its data declares"
     )
     return torch_contents(path, report, model=model)
 
 
-def list_standins(found: standins.Found, report: dict[str, Any]) -> None:
+def list_standins(found: standins.Found, report: Report) -> None:
     """The contents, from tensors named in a pickle read with stand-ins."""
     storages = {t.storage.key: t.storage for t in found.tensors}
-    report["contents"]["tensors"] = [
+    report.contents.tensors = [
         tensor_row(t.name, t.shape, t.storage.dtype, math.prod(t.shape) * t.storage.width, t.storage.location)
         for t in found.tensors
     ]
-    report["contents"]["storage_bytes"] = sum(ref.nbytes for ref in storages.values())
+    report.contents.storage_bytes = sum(ref.nbytes for ref in storages.values())
     if found.cut_off:
-        report["contents"]["note"] = f"only the first {standins.MAX_OBJECTS} objects were walked"
+        report.contents.note = f"only the first {standins.MAX_OBJECTS} objects were walked"
 
 
-def standin_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, Any]) -> None:
+def standin_contents(archive: zipfile.ZipFile, folder: str, report: Report) -> None:
     """The tensors a torch.save file's data.pkl names, read with stand-ins: for a pickle that
     torch.load(weights_only=True) cannot read, what it holds all the same (nothing is loaded)."""
     try:
@@ -475,4 +476,4 @@ def standin_contents(archive: zipfile.ZipFile, folder: str, report: dict[str, An
     except (ModelFileError, *ZIP_ERRORS):
         return  # its integrity checks read it already: not reached for a malformed one
     list_standins(standins.name_tensors(obj), report)
-    report["contents"].setdefault("note", "read from data.pkl with stand-ins, not loaded")
+    report.contents.note = report.contents.note or "read from data.pkl with stand-ins, not loaded"

@@ -31,6 +31,7 @@ from build_model import Multiclass
 from model_inspector import files as inspector_files
 from model_inspector import inspection, pickles, render, safetensors_files, text, torch_files
 from model_inspector.files import MAX_PICKLE_BYTES, ModelFileError
+from model_inspector.report import new_report
 from support.cli import EXIT_BAD_INPUT
 from support.lab_tools import Hostile
 from support.settings import MODEL_FILE
@@ -165,9 +166,10 @@ def files(tmp_path_factory: pytest.TempPathFactory, marker: Path) -> dict[str, P
 
 
 def report_on(path: Path, model: nn.Module | None = None, described: str = "") -> dict:
+    """The report on `path`, as plain data: what --json prints."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return inspection.inspect_path(path, described, model)
+        return inspection.inspect_path(path, described, model).as_dict()
 
 
 def on_meta(model_class: type[nn.Module], **kwargs: int) -> nn.Module:
@@ -348,9 +350,9 @@ def test_a_fresh_interpreter_gets_the_import_advice_and_loads_once_it_imports(tm
 
 
 def test_a_function_torch_registers_itself_is_not_never_allow_in_a_legacy_file():
-    report: dict = {"needs": {}}
+    report = new_report(Path("legacy.pth"), 0)
     pickles.note_globals(report, ["torch.nested._internal.nested_tensor._rebuild_njt"], None)
-    assert report["needs"]["never_allow"] == []
+    assert report.needs.never_allow == []
 
 
 def test_a_dcp_folder_lists_its_files_and_the_classes_its_metadata_pickle_imports(files):
@@ -483,7 +485,7 @@ def test_each_kind_of_damage_is_a_reason_to_refuse(name, problem, files):
 def bomb_in_child(path: Path) -> int:
     before = limit_memory()
     report = inspection.inspect_path(path)
-    print(report["integrity"]["problems"], file=sys.stderr)
+    print(report.integrity.problems, file=sys.stderr)
     return EXIT_TOO_MUCH_MEMORY if grew_too_much(before) else 0
 
 
@@ -644,12 +646,12 @@ def damaged_copies_get_a_report_or_one_line(
     for damaged in damaged_copies(path.read_bytes(), 50):
         copy.write_bytes(damaged)
         try:
-            report = report_on(copy)
+            report = inspection.inspect_path(copy)
         except ModelFileError as err:
             assert "\n" not in str(err)
             continue
         render.render(report)
-        json.dumps(report)
+        render.render(report, as_json=True)
     assert "Traceback" not in capsys.readouterr().out
 
 
@@ -989,7 +991,7 @@ def test_a_file_swapped_while_it_is_inspected_is_reported_as_it_was_when_opened(
         return real_load(source, *args, **kwargs)
 
     monkeypatch.setattr(torch, "load", swap_then_load)
-    report = inspection.inspect_path(path, "Multiclass()", Multiclass())
+    report = inspection.inspect_path(path, "Multiclass()", Multiclass()).as_dict()
     assert loaded_from and not other.exists()  # the swap happened before the load
     assert report["reasons"] == []
     assert [row["shape"] for row in report["contents"]["tensors"]] == [[8, 4], [8], [3, 8], [3]]
