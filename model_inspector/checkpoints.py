@@ -58,18 +58,10 @@ def note_devices(path: Path, report: Report) -> None:
     rows = report.contents.tensors or []
     saved = sorted({row.device for row in rows if row.device})
     report.contents.devices = saved
-    if "meta" in saved:
-        report.reasons.append("tensors were saved on the meta device: they hold no values")
+    if problem := unusable_tag(set(saved)):  # the chapters refuse such a file for the same reason
+        report.reasons.append(problem)
         return
-    missing = []
-    for name in saved:
-        try:
-            device_type = torch.device(name).type
-        except (RuntimeError, ValueError):
-            report.reasons.append(f"tensors are tagged with {safe_text(name, 30)}, which is not a device")
-            return
-        if not available(device_type):
-            missing.append(name)
+    missing = [name for name in saved if not available(torch.device(name).type)]
     if not missing and not report.reasons and not plain_load_works(path, report):
         missing = [name for name in saved if name != "cpu"] or saved  # cpu:7, say: a tag torch cannot restore
     if not missing:
@@ -118,17 +110,27 @@ def note_training_framework(report: Report) -> None:
         report.fit.state_from = f"state = torch.load(path, weights_only=True)[{key!r}]"
 
 
-def device_problem(tags: set[str]) -> str | None:
-    """Why tensors saved with these device tags do not load here with a plain
-    `torch.load(path, weights_only=True)`, as the lessons load them; None if they do."""
-    for tag in sorted(tags - {"cpu"}):  # "cpu" loads anywhere; "cpu:7" does not
-        shown = safe_text(tag, 30)
+def unusable_tag(tags: set[str]) -> str | None:
+    """Why tensors saved with these device tags cannot be used here by any load, whatever its
+    map_location: tags that name no device, and the meta device's tensors, which hold no values."""
+    for tag in sorted(tags):
         try:
             device = torch.device(tag)
         except (RuntimeError, ValueError):
-            return f"its tensors are tagged {shown}, which is not a device"
+            return f"its tensors are tagged {safe_text(tag, 30)}, which is not a device"
         if device.type == "meta":
             return "its tensors were saved on the meta device: they hold no values"
+    return None
+
+
+def device_problem(tags: set[str]) -> str | None:
+    """Why tensors saved with these device tags do not load here with a plain
+    `torch.load(path, weights_only=True)`, as the lessons load them; None if they do."""
+    if problem := unusable_tag(tags):
+        return problem
+    for tag in sorted(tags - {"cpu"}):  # "cpu" loads anywhere; "cpu:7" does not
+        shown = safe_text(tag, 30)
+        device = torch.device(tag)
         if (
             device.type == "cuda"
             and device.index is not None

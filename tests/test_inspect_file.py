@@ -31,6 +31,7 @@ from build_model import Multiclass
 from model_inspector import files as inspector_files
 from model_inspector import inspection, pickles, render, safetensors_files, text, torch_files
 from model_inspector.files import MAX_PICKLE_BYTES, ModelFileError
+from model_inspector.loading import read_untrusted
 from model_inspector.report import new_report
 from support.cli import EXIT_BAD_INPUT
 from support.lab_tools import Hostile
@@ -1012,3 +1013,14 @@ def test_without_proc_the_snapshot_is_a_private_copy_and_the_file_is_read_from_i
         path.unlink()  # the name can go: the copy is what is read
         assert torch.load(snapshot, weights_only=True).keys() == Multiclass().state_dict().keys()
     assert not snapshot.exists()
+
+
+@pytest.mark.parametrize("tag", ["meta", "cuda:-1", "not a device"])
+def test_a_tag_no_load_can_use_is_refused_by_the_inspector_and_the_chapters_for_one_reason(tag, tmp_path):
+    path = tmp_path / "tagged.pth"
+    save_tagged(state(), path, tag)
+    reasons = report_on(path)["reasons"]
+    with pytest.raises(ModelFileError) as refused:
+        read_untrusted(path)
+    assert reasons == [str(refused.value).removeprefix(f"{path} refused: ")]
+    assert ("meta device" if tag == "meta" else "which is not a device") in reasons[0]
