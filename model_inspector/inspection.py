@@ -13,7 +13,6 @@ from torch import nn
 from model_inspector import other_formats, standins
 from model_inspector.checkpoints import note_devices
 from model_inspector.code_formats import aoti_contents, package_contents, pt2_contents, torchscript_contents
-from model_inspector.dcp import inspect_dcp
 from model_inspector.files import (
     MAX_PICKLE_BYTES,
     ZIP_ERRORS,
@@ -212,6 +211,8 @@ def inspect_folder(path: Path, described: str, model: nn.Module | None) -> Repor
     """A DCP checkpoint (a .metadata file) or sharded weights (an index JSON and its shards)."""
     report = new_report(path, 0)
     if os.path.lexists(path / ".metadata"):
+        from model_inspector.dcp import inspect_dcp  # it imports torch.distributed: 0.5 s, for DCP only
+
         inspect_dcp(path, report)
         return report
     index = find_index(path)

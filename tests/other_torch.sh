@@ -33,12 +33,14 @@ else
     echo "== installing torch $version and the project (no constraints.txt) into $venv: minutes"
     python3 -m venv "$venv" || exit 1
     PIP_CONSTRAINT=/dev/null "$python" -m pip install --quiet --disable-pip-version-check \
-        "torch==$version" ".[dev,formats,plots,realworld,quantize]" || exit 1
+        "torch==$version" -e ".[dev,formats,plots,realworld,quantize]" || exit 1
     if [ "$(installed_torch)" != "$version" ]; then
         echo "error: $venv holds torch $(installed_torch), not $version" >&2
         exit 1
     fi
 fi
+# The project itself (the inspect-model command), from this clone, whatever the venv held before.
+"$python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . || exit 1
 
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT

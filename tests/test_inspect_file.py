@@ -13,8 +13,11 @@ import json
 import pickle
 import pickletools
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -60,7 +63,7 @@ from tests.bad_files import (
     torch_pickle,
     write_zip,
 )
-from tests.helpers import run_chapter_here, run_in_fork, run_script, run_script_for_real
+from tests.helpers import REPO, run_chapter_here, run_in_fork, run_script, run_script_for_real
 
 # A reader's own model file, for --model-file: the walkthrough's model wrapped in another module.
 READER_MODEL = """
@@ -1024,3 +1027,39 @@ def test_a_tag_no_load_can_use_is_refused_by_the_inspector_and_the_chapters_for_
         read_untrusted(path)
     assert reasons == [str(refused.value).removeprefix(f"{path} refused: ")]
     assert ("meta device" if tag == "meta" else "which is not a device") in reasons[0]
+
+
+def test_the_installed_inspect_model_command_is_the_same_tool(trained_model_path, tmp_path):
+    command = Path(sys.executable).parent / "inspect-model"
+    assert command.is_file(), "the project is not installed: pip install -e . adds inspect-model"
+    shutil.copy(trained_model_path, tmp_path / "model.pth")
+    installed = subprocess.run(
+        [str(command), "model.pth", "--model", "Multiclass"], cwd=tmp_path, capture_output=True, text=True
+    )
+    script = run_script("inspect_file.py", "model.pth", "--model", "Multiclass", cwd=tmp_path)
+    assert (installed.returncode, installed.stderr) == (0, "")
+    assert installed.stdout == script.stdout
+    assert installed.stdout.endswith("(exit 0)\n")
+    helped = subprocess.run([str(command), "--help"], capture_output=True, text=True)
+    assert helped.stdout.startswith("usage: inspect-model ")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_inspector_imports_torch_is_one_line_exit_130(trained_model_path, tmp_path):
+    shutil.copy(trained_model_path, tmp_path / "model.pth")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "inspect_file.py"), "model.pth"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    maps = Path(f"/proc/{process.pid}/maps")
+    for _ in range(6000):  # torch's shared library is mapped early in `import torch`
+        if process.poll() is not None or "libtorch" in maps.read_text():
+            break
+        time.sleep(0.005)
+    assert process.poll() is None, "the inspector ended before torch was being imported"
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert (stdout, stderr) == (b"", b"interrupted (Ctrl-C); nothing was saved\n")
