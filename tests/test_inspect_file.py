@@ -10,9 +10,11 @@ from __future__ import annotations
 import collections
 import io
 import json
+import os
 import pickle
 import pickletools
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -21,6 +23,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -1063,3 +1066,43 @@ def test_ctrl_c_while_the_inspector_imports_torch_is_one_line_exit_130(trained_m
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
     assert (stdout, stderr) == (b"", b"interrupted (Ctrl-C); nothing was saved\n")
+
+
+MAX_CPU_SECONDS = 5  # the most CPU the inspector may spend on any one file, start-up included
+MAX_MEMORY_BYTES = 2**30
+
+
+def cpu_and_peak(path: Path, cwd: Path) -> tuple[int, float, int]:
+    """`python inspect_file.py PATH` in a real process that the kernel stops at MAX_CPU_SECONDS
+    of CPU (SIGXCPU): its exit status (negative: the signal), CPU seconds and peak RSS in bytes."""
+
+    def cap_cpu() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (MAX_CPU_SECONDS, MAX_CPU_SECONDS + 1))
+
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "inspect_file.py"), str(path)],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=cap_cpu,
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+@pytest.mark.slow
+def test_no_file_costs_the_inspector_5_s_of_cpu_or_1_gib_of_memory(files, marker, tmp_path):
+    (tmp_path / "corpus").mkdir()
+    corpus = build_corpus(tmp_path / "corpus", marker)
+    paths = [*files.values(), *(folder / MODEL_FILE for folder in corpus.values())]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one process a core
+        costs = dict(zip(paths, pool.map(lambda path: cpu_and_peak(path, tmp_path), paths), strict=True))
+    for path, (status, cpu, peak) in costs.items():
+        assert status in (0, EXIT_BAD_INPUT), (path, status)  # not -SIGXCPU, nor a crash
+        assert cpu < MAX_CPU_SECONDS and peak < MAX_MEMORY_BYTES, (path, cpu, peak)
+    assert not marker.exists()
+    print(f"most CPU: {max(cpu for _, cpu, _ in costs.values()):.2f} s, ", end="")
+    print(
+        f"largest peak: {max(peak for *_, peak in costs.values()) / 2**20:.0f} MiB, over {len(paths)} files"
+    )
