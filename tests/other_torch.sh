@@ -40,7 +40,7 @@ else
     fi
 fi
 # The project itself (the inspect-model command), from this clone, whatever the venv held before.
-"$python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . || exit 1
+"$python" -m pip install --quiet --disable-pip-version-check --no-deps -e . || exit 1
 
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT
