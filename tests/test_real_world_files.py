@@ -351,6 +351,7 @@ def test_a_file_that_loads_with_weights_only_and_is_well_formed_exits_0(name, tm
     assert rows.items() <= listed.items()
 
 
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # torch 2.15, on its own load
 def test_a_sparse_tensor_with_an_index_past_its_shape_is_refused_whether_torch_checks_it_or_not(tmp_path):
     """torch.load checked sparse indices only when asked to, up to torch 2.13 at least (2.15
     checks them itself): the inspector checks them itself, on every version."""
@@ -363,6 +364,7 @@ def test_a_sparse_tensor_with_an_index_past_its_shape_is_refused_whether_torch_c
     assert "found index 5" in reason
 
 
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # torch 2.15, on its own load
 def test_a_sparse_weight_does_not_fit_the_dense_parameter_it_stands_for(tmp_path):
     path = tmp_path / "sparse-weight.pth"
     weights = {**state(), "hidden.weight": state()["hidden.weight"].to_sparse()}
