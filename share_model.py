@@ -6,10 +6,20 @@
 # with `huggingface_hub`'s `PyTorchModelHubMixin`), rebuilt in a fresh process; tied
 # weights, which safetensors refuses and `save_model` keeps; shards with an index; an
 # adapter saved without its frozen base; and int8 weights with torchao, loaded back with
-# `weights_only=True` and an exact allowlist. Each file is then read back as one from a
-# stranger, through checks that refuse a hostile one in one line.
+# `weights_only=True` and an exact allowlist.
 #
 #     python share_model.py [--seed 42]      (after python train_iris.py)
+#     python share_model.py --folder DIR | --adapter FILE | --int8 FILE
+#
+# With one of the last three, the chapter reads what someone shared with you instead,
+# through checks, says what it holds and stops: a folder (`config.json` and
+# `model.safetensors`, or shards and their index), an adapter file or an int8 file of
+# the iris model, as this chapter writes them. `config.json` must hold exactly the
+# constructor arguments, each of a sensible size; an index may only name shards inside
+# its folder, all present; every file must hold exactly the tensors expected, of their
+# shapes; an adapter nothing of the base it would silently replace; an int8 file loads
+# with nothing allowlisted beyond torch's own but `Int8Tensor`. Anything else is refused
+# in one line, exit status 2.
 #
 # **Reads** `OUT_DIR/iris-model.pth` (default `artifacts/`), written by chapter 2.
 # **Writes** in `OUT_DIR/`: `iris-folder/` (by hand), `iris-hub-folder/` (by the mixin),
@@ -26,12 +36,13 @@ import contextlib
 import io
 import json
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
 # The command line first, before torch is imported: --help, a bad flag, a missing file and
 # Ctrl-C are answered at once, in one line.
-from support.cli import chapter_parser, parse_chapter_args, prepare_out_dir, require_inputs, seed
+from support.cli import chapter_parser, fail, parse_chapter_args, prepare_out_dir, require_inputs, seed
 from support.settings import MODEL_FILE, SEED, train_command
 
 SYNTHETIC_LAYERS, SYNTHETIC_WIDTH = 8, 1024  # 8 float32 layers of 4 MiB: enough for memory to show
@@ -42,8 +53,15 @@ parser = chapter_parser()
 parser.add_argument(
     "--seed", type=seed, default=SEED, help=f"seeds the adapter and the tied model (default: {SEED})"
 )
+shared = parser.add_mutually_exclusive_group()
+shared.add_argument("--folder", type=Path, help="check and load this shared folder, then stop")
+shared.add_argument("--adapter", type=Path, help="check and load this adapter file, then stop")
+shared.add_argument("--int8", type=Path, help="check and load this int8 file (needs torchao), then stop")
 args = parse_chapter_args(parser)
 require_inputs(args.out_dir / MODEL_FILE, made_by=train_command(args.out_dir))
+for given in (args.folder, args.adapter, args.int8):
+    if given is not None:
+        require_inputs(given)
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +69,7 @@ from torch import Tensor, nn
 from build_model import Multiclass, accuracy, load_iris_split, same_state, seed_everything, train_one_epoch
 from support.lab_tools import FRESH_PROCESS, make_memory_measurable, run_fresh_python, timed_with_peak_memory
 from support.shared_models import (
+    adapter_template,
     check_adapter_state,
     check_folder_config,
     read_safetensors,
@@ -84,6 +103,32 @@ out_dir = prepare_out_dir(args.out_dir)
 split = load_iris_split()
 X_test, y_test = split.X_test, split.y_test
 make_memory_measurable()
+
+if args.folder is not None:  # a folder someone shared, read through the checks
+    if (args.folder / "model.safetensors.index.json").exists():
+        from_folder = Multiclass()
+        from_folder.load_state_dict(read_shard_index(args.folder, from_folder))
+    else:
+        config = check_folder_config(args.folder / "config.json", trained.constructor_args())
+        from_folder = Multiclass(**config)
+        from_folder.load_state_dict(read_safetensors(args.folder / "model.safetensors", from_folder))
+    print(f"{args.folder}: checked; test accuracy {accuracy(from_folder.eval(), X_test, y_test):.3f}")
+    sys.exit(0)
+if args.adapter is not None:
+    checked_adapter = check_adapter_state(args.adapter, adapter_template(trained, RANK))
+    print(f"{args.adapter}: checked, only the adapter's {len(checked_adapter)} tensors")
+    sys.exit(0)
+if args.int8 is not None:
+    if quantize_ is None:
+        fail("--int8 needs torchao (pip install torchao, the quantize extra)")
+    template = Multiclass()
+    quantize_(template, Int8WeightOnlyConfig())
+    template.load_state_dict(read_with_exact_allowlist(args.int8, [Int8Tensor], template))
+    print(
+        f"{args.int8}: checked, loaded allowing only Int8Tensor; test accuracy "
+        f"{accuracy(template.eval(), X_test, y_test):.3f}"
+    )
+    sys.exit(0)
 
 # %% [markdown]
 # ## 1. A folder others can load
@@ -386,35 +431,3 @@ else:
     )
     float_accuracy, int8_accuracy = accuracy(trained, X_test, y_test), accuracy(reloaded, X_test, y_test)
     print(f"Test accuracy: float {float_accuracy:.3f}, int8 {int8_accuracy:.3f}")
-
-# %% [markdown]
-# ## Loading files you did not make
-#
-# A folder or file from someone else is read through checks before anything uses it:
-# `config.json` must hold exactly the constructor arguments, each a sensible size; an
-# index may only name shard files inside its folder, all present, holding exactly the
-# model's tensors; an adapter file must hold only the adapter's tensors (one that also
-# carried `hidden.base.weight` would silently replace the frozen base); a quantized file
-# loads with nothing allowlisted but `Int8Tensor`. A file that fails a check ends the
-# chapter in one line, exit status 2. The checks live in `support/shared_models.py`.
-
-# %%
-print("\n## Loading files you did not make")
-if save_file is not None:
-    config = check_folder_config(folder / "config.json", trained.constructor_args())
-    checked = Multiclass(**config)
-    checked.load_state_dict(read_safetensors(folder / "model.safetensors", checked))
-    same = same_state(checked.state_dict(), trained.state_dict())
-    print(f"iris-folder/: config and weights checked, same tensors {same}")
-if PyTorchModelHubMixin is not None and save_file is not None:
-    sharded_state = read_shard_index(out_dir / "iris-shards", Multiclass())
-    same = same_state(dict(sorted(sharded_state.items())), dict(sorted(trained.state_dict().items())))
-    print(f"iris-shards/: index and {n_iris_shards} shards checked, same tensors {same}")
-checked_adapter = check_adapter_state(out_dir / "iris-adapter.pth", fresh_base)
-print(
-    f"iris-adapter.pth: only the adapter's {len(checked_adapter)} tensors, "
-    f"same tensors {same_state(checked_adapter, adapter_state)}"
-)
-if quantize_ is not None:
-    checked_int8 = read_with_exact_allowlist(out_dir / "iris-int8.pth", [Int8Tensor], reloaded)
-    print(f"iris-int8.pth: loaded allowing only Int8Tensor, {len(checked_int8)} tensors of the right types")

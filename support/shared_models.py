@@ -123,9 +123,20 @@ def read_shard_index(folder: Path, model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
-def check_adapter_state(path: Path, adapted: nn.Module) -> dict[str, Tensor]:
-    """An adapter file holding exactly `adapted`'s trainable parameters, nothing of its frozen base."""
-    trainable = {name: p.detach() for name, p in adapted.named_parameters() if p.requires_grad}
+def adapter_template(model: nn.Module, rank: int) -> dict[str, Tensor]:
+    """What a low-rank adapter of each Linear layer of `model` holds: `lora_a` (rank x in) and
+    `lora_b` (out x rank), float32, as chapter 9 names them."""
+    template = {}
+    for name, layer in model.named_modules():
+        if isinstance(layer, nn.Linear):
+            template[f"{name}.lora_a"] = torch.zeros(rank, layer.in_features)
+            template[f"{name}.lora_b"] = torch.zeros(layer.out_features, rank)
+    return template
+
+
+def check_adapter_state(path: Path, trainable: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """An adapter file holding exactly the tensors of `trainable` (names, shapes, dtypes), nothing
+    of the frozen base it would silently replace."""
     limit = 2 * sum(t.numel() * t.element_size() for t in trainable.values()) + 64 * 1024
     state = read_untrusted(path, max_bytes=limit)
     if not isinstance(state, Mapping) or sorted(map(str, state)) != sorted(trainable):

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from build_model import Multiclass
 from support.shared_models import (
+    adapter_template,
     check_adapter_state,
     check_folder_config,
     read_safetensors,
@@ -20,6 +21,7 @@ from support.shared_models import (
     read_with_exact_allowlist,
 )
 from support.untrusted_files import ModelFileError, load_untrusted_model
+from tests.helpers import CHAPTER_SERVER, assert_one_line_refusal
 
 
 def trained(artifacts: Path) -> Multiclass:
@@ -87,7 +89,6 @@ def test_the_int8_file_needs_exactly_int8tensor(share_run):
         float, re.search(r"float (\S+), int8 (\S+)", out.split("Test accuracy:")[1]).groups()
     )
     assert abs(float_acc - int8_acc) <= 1 / 45  # at most one flower of 45 changes
-    assert "iris-int8.pth: loaded allowing only Int8Tensor, 4 tensors of the right types" in out
 
 
 # ---- The checks refuse hostile variants of each new kind of file ----
@@ -160,24 +161,18 @@ def test_a_hostile_shard_index_is_refused(tmp_path, trained_model_path, change, 
         read_shard_index(shards, Multiclass())
 
 
-def adapted_model() -> torch.nn.Module:
-    """The chapter's adapter shape: a frozen base and two trainable low-rank factors per layer."""
-    model = Multiclass().requires_grad_(False)
-    for layer in ("hidden", "output"):
-        linear = getattr(model, layer)
-        linear.register_parameter("lora_a", torch.nn.Parameter(torch.zeros(2, linear.in_features)))
-        linear.register_parameter("lora_b", torch.nn.Parameter(torch.zeros(linear.out_features, 2)))
-    return model
-
-
 def test_an_adapter_file_that_carries_base_weights_is_refused(tmp_path):
-    model = adapted_model()
-    state = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    template = adapter_template(Multiclass(), rank=2)
+    assert sorted(template) == ["hidden.lora_a", "hidden.lora_b", "output.lora_a", "output.lora_b"]
+    state = {name: torch.ones_like(t) for name, t in template.items()}
     torch.save(state, tmp_path / "adapter.pth")
-    assert check_adapter_state(tmp_path / "adapter.pth", model).keys() == state.keys()
-    torch.save({**state, "hidden.weight": torch.zeros(8, 4)}, tmp_path / "adapter.pth")
+    assert check_adapter_state(tmp_path / "adapter.pth", template).keys() == state.keys()
+    torch.save({**state, "hidden.base.weight": torch.zeros(8, 4)}, tmp_path / "adapter.pth")
     with pytest.raises(ModelFileError, match="expected only the adapter's"):
-        check_adapter_state(tmp_path / "adapter.pth", model)
+        check_adapter_state(tmp_path / "adapter.pth", template)
+    torch.save({**state, "hidden.lora_a": torch.ones(3, 4)}, tmp_path / "adapter.pth")
+    with pytest.raises(ModelFileError, match=re.escape("hidden.lora_a has shape (3, 4), expected (2, 4)")):
+        check_adapter_state(tmp_path / "adapter.pth", template)
 
 
 def test_a_quantized_file_with_an_extra_global_is_refused(tmp_path):
@@ -199,3 +194,60 @@ def test_a_quantized_file_with_an_extra_global_is_refused(tmp_path):
     with pytest.raises(ModelFileError, match="Int8Tensor"):  # allowlisting nothing refuses the subclass
         read_with_exact_allowlist(tmp_path / "int8.pth", [], model)
     assert Int8Tensor in torch.serialization.get_safe_globals()  # torchao's own allowlist, back again
+
+
+# ---- The chapter itself, pointed at shared files: the good ones load, hostile ones are refused ----
+
+
+def hostile_variants(artifacts: Path, root: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Each case: the chapter's arguments, and the words its one-line refusal must hold (none: loads)."""
+    cases = {}
+    for name in ("iris-folder", "iris-hub-folder", "iris-shards"):
+        cases[name] = (["--folder", str(artifacts / name)], [])
+    cases["adapter"] = (["--adapter", str(artifacts / "iris-adapter.pth")], [])
+    cases["int8"] = (["--int8", str(artifacts / "iris-int8.pth")], [])
+
+    config_folder = shutil.copytree(artifacts / "iris-folder", root / "auto-map")
+    config = json.loads((config_folder / "config.json").read_text())
+    (config_folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Net"}}))
+    cases["config with auto_map"] = (["--folder", str(config_folder)], ["config.json refused", "auto_map"])
+
+    shards = shutil.copytree(artifacts / "iris-shards", root / "outside")
+    index = json.loads((shards / "model.safetensors.index.json").read_text())
+    index["weight_map"]["hidden.bias"] = "../../etc/passwd.safetensors"
+    (shards / "model.safetensors.index.json").write_text(json.dumps(index))
+    cases["shard outside"] = (
+        ["--folder", str(shards)],
+        ["../../etc/passwd.safetensors", "not a file in the folder"],
+    )
+
+    adapter = torch.load(artifacts / "iris-adapter.pth", weights_only=True)
+    torch.save({**adapter, "hidden.base.weight": torch.zeros(8, 4)}, root / "adapter-with-base.pth")
+    cases["adapter with base"] = (["--adapter", str(root / "adapter-with-base.pth")], ["hidden.base.weight"])
+
+    from torchao.quantization import PerRow
+
+    int8 = torch.load(artifacts / "iris-int8.pth", weights_only=True)
+    torch.save({**int8, "granularity": PerRow()}, root / "int8-extra-global.pth")
+    cases["int8 extra global"] = (["--int8", str(root / "int8-extra-global.pth")], ["PerRow"])
+    return cases
+
+
+def test_the_chapter_loads_its_shared_files_and_refuses_hostile_variants(share_run, tmp_path):
+    pytest.importorskip("torchao", reason="the quantize extra")
+    cases = hostile_variants(share_run.artifacts, tmp_path)
+    (tmp_path / "artifacts").mkdir()
+    shutil.copy(share_run.artifacts / "iris-model.pth", tmp_path / "artifacts")
+    runs = {
+        case: CHAPTER_SERVER.start("share_model.py", *argv, cwd=tmp_path) for case, (argv, _) in cases.items()
+    }
+    for case, run in runs.items():
+        result, words = run.wait(timeout=120), cases[case][1]
+        if words:
+            assert_one_line_refusal(result, *words)
+            assert result.stdout == "", case
+        else:
+            assert result.returncode == 0 and result.stderr == "", (case, result.stderr)
+            assert ": checked" in result.stdout, case
+            if case != "adapter":
+                assert result.stdout.strip().endswith("test accuracy 1.000"), case
