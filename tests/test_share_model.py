@@ -233,6 +233,7 @@ def hostile_variants(artifacts: Path, root: Path) -> dict[str, tuple[list[str], 
     return cases
 
 
+@pytest.mark.slow  # nine runs of the chapter: some 3 s on two cores
 def test_the_chapter_loads_its_shared_files_and_refuses_hostile_variants(share_run, tmp_path):
     pytest.importorskip("torchao", reason="the quantize extra")
     cases = hostile_variants(share_run.artifacts, tmp_path)
