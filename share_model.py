@@ -104,6 +104,8 @@ split = load_iris_split()
 X_test, y_test = split.X_test, split.y_test
 make_memory_measurable()
 
+if args.folder is not None and save_file is None:
+    fail("--folder needs safetensors (pip install safetensors, the formats extra)")
 if args.folder is not None:  # a folder someone shared, read through the checks
     if (args.folder / "model.safetensors.index.json").exists():
         from_folder = Multiclass()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from support.shared_models import (
     read_with_exact_allowlist,
 )
 from support.untrusted_files import ModelFileError, load_untrusted_model
-from tests.helpers import CHAPTER_SERVER, assert_one_line_refusal
+from tests.helpers import CHAPTER_SERVER, REPO, SCRIPT_ENV, assert_one_line_refusal
 
 
 def trained(artifacts: Path) -> Multiclass:
@@ -252,3 +254,32 @@ def test_the_chapter_loads_its_shared_files_and_refuses_hostile_variants(share_r
             assert ": checked" in result.stdout, case
             if case != "adapter":
                 assert result.stdout.strip().endswith("test accuracy 1.000"), case
+
+
+WITHOUT = {  # the extra left out, and the one line per section that says what is skipped
+    "safetensors": ["skipped: needs safetensors (pip install safetensors, the formats extra)"],
+    "huggingface_hub": ["PyTorchModelHubMixin: skipped, needs huggingface_hub (the realworld extra)"],
+    "torchao": ["skipped: needs torchao (pip install torchao, the quantize extra)"],
+}
+
+
+@pytest.mark.slow  # three fresh interpreters
+@pytest.mark.parametrize("module", list(WITHOUT))
+def test_the_chapter_runs_without_each_extra_and_says_what_it_skips(share_run, tmp_path, module):
+    (tmp_path / "artifacts").mkdir()
+    shutil.copy(share_run.artifacts / "iris-model.pth", tmp_path / "artifacts")
+    hidden = [module, f"{module}.torch", f"{module}.quantization"]  # importing any of them fails
+    hide = f"import sys\nfor name in {hidden}: sys.modules[name] = None\n"
+    chapter = str(REPO / "share_model.py")
+    run = f"import runpy\nsys.argv = ['share_model.py']\nrunpy.run_path({chapter!r}, run_name='__main__')"
+    env = {**SCRIPT_ENV, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", hide + run], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    for line in WITHOUT[module]:
+        assert line in result.stdout.splitlines()
+    assert (
+        "strict=False: missing = the frozen base's 4 keys, unexpected none; same outputs True"
+        in result.stdout
+    )
