@@ -389,7 +389,7 @@ print(
 # `Int8WeightOnlyConfig` turns each Linear weight into an `Int8Tensor` (int8 values and a
 # scale per row). Its state_dict saves with `torch.save`; to load it with
 # `weights_only=True`, allow exactly the global the file needs beyond torch's own,
-# `Int8Tensor`. Importing torchao allowlists some 30 classes for the whole process; the
+# `Int8Tensor`. Importing torchao allowlists some 40 globals for the whole process; the
 # load below sets those aside and allows only what this file needs. An int8 weight takes a
 # quarter of a float32's bytes, plus one float scale per row: on iris's short rows that is
 # about 2x, and the file's fixed overhead (the pickle describing each Int8Tensor) outweighs
