@@ -23,7 +23,7 @@
 # temporary folder inside OUT_DIR, deleted at the end. safetensors comes with the
 # `formats` extra; without it, its rows are skipped.
 #
-# Next: chapter 8, `python distributed_checkpoint.py`, when one machine is not enough.
+# Next: chapter 9, `python share_model.py`, sharing a model with people who do not have your code.
 
 # %%
 from __future__ import annotations

@@ -10,7 +10,7 @@ model.load_state_dict(torch.load(path, weights_only=True), strict=False) on the 
 
 Run: python save_only_adapter_weights.py
 Needs: torch
-Chapter: load_tips.py, "2. Missing and unexpected keys"
+Chapter: share_model.py, "4. Only what changed: an adapter"
 """
 
 import tempfile

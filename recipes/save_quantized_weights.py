@@ -11,7 +11,7 @@ config), then load_state_dict(torch.load(path, weights_only=True)).
 
 Run: python save_quantized_weights.py
 Needs: torch, torchao
-Chapter: load_tips.py, "4. Size mismatch"
+Chapter: share_model.py, "5. Quantized weights"
 """
 
 import logging

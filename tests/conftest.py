@@ -180,6 +180,7 @@ save_load_run = chapter_fixture("save_load_run", "save_load_demo.py")
 checkpoint_run = chapter_fixture("checkpoint_run", "checkpoint_resume.py")
 tips_run = chapter_fixture("tips_run", "load_tips.py")
 formats_run = chapter_fixture("formats_run", "compare_formats.py")
+share_run = chapter_fixture("share_run", "share_model.py")
 distributed_run = chapter_fixture("distributed_run", "distributed_checkpoint.py")
 look_inside_run = chapter_fixture("look_inside_run", "look_inside.py")
 

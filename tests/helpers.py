@@ -38,6 +38,7 @@ CHAPTERS = [
     "checkpoint_resume.py",
     "load_tips.py",
     "compare_formats.py",
+    "share_model.py",
     "distributed_checkpoint.py",
     "look_inside.py",
 ]
@@ -47,6 +48,7 @@ READS = {
     "save_load_demo.py": ["iris-model.pth"],
     "load_tips.py": ["iris-model.pth"],
     "compare_formats.py": ["iris-model.pth"],
+    "share_model.py": ["iris-model.pth"],
     "look_inside.py": ["iris-model.pth"],
 }
 # The arguments walkthrough.sh gives a chapter, where it gives any.
@@ -298,6 +300,7 @@ RECIPES = sorted(path.name for path in (REPO / "recipes").glob("*.py"))
 EXTRA_OF = {
     "safetensors": "the formats extra",
     "torchao": "the quantize extra",
+    "huggingface_hub": "the realworld extra",
     "numpy": "a dependency of this project",
 }
 
