@@ -54,8 +54,9 @@ def read_json(path: Path, limit: int) -> Any:
 def hub_cache_blobs(folder: Path) -> Path | None:
     """The `blobs/` folder of a Hugging Face cache, if `folder` is one of its snapshots
     (`models--org--name/snapshots/REVISION/`), where every file links to `../../blobs/HASH`."""
-    if folder.parent.name == "snapshots" and (folder.parent.parent / "blobs").is_dir():
-        return folder.parent.parent / "blobs"
+    blobs = folder.parent.parent / "blobs"
+    if folder.parent.name == "snapshots" and blobs.is_dir() and not blobs.is_symlink():  # a link could be "/"
+        return blobs
     return None
 
 
@@ -96,8 +97,9 @@ def shard_path(folder: Path, name: Any) -> Path:
 
 def code_in_folder(folder: Path, taken: set[str]) -> list[str]:
     """What in the folder, besides the files `taken` into account already, a loader would run
-    or unpickle: Python files (run with trust_remote_code=True), an `auto_map` in a JSON
-    config (which names such code), and pickle-based weights beside the shards."""
+    or unpickle: Python files (run with trust_remote_code=True), native libraries, an
+    `auto_map` in any JSON file (which names such code), and pickle-based weights beside the
+    shards, known by their first bytes whatever their names."""
     found = []
     for count, path in enumerate(sorted(folder.rglob("*"))):
         if count >= MAX_FILES:
@@ -109,18 +111,53 @@ def code_in_folder(folder: Path, taken: set[str]) -> list[str]:
             continue
         if str(path.relative_to(folder)) in taken or path.is_dir():
             continue
-        if path.suffix == ".py":
-            found.append(f"{name} is Python code, which transformers runs with trust_remote_code=True")
-        elif path.suffix in PICKLE_WEIGHTS:
-            found.append(f"{name} is a pickle-based weights file beside the shards: inspect it on its own")
-        elif path.suffix == ".json" and path.parent == folder:
-            config = read_json(path, MAX_CONFIG_BYTES)
-            if isinstance(config, dict) and "auto_map" in config:
-                found.append(
-                    f"{name} has an auto_map, naming Python code that transformers imports and runs"
-                    " with trust_remote_code=True"
-                )
+        if problem := code_in_file(path):
+            found.append(f"{name} {problem}")
     return found
+
+
+NATIVE_MAGIC = (
+    b"\x7fELF",
+    b"MZ",
+    b"\xcf\xfa\xed\xfe",
+    b"\xce\xfa\xed\xfe",
+    b"\xca\xfe\xba\xbe",
+)  # ELF, PE, Mach-O
+
+
+def code_in_file(path: Path) -> str:
+    """What in one file of a model folder a loader would run or unpickle, in words; or ''."""
+    suffix = path.suffix.lower()
+    if suffix in (".py", ".pyc", ".pyw"):
+        return "is Python code, which transformers runs with trust_remote_code=True"
+    try:
+        with open_regular_file(path) as file:
+            head = file.read(16)
+    except ModelFileError:
+        return ""  # not a regular file: nothing a loader reads
+    if suffix in (".so", ".dll", ".dylib", ".pyd") or head.startswith(NATIVE_MAGIC):
+        return "is a native library: code that runs once it is loaded"
+    if suffix in PICKLE_WEIGHTS or head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "is a pickle-based weights file (torch.save's, or a pickle) beside the shards: inspect it"
+    if suffix == ".json":
+        try:
+            config = read_json(path, MAX_CONFIG_BYTES)
+        except ModelFileError:
+            return ""  # not a config (a tokenizer's vocabulary is megabytes): no loader takes code from it
+        if has_auto_map(config):
+            return "has an auto_map, naming Python code that transformers runs with trust_remote_code=True"
+    return ""
+
+
+def has_auto_map(value: Any, depth: int = 0) -> bool:
+    """An `auto_map` key anywhere in a JSON value (a multimodal config nests its parts' configs)."""
+    if depth > 32:
+        return True  # deeper than any config: not looked into, so not cleared
+    if isinstance(value, dict):
+        return "auto_map" in value or any(has_auto_map(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(has_auto_map(v, depth + 1) for v in value)
+    return False
 
 
 def read_index(index_path: Path) -> tuple[dict[str, str], int | None]:

@@ -29,11 +29,11 @@ from model_inspector.safetensors_files import safetensors_contents, safetensors_
 from model_inspector.sniff import sniff, zip_layout
 from model_inspector.text import safe_text
 from model_inspector.torch_files import (
-    distributed_names,
-    import_distributed_tensor,
+    import_registering,
     inspect_legacy,
     inspect_pickle_file,
-    note_distributed,
+    library_names,
+    note_library,
     standin_contents,
     torch_contents,
     torch_needs,
@@ -93,8 +93,8 @@ def inspect_zip(
             forged = []  # a damaged record: its CRC32 check above says so
         problems += forged
         report.reasons += forged
-        if distributed := distributed_names(data_pkl):  # DTensors: torch's own module allows them
-            import_distributed_tensor()
+        module, what, library = library_names(data_pkl)  # DTensors, say: torch's own module allows them
+        imported = bool(library) and import_registering(module)
         torch_needs(path, data_pkl, report, name)
         if problems:
             report.needs.weights_only = "not tried: the file failed the integrity checks"
@@ -109,11 +109,11 @@ def inspect_zip(
             path,
             report,
             standins=lambda: standin_contents(archive, folder, report),
-            subclasses=bool(distributed),
+            subclasses=imported,
             model=model,
         )
-        if distributed:
-            note_distributed(report, distributed)
+        if imported:
+            note_library(report, module, what, library)
         return shapes
     if kind == "torch-package":
         return package_contents(archive, folder, report)

@@ -99,9 +99,7 @@ def write_needs(out: Lines, needs: Needs) -> None:
         names = ", ".join(needs.safe_globals_needed)
         lines.append(["safe_globals needed:", f"{names} (allow them only if you trust their code)"])
     for module, names in needs.import_first.items():
-        lines.append(
-            ["import first:", f"{module} (importing it allows {', '.join(names)}: torch's own list)"]
-        )
+        lines.append(["import first:", f"{module} (importing it allows {', '.join(names)}: its own list)"])
     if library := needs.library_load:
         lines.append(["library's own list:", library_advice(library)])
     if needs.data_only:

@@ -21,6 +21,7 @@ MAX_HEADER_BYTES = 16 * 2**20  # a JSON header this tool parses; a large model's
 # name for it ("" where torch has none), and bits per value: safetensors counts bits, so a
 # tensor of 4- or 6-bit values must fill whole bytes. torch packs two F4 values in one
 # float4_e2m1fn_x2 element: the header's last dimension is twice torch's.
+MAX_DIMS = 64  # dimensions of one tensor; a model's weights have a few
 SAFETENSORS_DTYPES = {
     "F64": ("float64", 64), "F32": ("float32", 32), "F16": ("float16", 16), "BF16": ("bfloat16", 16),
     "I64": ("int64", 64), "I32": ("int32", 32), "I16": ("int16", 16), "I8": ("int8", 8),
@@ -64,6 +65,11 @@ def safetensors_header(file: Any, size: int) -> tuple[dict[str, Any], list[str]]
             bits = SAFETENSORS_DTYPES[entry["dtype"]][1]
             begin, end = entry["data_offsets"]
             shape = list(entry["shape"])
+            if len(shape) > MAX_DIMS:  # a product of a million sizes would take minutes to compute
+                problems.append(
+                    f"tensor {shown} has {len(shape)} dimensions, more than the {MAX_DIMS} this tool reads"
+                )
+                continue
             numel = math.prod(shape)
             whole = all(type(n) is int for n in [*shape, begin, end])
         except (KeyError, TypeError, ValueError):
@@ -100,6 +106,8 @@ def safetensors_contents(header: dict[str, Any], report: Report) -> dict[str, tu
             report.metadata["__metadata__"] = {safe_text(k, 40): safe_text(v, 80) for k, v in entry.items()}
             continue
         try:
+            if len(entry["shape"]) > MAX_DIMS:
+                continue  # refused by the header check: not a tensor to list
             shape = [int(n) for n in entry["shape"] if type(n) is int]
             dtype = torch_dtype_of(entry["dtype"], shape)
             begin, end = (int(n) for n in entry["data_offsets"])

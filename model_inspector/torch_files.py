@@ -82,6 +82,9 @@ class Listing:
             self.add_tensor(tensor.to_local(), name)
             self.rows[-1].shape, self.rows[-1].dtype = list(tensor.shape), f"{dtype} (DTensor)"
             return
+        if hasattr(type(tensor), "__tensor_flatten__"):  # a wrapper of other tensors: torchao's, say
+            self.add_wrapper(tensor, name, dtype)
+            return
         if tensor.is_nested or tensor.layout != torch.strided or tensor.device.type == "meta":
             kind = "nested" if tensor.is_nested else "meta" if tensor.device.type == "meta" else tensor.layout
             shape = [] if tensor.is_nested else list(tensor.shape)
@@ -92,13 +95,32 @@ class Listing:
         row = tensor_row(name, list(tensor.shape), dtype, 0, self.locations.get(address, str(tensor.device)))
         row.bytes = tensor.numel() * tensor.element_size()
         self.rows.append(row)
-        if any(stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape, strict=True)):
+        repeated = any(
+            stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape, strict=True)
+        )
+        if repeated:
             self.odd.append(f"{name} (one value repeated: a view with strides {tuple(tensor.stride())})")
         start = tensor.storage_offset() * tensor.element_size()
         self.spans.setdefault(address, []).append((start, start + row.bytes, tensor.stride(), name))
         if address and tensor.untyped_storage().nbytes():
             self.storages.setdefault(address, []).append(row)
-        if not finite(tensor):
+        if not finite(whole_storage(tensor) if repeated else tensor):  # a view's values may be billions
+            self.non_finite.append(name)
+
+    def add_wrapper(self, tensor: Tensor, name: str, dtype: str) -> None:
+        """A tensor subclass made of other tensors (torchao's int8 weights: values and scales),
+        listed as one row of its class, its parts' bytes counted and their values checked."""
+        attributes, _ = tensor.__tensor_flatten__()
+        parts = [part for part in (getattr(tensor, a, None) for a in attributes) if isinstance(part, Tensor)]
+        address = parts[0].untyped_storage().data_ptr() if parts else 0
+        kind = safe_text(type(tensor).__name__, 40)
+        row = tensor_row(name, list(tensor.shape), f"{dtype} ({kind})", 0, self.locations.get(address, ""))
+        row.device = row.device or str(tensor.device)
+        row.bytes = sum(part.numel() * part.element_size() for part in parts)
+        self.rows.append(row)
+        for part in parts:
+            self.component_bytes[part.untyped_storage().data_ptr()] = part.untyped_storage().nbytes()
+        if not all(finite(part) for part in parts):
             self.non_finite.append(name)
 
     def add_sparse(self, tensor: Tensor, name: str, dtype: str) -> None:
@@ -345,6 +367,15 @@ def shape_and_dtype(tensor: Tensor) -> tuple[tuple[int, ...], str]:
     return tuple(tensor.shape), f"{dtype} (DTensor)" if is_dtensor(tensor) else dtype
 
 
+def whole_storage(tensor: Tensor) -> Tensor:
+    """Every value of the storage a view reads, once each: a view that repeats one value a
+    billion times is checked in as many values as the file stores."""
+    flat = tensor.new_empty(0)
+    return flat.set_(
+        tensor.untyped_storage(), 0, (tensor.untyped_storage().nbytes() // tensor.element_size(),)
+    )
+
+
 def finite(tensor: Tensor) -> bool:
     """False for a floating-point or complex tensor holding NaN or infinity, or a quantized
     tensor whose scales are (a dtype isfinite lacks: True)."""
@@ -359,45 +390,68 @@ def finite(tensor: Tensor) -> bool:
         return True
 
 
-def distributed_names(data_pkl: bytes) -> list[str]:
-    """The torch.distributed classes a pickle names (DTensor's), beyond what weights_only allows
-    by default: importing torch.distributed.tensor allows DTensor's, in any later load."""
-    names = pickle_globals(data_pkl, limit=200, pickles=100)
-    return [
-        name for name in names if name.startswith("torch.distributed.") and name not in KNOWN_DATA_GLOBALS
+# Libraries whose import registers their own tensor classes with weights_only (through
+# torch.serialization.add_safe_globals): the prefix of the names a file pickles -> the module
+# to import, and what the file then holds. Importing one runs that installed library's code,
+# never the file's.
+REGISTERS_ON_IMPORT = {
+    "torch.distributed.": ("torch.distributed.tensor", "DTensors"),
+    "torchao.": ("torchao", "torchao's quantized tensors"),
+}
+
+
+def library_names(data_pkl: bytes) -> tuple[str, str, list[str]]:
+    """(module to import, what it allows, the names) for a pickle that names classes of a library
+    in REGISTERS_ON_IMPORT beyond what weights_only allows by default; ("", "", []) for none."""
+    names = [
+        name for name in pickle_globals(data_pkl, limit=200, pickles=100) if name not in KNOWN_DATA_GLOBALS
     ]
+    for prefix, (module, what) in REGISTERS_ON_IMPORT.items():
+        if found := [name for name in names if name.startswith(prefix)]:
+            return module, what, found
+    return "", "", []
 
 
-def import_distributed_tensor() -> bool:
-    """Import torch.distributed.tensor, torch's own code (not the file's): it registers DTensor,
-    DeviceMesh and their placements with torch.serialization.add_safe_globals, so that
-    weights_only loads can rebuild them. False where this torch has no torch.distributed."""
-    if not torch.distributed.is_available():
+def import_registering(module: str) -> bool:
+    """Import `module`, an installed library (not the file): it allows its classes in any later
+    weights_only load. False where it is not installed, or this torch has no torch.distributed.
+    What the import logs (torchao warns about torch.compile) is kept out of the report."""
+    if module.startswith("torch.distributed") and not torch.distributed.is_available():
         return False
+    loggers = [logging.getLogger(name) for name in ("torch", module.partition(".")[0])]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)  # torchao logs the CUDA kernels a CPU-only torch cannot load
     try:
-        importlib.import_module("torch.distributed.tensor")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importlib.import_module(module)
     except ImportError:
         return False
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     return True
 
 
-def note_distributed(report: Report, names: list[str]) -> None:
-    """A file of DTensors that loaded once torch.distributed.tensor was imported: that import is
-    what its reader needs, since a plain torch.load(weights_only=True) refuses it without.
-    Whether this process imported it before does not matter: the names are judged against
-    what weights_only allows by default."""
+def note_library(report: Report, module: str, what: str, names: list[str]) -> None:
+    """A file that loaded once `module` was imported: that import is what its reader needs,
+    since a plain torch.load(weights_only=True) refuses it without. Whether this process
+    imported it before does not matter: the names are judged against what weights_only allows
+    by default."""
     needs = report.needs
     if needs.weights_only != "loads":
         return  # refused even so: its reasons say why
     beyond = needs.not_allowed_by_weights_only or []
     needs.not_allowed_by_weights_only = sorted({*beyond, *(safe_text(name, 100) for name in names)})
-    needs.import_first = {"torch.distributed.tensor": sorted(safe_text(name, 100) for name in names)}
-    needs.weights_only = "loads once torch.distributed.tensor is imported (tried); not before"
+    needs.safe_globals_needed = [name for name in needs.safe_globals_needed if name not in names]
+    needs.import_first = {module: sorted(safe_text(name, 100) for name in names)}
+    needs.weights_only = f"loads once {module} is imported (tried); not before"
     classes = sorted({safe_text(name.rpartition(".")[2], 40) for name in names})
     report.reasons.append(
-        f"it holds DTensors: torch.load(weights_only=True) refuses their classes ({', '.join(classes[:6])}) "
-        "unless torch.distributed.tensor is imported first, which allows them; "
-        "`import torch.distributed.tensor` and then torch.load(path, weights_only=True) loads it (tried)"
+        f"it holds {what}: torch.load(weights_only=True) refuses their classes ({', '.join(classes[:6])}) "
+        f"unless {module} is imported first, which allows them; "
+        f"`import {module}` and then torch.load(path, weights_only=True) loads it (tried)"
     )
 
 

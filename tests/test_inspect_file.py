@@ -1106,3 +1106,25 @@ def test_no_file_costs_the_inspector_5_s_of_cpu_or_1_gib_of_memory(files, marker
     print(
         f"largest peak: {max(peak for *_, peak in costs.values()) / 2**20:.0f} MiB, over {len(paths)} files"
     )
+
+
+def reasons_in_child(path: Path) -> int:
+    """In a fork with its memory capped: the report's reasons on stderr; EXIT_TOO_MUCH_MEMORY if it grew."""
+    before = limit_memory()
+    print(inspection.inspect_path(path).reasons, file=sys.stderr)
+    return EXIT_TOO_MUCH_MEMORY if grew_too_much(before) else 0
+
+
+def test_a_view_of_one_value_seen_billions_of_times_is_refused_without_reading_them(tmp_path):
+    path = tmp_path / "expanded.pth"
+    torch.save({"w": torch.zeros(1).expand(40_000, 40_000)}, path)  # 1.6e9 values, 4 bytes stored
+    code, stderr = run_in_fork(reasons_in_child, path, cwd=tmp_path, timeout=60)
+    assert code == 0, stderr
+    assert "w (one value repeated: a view with strides (0, 0))" in stderr
+
+
+def test_a_safetensors_shape_of_a_million_dimensions_is_refused_before_multiplying_them(tmp_path):
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2**32 - 1] * 1_000_000, "data_offsets": [0, 4]}})
+    path = tmp_path / "dims.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header.encode() + bytes(4))
+    assert report_on(path)["reasons"] == ["tensor a has 1000000 dimensions, more than the 64 this tool reads"]

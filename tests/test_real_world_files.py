@@ -1153,6 +1153,7 @@ def with_extra(
     if link is not None:
         (copy / name).symlink_to(link)
     else:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
         (copy / name).write_bytes(content or b"")
     return copy
 
@@ -1160,24 +1161,45 @@ def with_extra(
 CONFIG_WITH_AUTO_MAP = json.dumps(
     {"architectures": ["Iris"], "auto_map": {"AutoModel": "modeling_iris.IrisModel"}}
 )
+NESTED_AUTO_MAP = json.dumps({"text_config": {"auto_map": {"AutoModel": "modeling_iris.IrisModel"}}})
 
 
 @pytest.mark.parametrize(
     ("name", "content", "link", "words"),
     [
         ("config.json", CONFIG_WITH_AUTO_MAP.encode(), None, "config.json has an auto_map"),
+        ("sub/config.json", CONFIG_WITH_AUTO_MAP.encode(), None, "sub/config.json has an auto_map"),
+        ("config.json", NESTED_AUTO_MAP.encode(), None, "config.json has an auto_map"),
         ("modeling_iris.py", b"import os\n", None, "modeling_iris.py is Python code"),
+        ("Modeling_Iris.PY", b"import os\n", None, "Modeling_Iris.PY is Python code"),
+        ("custom.so", b"\x7fELF\x02\x01\x01" + bytes(9), None, "custom.so is a native library"),
+        ("kernels.bin.tar", b"\x7fELF\x02\x01\x01" + bytes(9), None, "kernels.bin.tar is a native library"),
         ("pytorch_model.bin", None, None, "pytorch_model.bin is a pickle-based weights file"),
+        ("pytorch_model.bin.tar", None, None, "pytorch_model.bin.tar is a pickle-based weights file"),
         ("tokenizer.json", None, "/etc/passwd", "tokenizer.json is not followed: a link out of the folder"),
         ("loop.json", None, "loop.json", "loop.json is not followed: a link loop"),
     ],
-    ids=["auto_map", "python file", "pickle weights beside", "link outside", "link loop"],
+    ids=[
+        "auto_map",
+        "auto_map in a subfolder",
+        "auto_map nested",
+        "python file",
+        "python file, upper case",
+        "native library",
+        "native library, another name",
+        "pickle weights beside",
+        "pickle weights, another name",
+        "link outside",
+        "link loop",
+    ],
 )
 def test_a_sharded_folder_gets_exit_0_only_when_every_file_is_accounted_for(
     name, content, link, words, hub_folders, tmp_path
 ):
     """What a loader would run or unpickle beside the shards is named, and refused."""
-    if name == "pytorch_model.bin":  # a real torch.save file, as transformers wrote before safetensors
+    if name.startswith(
+        "pytorch_model.bin"
+    ):  # a real torch.save file, as transformers wrote before safetensors
         content_path = tmp_path / "weights.bin"
         torch.save(state(), content_path)
         content = content_path.read_bytes()
@@ -1211,6 +1233,18 @@ def test_a_hugging_face_cache_snapshot_whose_files_link_into_blobs_is_read(hub_f
         (snapshot / path.name).symlink_to(f"../../blobs/blob{number}")
     report = report_on(snapshot, on_meta())
     assert report["reasons"] == [] and report["fit"]["fits"]
+
+
+def test_a_cache_whose_blobs_is_a_link_elsewhere_lends_its_snapshot_no_trust(hub_folders, tmp_path):
+    """blobs/ pointing at / would make every link of the snapshot a link "into blobs"."""
+    repo = tmp_path / "models--org--iris"
+    snapshot = repo / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").symlink_to("/")
+    for path in sorted(hub_folders["safetensors"].iterdir()):
+        (snapshot / path.name).symlink_to(f"../../blobs{path.resolve()}")  # through blobs/, to the file
+    with pytest.raises(ModelFileError, match=r"not a file in the folder \(a link out of the folder\)"):
+        report_on(snapshot)
 
 
 # %%
@@ -1294,3 +1328,41 @@ def test_each_hostile_input_of_a_new_reader_is_one_error_line_in_bounded_memory(
     code, output = run_in_fork(inspect_hostile_in_child, path, tmp_path, cwd=tmp_path, timeout=60)
     assert code == EXIT_BAD_INPUT, output
     assert output.startswith("error: ") and output.count("\n") == 1, output
+
+
+LOAD_INT8 = """
+import sys, torch
+try:
+    torch.load(sys.argv[1], weights_only=True)
+except Exception as err:
+    print("plain:", type(err).__name__)
+import logging; logging.disable(logging.WARNING)  # what torchao logs while it is imported
+import torchao
+print("after the import:", type(torch.load(sys.argv[1], weights_only=True)["hidden.weight"]).__name__)
+"""
+
+
+@pytest.mark.slow  # importing torchao in a fresh process takes seconds
+def test_torchaos_int8_weights_are_listed_with_the_import_that_makes_them_load(tmp_path):
+    quantization = pytest.importorskip("torchao.quantization", reason="the quantize extra is not installed")
+    model = Multiclass()
+    quantization.quantize_(model, quantization.Int8WeightOnlyConfig())  # torchao's own writer
+    path = tmp_path / "int8.pth"
+    torch.save(model.state_dict(), path)
+    fresh = subprocess.run(  # a fresh process: this one may have imported torchao already
+        [sys.executable, "-c", LOAD_INT8, str(path)], capture_output=True, text=True, check=True
+    )
+    assert fresh.stdout.splitlines() == ["plain: UnpicklingError", "after the import: Int8Tensor"]
+    report = report_on(path)
+    (reason,) = report["reasons"]
+    assert reason.startswith("it holds torchao's quantized tensors: torch.load(weights_only=True) refuses")
+    assert reason.endswith("`import torchao` and then torch.load(path, weights_only=True) loads it (tried)")
+    assert list(report["needs"]["import_first"]) == ["torchao"]
+    rows = {row["name"]: row for row in report["contents"]["tensors"]}
+    assert rows["hidden.weight"]["dtype"] == "float32 (Int8Tensor)" and rows["hidden.weight"]["shape"] == [
+        8,
+        4,
+    ]
+    assert rows["hidden.bias"]["dtype"] == "float32"
+    result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (EXIT_BAD_INPUT, "")
