@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pickletools
 import re
-import shutil
 import stat
 import tempfile
 import zipfile
@@ -140,18 +139,39 @@ def unreadable_opcode(code: int) -> str:
 
 @contextmanager
 def snapshot_of(file: IO[bytes]) -> Iterator[Path]:
-    """A path to the very file `file` has open, for the readers that open a path themselves
-    (zipfile, torch.load, safe_open): every verdict is then about one version of its bytes,
-    even if the name is pointed at another file meanwhile. On Linux, /proc/self/fd/N opens
-    the same inode again; elsewhere, a private copy of what the descriptor reads."""
-    same_inode = Path(f"/proc/self/fd/{file.fileno()}")
-    if same_inode.exists():
-        yield same_inode
-        return
+    """A private copy of the bytes `file` reads, for every reader (zipfile, torch.load,
+    safe_open) to read: every verdict is then about one version of the file's bytes, even if
+    its name is pointed at another file meanwhile, or the file is rewritten in place.
+
+    The copy is compared with a second reading of the file, and the file's size and times
+    with those before: a file that changed while it was copied is refused, not reported on."""
+    fd = file.fileno()
+    before = os.fstat(fd)
     with tempfile.TemporaryDirectory() as private:  # mode 0700: nobody else can swap it
         copy = Path(private) / "snapshot"
-        with copy.open("wb") as out, os.fdopen(os.dup(file.fileno()), "rb") as source:
-            source.seek(0)
-            shutil.copyfileobj(source, out)
-        file.seek(0)  # the duplicate shares its position
+        with copy.open("wb") as out:
+            offset = 0
+            while chunk := os.pread(fd, CHUNK, offset):
+                out.write(chunk)
+                offset += len(chunk)
+        if not same_bytes(fd, copy) or changed(before, os.fstat(fd)):
+            raise ModelFileError(
+                "it changed while it was being read: inspect it again once nothing writes to it"
+            )
         yield copy
+
+
+def same_bytes(fd: int, copy: Path) -> bool:
+    """Whether the open file still holds exactly the bytes of `copy`."""
+    offset = 0
+    with copy.open("rb") as kept:
+        while chunk := kept.read(CHUNK):
+            if os.pread(fd, len(chunk), offset) != chunk:
+                return False
+            offset += len(chunk)
+    return not os.pread(fd, 1, offset)  # and nothing after them
+
+
+def changed(before: os.stat_result, after: os.stat_result) -> bool:
+    fields = ("st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+    return any(getattr(before, name) != getattr(after, name) for name in fields)

@@ -156,7 +156,12 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
     if is_folder:
         return inspect_folder(path, described, model)
     shapes: dict[str, tuple] = {}
-    with open_regular_file(path) as file, refusing(path), snapshot_of(file) as snapshot:
+    with (
+        open_regular_file(path) as original,
+        refusing(path),
+        snapshot_of(original) as snapshot,
+        snapshot.open("rb") as file,  # every reader reads the snapshot, never the file again
+    ):
         size = os.fstat(file.fileno()).st_size
         report = new_report(path, size)
         head = file.read(16)
@@ -191,7 +196,7 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
         elif other == "hdf5":
             other_formats.inspect_hdf5(report)
         elif other == "onnx":
-            shapes = other_formats.inspect_onnx(path, file, size, report)
+            shapes = other_formats.inspect_onnx(path, file, size, report, os.fstat(original.fileno()))
         elif other == "tflite":
             other_formats.inspect_tflite(file, size, report)
         elif other == "pte":

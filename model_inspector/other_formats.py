@@ -555,9 +555,12 @@ def onnx_contents(model: Any, report: Report) -> dict[str, tuple]:
     return shapes
 
 
-def inspect_onnx(path: Path, file: IO[bytes], size: int, report: Report) -> dict[str, tuple]:
+def inspect_onnx(
+    path: Path, file: IO[bytes], size: int, report: Report, opened: os.stat_result
+) -> dict[str, tuple]:
     """Producer, opset, inputs, outputs, initializers and Constants, with onnx's parser and
-    checker. The model is parsed from the file already open, whatever its name leads to now."""
+    checker. The model is parsed from the snapshot `file`; `opened` is the file `path` named
+    when it was opened, which the checker must still find there to read external data."""
     try:
         import onnx
         from google.protobuf.message import DecodeError
@@ -569,7 +572,6 @@ def inspect_onnx(path: Path, file: IO[bytes], size: int, report: Report) -> dict
         raise ModelFileError(
             f"it has {size} bytes, more than the {MAX_ONNX_BYTES} one ONNX protobuf may hold"
         )
-    opened = os.fstat(file.fileno())
     try:  # protobuf's parser refuses nesting deeper than 100 levels itself, so this cannot overflow
         model = onnx.load_model_from_string(file.read(size))
     except (DecodeError, ValueError, RuntimeError, RecursionError, MemoryError) as err:

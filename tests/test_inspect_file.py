@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 import zipfile
@@ -1006,13 +1007,9 @@ def test_a_file_swapped_while_it_is_inspected_is_reported_as_it_was_when_opened(
     assert not (tmp_path / "marker").exists()
 
 
-def test_without_proc_the_snapshot_is_a_private_copy_and_the_file_is_read_from_its_start(
-    tmp_path, monkeypatch
-):
+def test_the_snapshot_is_a_private_copy_that_outlives_the_files_name(tmp_path):
     path = tmp_path / "model.pth"
     torch.save(Multiclass().state_dict(), path)
-    real_exists = Path.exists
-    monkeypatch.setattr(Path, "exists", lambda p: not str(p).startswith("/proc/") and real_exists(p))
     with path.open("rb") as file, inspector_files.snapshot_of(file) as snapshot:
         assert snapshot != path and snapshot.read_bytes() == path.read_bytes()
         assert file.tell() == 0
@@ -1128,3 +1125,43 @@ def test_a_safetensors_shape_of_a_million_dimensions_is_refused_before_multiplyi
     path = tmp_path / "dims.safetensors"
     path.write_bytes(len(header).to_bytes(8, "little") + header.encode() + bytes(4))
     assert report_on(path)["reasons"] == ["tensor a has 1000000 dimensions, more than the 64 this tool reads"]
+
+
+def test_a_file_rewritten_in_place_while_inspected_gets_one_versions_report_or_a_refusal(tmp_path):
+    """A writer flips the file between two models in place (same inode): each report is all of
+    one of them, or a refusal that says the file changed; never a mix of the two."""
+    first, second = tmp_path / "a.pth", tmp_path / "b.pth"
+    torch.save(state(), first)
+    torch.save({**state(), "extra.weight": torch.zeros(3)}, second)
+    versions = [first.read_bytes(), second.read_bytes()]
+    consistent = {(10, 4, len(versions[0])), (11, 5, len(versions[1]))}  # records, tensors, bytes
+    path = tmp_path / "flipping.pth"
+    path.write_bytes(versions[0])
+    stop = threading.Event()
+
+    def flip() -> None:
+        fd = os.open(path, os.O_RDWR)
+        while not stop.is_set():
+            for data in versions:
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+        os.close(fd)
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    outcomes = collections.Counter()
+    try:
+        for _ in range(40):
+            try:
+                report = inspection.inspect_path(path)
+            except ModelFileError as err:
+                assert "it changed while it was being read" in str(err), err
+                outcomes["refused"] += 1
+                continue
+            seen = (len(report.integrity.records), len(report.contents.tensors or []), report.bytes)
+            assert seen in consistent and not report.reasons, (seen, report.reasons)
+            outcomes["one version"] += 1
+    finally:
+        stop.set()
+        flipper.join()
+    assert outcomes["refused"], outcomes  # the flipping was seen, not missed
