@@ -543,6 +543,8 @@ print(f"fresh_process/run_pt2.py: {child.stdout.strip().split(': ')[-1]}, same p
 # to your class, so nothing needs `Multiclass` to run it. ONNX Runtime computes in its
 # own kernels, so its outputs differ from torch's in the last bits; the run prints how
 # far, on 45 flowers when 5 were exported with, as the batch dimension is dynamic.
+# `torch.onnx.export(model, (example,), path, dynamic_shapes=...)` traces the model with
+# torch.export itself; given the program exported above, it does not trace twice.
 # `onnxruntime` and `onnxscript` come with the `onnxrt` extra.
 
 # %%
@@ -556,12 +558,12 @@ else:
         # torch 2.13's exporter copies torch's own pytree specs, which warns of an API it replaced
         warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated", category=FutureWarning)
         torch.onnx.export(
-            trained,
+            programs[trained],  # exported above with a dynamic batch dimension, from 5 flowers
             (X_test[:5],),
             onnx_path,
             input_names=["flowers"],
             output_names=["log_probs"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamic_shapes=({0: "batch"},),  # the name the file gives the dynamic dimension
             external_data=False,  # the weights inside the one file
             verbose=False,  # no progress lines
             report=False,
