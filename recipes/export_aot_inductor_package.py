@@ -15,6 +15,7 @@ Needs: torch
 Chapter: compare_formats.py, "ONNX: the same model for other runtimes"
 """
 
+import logging
 import os
 import subprocess
 import sys
@@ -44,7 +45,9 @@ class Multiclass(nn.Module):
 # The whole program that runs the package: no Multiclass here, and python -I keeps this script's
 # folder off its import path. Trusted files only: a package is machine code that runs as you.
 RUN_PACKAGE = """
-import sys, torch, torch._inductor
+import logging, sys, torch
+import torch._inductor.codecache  # torch 2.10's loader uses it without importing it
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # a CUDA build without CUDA
 model = torch._inductor.aoti_load_package(sys.argv[1])
 with torch.no_grad():
     torch.save(model(torch.load(sys.argv[2], weights_only=True)), sys.argv[3])
@@ -56,6 +59,8 @@ folder = Path(workdir.name)
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor-cache")
 # torch 2.13 copies its own pytree specs while compiling, which warns of an API it replaced.
 warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated", category=FutureWarning)
+# A CUDA build of torch on a machine without CUDA logs "No CUDA runtime is found" as it compiles.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 torch.manual_seed(0)
 X = torch.randn(120, 4)
 model = Multiclass().eval()  # trained or not: the package holds whatever weights it has now
