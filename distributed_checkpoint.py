@@ -573,11 +573,13 @@ print(f"One more training step on 1 process: loss {loss.item():.4f}")
 # %% [markdown]
 # ## The async checkpoint holds the state at the call
 #
-# `dcp.async_save` copies the state into memory of its own, returns at once, and writes in
-# a background thread while training goes on. Until its future resolves, do not read that
-# checkpoint, do not start another save into it, and do not leave the process group or
-# exit. The ranks trained one more epoch while it wrote; the async checkpoint still holds
-# the state at the moment of the call.
+# `dcp.async_save` with a `DefaultStager` returns at once: the stager copies the state into
+# memory of its own in a thread (`use_async_staging`; pinned and shared memory are for
+# GPUs), and a background thread writes the copy. It returns two futures: wait for
+# `staging_completion` before the weights change, and for `upload_completion` before you
+# read that checkpoint, save into it again, leave the process group or exit; then `close()`
+# the stager. The ranks trained one more epoch while it wrote; the async checkpoint still
+# holds the state at the moment of the call.
 
 # %%
 if not args.load_only:
