@@ -6,8 +6,8 @@
 # in one run: file size, save and load time against plain file I/O of the same bytes, peak
 # memory while loading, whether a working model needs your Python class, whether a file
 # from a stranger is safe to load, and whether the loaded model predicts exactly the same.
-# Then a harmless hostile file shows which loaders run code from the file, and which
-# refuse it.
+# Then the model as ONNX, run by ONNX Runtime, and what replaces TorchScript; and a
+# harmless hostile file shows which loaders run code from the file, and which refuse it.
 #
 #     python compare_formats.py [--size-mb 32] [--repeat 3] [--json FILE]
 #
@@ -17,18 +17,20 @@
 #
 # **Reads** `OUT_DIR/iris-model.pth` (default `artifacts/`), written by chapter 2.
 # **Writes** `OUT_DIR/iris.pt2` and `OUT_DIR/iris.safetensors`, the iris model in the two
-# formats that travel without a pickle, and leaves them for you to use;
+# formats that travel without a pickle, and `OUT_DIR/iris.onnx`, and leaves them for you to use;
 # `OUT_DIR/formats.png`, the table as a picture, when matplotlib is installed (the `plots`
 # extra); and FILE if `--json` is given. Every other file it measures lives in a private
 # temporary folder inside OUT_DIR, deleted at the end. safetensors comes with the
-# `formats` extra; without it, its rows are skipped.
+# `formats` extra, ONNX Runtime with `onnxrt`; without them, their parts are skipped.
 #
 # Next: chapter 9, `python share_model.py`, sharing a model with people who do not have your code.
 
 # %%
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import pickle
 import shutil
 import statistics
@@ -114,6 +116,14 @@ try:
     from safetensors.torch import load_file, safe_open, save_file
 except ImportError:  # the optional `formats` extra
     save_file = load_file = safe_open = None
+try:
+    import onnxruntime
+except ImportError:  # the optional `onnxrt` extra, with onnxscript, which torch.onnx.export needs
+    onnxruntime = None
+if importlib.util.find_spec("onnxscript") is None:
+    onnxruntime = None
+# torch.onnx logs a warning for each torchvision operator it cannot register without torchvision
+logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
 trained = load_model_or_exit(args.out_dir / MODEL_FILE, Multiclass, made_by=train_command(args.out_dir))
 out_dir = prepare_out_dir(args.out_dir)
@@ -521,6 +531,59 @@ print("\n## torch.export: the .pt2 in a process that cannot import this project"
 print(f"fresh_process/run_pt2.py: {child.stdout.strip().split(': ')[-1]}, same predictions {same}")
 
 # %% [markdown]
+# ## ONNX: the same model for other runtimes
+#
+# TorchScript (`torch.jit.script`, `torch.jit.trace`) is deprecated: PyTorch's docs point
+# to `torch.export` in its place. What replaces it depends on where the model runs. In
+# Python, the `.pt2` above. In C++ or a server without Python, AOTInductor compiles that
+# same exported program into a package a small C++ runtime loads
+# (`recipes/export_aot_inductor_package.py`). In another runtime (ONNX Runtime, a phone, a
+# browser), ONNX: `torch.onnx.export` turns the exported graph into ONNX operators. Either
+# file answers "load a model without its code": it holds the computation, not a reference
+# to your class, so nothing needs `Multiclass` to run it. ONNX Runtime computes in its
+# own kernels, so its outputs differ from torch's in the last bits; the run prints how
+# far, on 45 flowers when 5 were exported with, as the batch dimension is dynamic.
+# `torch.onnx.export(model, (example,), path, dynamic_shapes=...)` traces the model with
+# torch.export itself; given the program exported above, it does not trace twice.
+# `onnxruntime` and `onnxscript` come with the `onnxrt` extra.
+
+# %%
+ONNX_TOLERANCE = 1e-5  # float32 log-probabilities of about 1: a few units in the last place
+if onnxruntime is None:
+    print("\nonnxruntime or onnxscript is not installed: the ONNX section is skipped. To run it too:")
+    print('  pip install -c constraints.txt ".[onnxrt]"')
+else:
+    onnx_path = out_dir / "iris.onnx"
+    with warnings.catch_warnings():
+        # torch 2.13's exporter copies torch's own pytree specs, which warns of an API it replaced
+        warnings.filterwarnings("ignore", message=".*LeafSpec.* is deprecated", category=FutureWarning)
+        torch.onnx.export(
+            programs[trained],  # exported above with a dynamic batch dimension, from 5 flowers
+            (X_test[:5],),
+            onnx_path,
+            input_names=["flowers"],
+            output_names=["log_probs"],
+            dynamic_shapes=({0: "batch"},),  # the name the file gives the dynamic dimension
+            external_data=False,  # the weights inside the one file
+            verbose=False,  # no progress lines
+            report=False,
+        )
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: ONNX Runtime logs its warnings to stderr
+    session = onnxruntime.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    (log_probs,) = session.run(None, {"flowers": X_test.numpy()})  # (45, 3), numpy in and out
+    with torch.no_grad():
+        expected = trained(X_test)
+    max_difference = (torch.from_numpy(log_probs) - expected).abs().max().item()
+    same_classes = torch.equal(torch.from_numpy(log_probs).argmax(dim=1), expected.argmax(dim=1))
+    print(f"\n## ONNX: {onnx_path}, {human_size(onnx_path.stat().st_size)}, run by ONNX Runtime")
+    print(f"input {session.get_inputs()[0].shape}, given {log_probs.shape[0]} flowers")
+    print(
+        f"max abs difference from torch {max_difference:.1e}, within {ONNX_TOLERANCE:.0e}"
+        f" {max_difference <= ONNX_TOLERANCE}; same predicted classes {same_classes}"
+    )
+
+# %% [markdown]
 # ## A hostile file, for real
 #
 # A pickle can name any function for the unpickler to call. This one, harmless, names
@@ -601,8 +664,9 @@ advice = [
     f" Here: {load_figure('safetensors')}; {load_figure('torch.save')}.",
     "Training checkpoints (optimizer state, epoch, RNG): torch.save, loaded with weights_only=True;"
     " safetensors holds only tensors and string metadata.",
-    "Deployment without your Python code: torch.export (.pt2), the only format here that needs no"
-    " class, but from trusted sources only: its loader may unpickle parts of the file.",
+    "Deployment without your Python code: torch.export (.pt2) in Python, AOTInductor in C++, ONNX in"
+    " other runtimes: the formats here that need no class. Trusted sources only: the .pt2 loader may"
+    " unpickle parts of the file.",
     f"Never plain pickle: it runs code from the file. Here: {load_figure('pickle')}.",
 ]
 print(f"\n## What to use when (from the {synthetic_rows[0]['model']} table)")

@@ -16,8 +16,9 @@
 #
 # Writes into `artifacts/`: `dcp-checkpoint/` (one `.distcp` file per rank, and
 # `.metadata`) with its checksums `dcp-checkpoint.sha256`, `dcp-async/` (the same state,
-# saved with `dcp.async_save`) and `dcp-async.sha256`, `dcp-full-state.pth` (the full
-# tensors gathered at save time, to check the loads against), the conversions
+# saved with `dcp.async_save`) and `dcp-async.sha256`, `dcp-safetensors/` (the model's weights
+# as Hugging Face-style safetensors files with an index, with the `formats` extra),
+# `dcp-full-state.pth` (the full tensors gathered at save time, to check the loads against), the conversions
 # `dcp-checkpoint.pth` and `iris-model-from-dcp.pth`, and the pitfalls' `dcp-rank0-only/`,
 # `dcp-pitfall/` and `fsdp-state-dict-rank0.pth`. With `--load-only` it reads
 # `dcp-checkpoint/`, its checksums and `dcp-full-state.pth`.
@@ -35,6 +36,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -68,6 +70,7 @@ BATCH_SIZE = 5  # flowers per step, per rank
 TIMEOUT = 10  # seconds a rank waits in a collective before the run is ended as hung
 DCP_DIR = "dcp-checkpoint"
 ASYNC_DIR = "dcp-async"
+HF_DIR = "dcp-safetensors"
 FULL_FILE = "dcp-full-state.pth"
 CONVERTED_FILE = "dcp-checkpoint.pth"
 MODEL_FROM_DCP = "iris-model-from-dcp.pth"
@@ -123,6 +126,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, TensorStorageMetadata
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
@@ -132,6 +136,11 @@ from build_model import Multiclass, flat_tensors, load_iris_split, seed_everythi
 from model_inspector.dcp import check_dcp_checkpoint
 from model_inspector.loading import read_untrusted
 from support.lab_tools import private_folder, root_error_line, run_under_torchrun, start_ranks
+
+try:
+    from safetensors.torch import load_file
+except ImportError:  # the optional `formats` extra: dcp-safetensors/ is skipped
+    load_file = None
 
 # What the distributed machinery would print that is no lesson (the rank tools quiet gloo's own lines):
 logging.getLogger("torch.distributed").setLevel(logging.ERROR)  # failures are reported in one line
@@ -160,9 +169,11 @@ if args.load_only:  # a checkpoint from outside this run: check every file befor
 # `get_state_dict` gives the model's and the optimizer's state under the plain names
 # (`hidden.weight`, not a wrapper's prefix), still sharded. `dcp.save` is called on every
 # rank: each writes its slices into its own `.distcp` file, and rank 0 writes `.metadata`,
-# the index of every slice. Then the same state is saved once more with `dcp.async_save`,
-# which copies it and writes in the background while training goes on. Last come the
-# three pitfalls of the end of the chapter.
+# the index of every slice. The model's weights are saved again with
+# `HuggingFaceStorageWriter`, as safetensors files anyone can load without DCP. Then the
+# same state is saved once more with `dcp.async_save`, whose `DefaultStager` copies it in a
+# thread while training goes on, and writes it in the background. Last come the three
+# pitfalls of the end of the chapter.
 
 
 # %%
@@ -228,21 +239,49 @@ def train_and_save(rank: int, world_size: int) -> None:
     blocked_by_save = time.perf_counter() - started
     full_at_save = full_tensors(state)  # to check every later load against
 
+    # The model's weights once more, as Hugging Face-style safetensors: each rank writes its
+    # slices into sharded/, then the writer joins them into whole tensors, two files and an index.
+    if rank == 0:
+        shutil.rmtree(out_dir / HF_DIR, ignore_errors=True)
+    dist.barrier()
+    file_of_weight = {name: 1 if name.startswith("hidden.") else 2 for name in state["model"]}
+    if load_file is not None:  # the writer needs safetensors
+        hf_writer = dcp.HuggingFaceStorageWriter(
+            out_dir / HF_DIR,
+            fqn_to_index_mapping=file_of_weight,
+            save_distributed=True,
+            enable_consolidation=True,
+        )
+        dcp.save(state["model"], storage_writer=hf_writer)
+
     # Async: the state is copied at the call, written in a background thread meanwhile.
     # Its collectives get a group of their own, so they cannot interleave with training's.
     async_group = dist.new_group(backend="gloo")
     if rank == 0:
         shutil.rmtree(out_dir / ASYNC_DIR, ignore_errors=True)
     dist.barrier()
+    # The stager copies the state in a thread of its own too; no pinned or shared memory on a CPU.
+    stager = DefaultStager(
+        StagingOptions(
+            use_pinned_memory=False,
+            use_shared_memory=False,
+            use_async_staging=True,
+            use_non_blocking_copy=False,
+        )
+    )
     started = time.perf_counter()
-    future = dcp.async_save(state, checkpoint_id=out_dir / ASYNC_DIR, process_group=async_group)
+    response = dcp.async_save(
+        state, checkpoint_id=out_dir / ASYNC_DIR, process_group=async_group, async_stager=stager
+    )
     blocked_by_async_save = time.perf_counter() - started
+    response.staging_completion.result()  # the copy is made: the weights may change from here
     model.train()
     for batch in torch.randperm(len(X)).split(BATCH_SIZE):  # one more epoch while it writes
         optimizer.zero_grad()
         loss_fn(model(X[batch]), y[batch]).backward()
         optimizer.step()
-    future.result()  # before the next save, before reading it, before leaving the group
+    response.upload_completion.result()  # before the next save, before reading it, before leaving the group
+    stager.close()
     full_after_async = full_tensors(model_and_optimizer_state(model, optimizer))
     if rank == 0:
         print(
@@ -534,11 +573,13 @@ print(f"One more training step on 1 process: loss {loss.item():.4f}")
 # %% [markdown]
 # ## The async checkpoint holds the state at the call
 #
-# `dcp.async_save` copies the state into memory of its own, returns at once, and writes in
-# a background thread while training goes on. Until its future resolves, do not read that
-# checkpoint, do not start another save into it, and do not leave the process group or
-# exit. The ranks trained one more epoch while it wrote; the async checkpoint still holds
-# the state at the moment of the call.
+# `dcp.async_save` with a `DefaultStager` returns at once: the stager copies the state into
+# memory of its own in a thread (`use_async_staging`; pinned and shared memory are for
+# GPUs), and a background thread writes the copy. It returns two futures: wait for
+# `staging_completion` before the weights change, and for `upload_completion` before you
+# read that checkpoint, save into it again, leave the process group or exit; then `close()`
+# the stager. The ranks trained one more epoch while it wrote; the async checkpoint still
+# holds the state at the moment of the call.
 
 # %%
 if not args.load_only:
@@ -640,3 +681,33 @@ print("\n## Converted to one plain file")
 print(f"{out_dir / CONVERTED_FILE}: {sorted(converted_state)}, loads with torch.load(weights_only=True)")
 print(f"{out_dir / MODEL_FROM_DCP}: the model part, a plain state_dict that Multiclass loads")
 print(f"Test accuracy: {converted_accuracy:.2f} (the model loaded onto 1 process: {test_accuracy:.2f})")
+
+
+# %% [markdown]
+# ## The weights as safetensors, to publish
+#
+# Hugging Face and most tools outside PyTorch read safetensors, not DCP. During training,
+# every rank called `dcp.save` with a `HuggingFaceStorageWriter`: each wrote its slices
+# into `sharded/`, then, with `enable_consolidation=True`, the writer joined the slices
+# into whole tensors, one file per number of `fqn_to_index_mapping` (here the hidden layer
+# and the output layer, to show the layout of a model too large for one file), plus
+# `model.safetensors.index.json`, which says which file holds which tensor. One process
+# reads them with plain `safetensors` and no process group; every tensor equals the one
+# the DCP load above gave.
+
+# %%
+if not args.load_only and load_file is None:
+    print("\nsafetensors is not installed: dcp-safetensors/ was not written (the formats extra)")
+elif not args.load_only:
+    index = json.loads((out_dir / HF_DIR / "model.safetensors.index.json").read_text())
+    published = {}
+    for file_name in sorted(set(index["weight_map"].values())):
+        published |= load_file(out_dir / HF_DIR / file_name)
+    equal = sum(torch.equal(published[name], converted_state["model"][name]) for name in published)
+    print(f"\n## The weights as safetensors, in {out_dir / HF_DIR}")
+    for path in sorted((out_dir / HF_DIR).rglob("*.*")):
+        print(f"  {path.relative_to(out_dir / HF_DIR)!s:<52} {path.stat().st_size:>5} bytes")
+    print(
+        f"Read with safetensors' load_file: {equal} of {len(converted_state['model'])} tensors equal "
+        "to the DCP load's"
+    )

@@ -12,7 +12,7 @@ started=$SECONDS
 say "Creating .venv with $(python3 --version)"
 python3 -m venv .venv
 say "Installing torch $(pinned torch), numpy $(pinned numpy), scikit-learn $(pinned scikit-learn)" \
-    "and the extras (safetensors, matplotlib, onnx, huggingface_hub, gguf, torchao; pytest, ruff," \
+    "and the extras (safetensors, matplotlib, onnx, huggingface_hub, gguf, torchao, onnxruntime; pytest, ruff," \
     "jupytext, ipykernel), pinned in constraints.txt, into .venv: about 2 minutes on a fast connection" \
     "(PyPI's Linux torch brings CUDA libraries of several GB), seconds once .venv has them"
 # pip's own lines for each package it fetches and installs, and a line every 5 s while it works
@@ -21,7 +21,7 @@ say "Installing torch $(pinned torch), numpy $(pinned numpy), scikit-learn $(pin
 ticker=$!
 trap 'kill "$ticker" 2>/dev/null || true' EXIT
 .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -c constraints.txt \
-    -e ".[dev,formats,plots,realworld,quantize]" |
+    -e ".[dev,formats,plots,realworld,quantize,onnxrt]" |
     { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' || true; }
 kill "$ticker" 2>/dev/null || true
 say ".venv is ready"

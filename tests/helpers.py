@@ -297,6 +297,8 @@ def assert_one_line_refusal(result: ChapterResult | subprocess.CompletedProcess[
 # ---- Recipes: files a copier takes whole ----
 
 RECIPES = sorted(path.name for path in (REPO / "recipes").glob("*.py"))
+# A C++ compile of a minute or more on two cores: run in the slow step only, in a fresh interpreter.
+SLOW_RECIPES = {"export_aot_inductor_package.py"}
 EXTRA_OF = {
     "safetensors": "the formats extra",
     "torchao": "the quantize extra",

@@ -33,7 +33,7 @@ else
     echo "== installing torch $version and the project (no constraints.txt) into $venv: minutes"
     python3 -m venv "$venv" || exit 1
     PIP_CONSTRAINT=/dev/null "$python" -m pip install --quiet --disable-pip-version-check \
-        "torch==$version" -e ".[dev,formats,plots,realworld,quantize]" || exit 1
+        "torch==$version" -e ".[dev,formats,plots,realworld,quantize,onnxrt]" || exit 1
     if [ "$(installed_torch)" != "$version" ]; then
         echo "error: $venv holds torch $(installed_torch), not $version" >&2
         exit 1

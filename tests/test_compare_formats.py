@@ -31,7 +31,13 @@ try:
 except ImportError:  # the optional `formats` extra
     load_file = safe_open = None
 
+try:
+    import onnxruntime
+except ImportError:  # the optional `onnxrt` extra
+    onnxruntime = None
+
 NO_SAFETENSORS = "safetensors is not installed (the `formats` extra)"
+NO_ONNXRUNTIME = "onnxruntime is not installed (the `onnxrt` extra)"
 FORMAT_NAMES = [
     "pickle",
     "torch.save",
@@ -254,6 +260,7 @@ def test_the_iris_pt2_and_safetensors_stay_in_out_dir_and_work(formats_run, trai
     assert sorted(path.name for path in artifacts.iterdir()) == sorted(
         ["iris-model.pth", "iris.pt2", "formats.json", "formats.png"]
         + (["iris.safetensors"] if load_file else [])
+        + (["iris.onnx"] if onnxruntime else [])  # one file: its weights are inside, no .onnx.data
     )
     program = torch.export.load(artifacts / "iris.pt2").module()
     assert torch.equal(predictions(program), predictions(trained))
@@ -271,6 +278,61 @@ def test_safe_open_reads_one_tensor_and_the_model_args(ns, trained):
     assert ns["exact"] is True
     assert torch.equal(ns["hidden_weight"], trained.hidden.weight)
     assert json.loads(ns["metadata"]["model_args"]) == {"n_features": 4, "n_hidden": 8, "n_classes": 3}
+
+
+# %%
+# ONNX, run by ONNX Runtime
+
+
+@pytest.mark.skipif(onnxruntime is None, reason=NO_ONNXRUNTIME)
+def test_the_onnx_file_runs_in_onnx_runtime_on_any_batch_within_the_stated_tolerance(formats_run, trained):
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(formats_run.artifacts / "iris.onnx", options)
+    assert [(i.name, i.shape) for i in session.get_inputs()] == [("flowers", ["batch", 4])]
+    X_test = load_iris_split().X_test
+    for flowers in (X_test, X_test[:1], torch.randn(120, 4, generator=torch.Generator().manual_seed(0))):
+        (log_probs,) = session.run(None, {"flowers": flowers.numpy()})
+        with torch.no_grad():
+            expected = trained(flowers)
+        difference = (torch.from_numpy(log_probs) - expected).abs().max().item()
+        assert log_probs.shape == (len(flowers), 3) and difference <= 1e-5
+        if len(flowers) == len(X_test):  # the chapter's figure is this run's, on the same 45 flowers
+            printed = f"max abs difference from torch {difference:.1e}, within 1e-05 True;"
+            assert f"{printed} same predicted classes True\n" in formats_run.stdout
+    assert "## ONNX: artifacts/iris.onnx, " in formats_run.stdout
+    assert "input ['batch', 4], given 45 flowers\n" in formats_run.stdout  # exported with 5
+
+
+@pytest.mark.slow
+def test_without_onnxruntime_the_chapter_says_in_one_line_what_it_skips(trained_model_path, tmp_path):
+    (tmp_path / "artifacts").mkdir()
+    shutil.copy(trained_model_path, tmp_path / "artifacts")
+    # as `python compare_formats.py` in a Python where `import onnxruntime` fails
+    hide = "import sys, runpy; sys.modules['onnxruntime'] = None; sys.argv = sys.argv[1:]; "
+    hide += f"sys.path.insert(0, {str(REPO)!r}); "
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            hide + "runpy.run_path(sys.argv[0], run_name='__main__')",
+            str(REPO / "compare_formats.py"),
+            "--repeat",
+            "1",
+            "--size-mb",
+            "16",
+        ],
+        cwd=tmp_path,
+        env=SCRIPT_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    skipped = "\nonnxruntime or onnxscript is not installed: the ONNX section is skipped. To run it too:\n"
+    assert skipped + '  pip install -c constraints.txt ".[onnxrt]"\n' in result.stdout
+    assert "## ONNX" not in result.stdout and not (tmp_path / "artifacts" / "iris.onnx").exists()
 
 
 # %%

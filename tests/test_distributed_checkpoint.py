@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pickle
 import re
@@ -140,6 +141,35 @@ def test_the_async_checkpoint_holds_the_state_at_the_call(distributed_run):
     written = load_plainly(distributed_run.artifacts / "dcp-async")
     assert all(torch.equal(written[name], full["at_save"][name]) for name in full["at_save"])
     assert not any(torch.equal(written[name], full["after_async"][name]) for name in full["after_async"])
+
+
+def test_the_safetensors_files_hold_every_weight_equal_to_the_dcp_load(distributed_run):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    folder = distributed_run.artifacts / "dcp-safetensors"
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == {
+        "hidden.weight": "model-00001-of-00002.safetensors",
+        "hidden.bias": "model-00001-of-00002.safetensors",
+        "output.weight": "model-00002-of-00002.safetensors",
+        "output.bias": "model-00002-of-00002.safetensors",
+    }
+    assert sorted(path.name for path in (folder / "sharded").iterdir()) == [
+        f"shard-0000{rank}-model-0000{part}-of-00002.safetensors" for rank in (1, 2) for part in (1, 2)
+    ]
+    published = {}
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        published |= load_file(folder / name)
+    with safe_open(folder / "sharded" / "shard-00001-model-00001-of-00002.safetensors", "pt") as f:
+        rank0_rows = f.get_slice("hidden.weight").get_shape()
+    assert rank0_rows == [4, 4]  # each rank wrote its own rows; the consolidated file holds all 8
+    loaded = load_plainly(distributed_run.artifacts / "dcp-checkpoint")  # the DCP load, independently
+    assert sorted(published) == sorted(MODEL_KEYS)
+    assert all(torch.equal(published[key], loaded[f"model.{key}"]) for key in MODEL_KEYS)
+    assert published["hidden.weight"].shape == (8, 4)
+    out = distributed_run.stdout
+    assert "Read with safetensors' load_file: 4 of 4 tensors equal to the DCP load's" in out
 
 
 def test_the_converted_file_is_a_plain_state_dict_the_untrusted_loader_accepts(distributed_run):
