@@ -1128,8 +1128,8 @@ def test_a_safetensors_shape_of_a_million_dimensions_is_refused_before_multiplyi
 
 
 def test_a_file_rewritten_in_place_while_inspected_gets_one_versions_report_or_a_refusal(tmp_path):
-    """A writer flips the file between two models in place (same inode): each report is all of
-    one of them, or a refusal that says the file changed; never a mix of the two."""
+    """A writer flips the file between two models in place (same inode): each exit-0 report is
+    all of one of them; the others are refusals (the file changed, or was caught half written)."""
     first, second = tmp_path / "a.pth", tmp_path / "b.pth"
     torch.save(state(), first)
     torch.save({**state(), "extra.weight": torch.zeros(3)}, second)
@@ -1159,9 +1159,12 @@ def test_a_file_rewritten_in_place_while_inspected_gets_one_versions_report_or_a
                 outcomes["refused"] += 1
                 continue
             seen = (len(report.integrity.records), len(report.contents.tensors or []), report.bytes)
-            assert seen in consistent and not report.reasons, (seen, report.reasons)
+            if report.reasons:  # caught between the write and the truncation: a real, damaged state
+                outcomes["damaged"] += 1
+                continue
+            assert seen in consistent, seen
             outcomes["one version"] += 1
     finally:
         stop.set()
         flipper.join()
-    assert outcomes["refused"], outcomes  # the flipping was seen, not missed
+    assert outcomes["refused"] + outcomes["damaged"], outcomes  # the flipping was seen, not missed
