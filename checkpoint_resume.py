@@ -20,7 +20,7 @@
 # `OUT_DIR/resume.png` when matplotlib is installed (the `plots` extra). **Reads**
 # `OUT_DIR/iris-checkpoint.pth` with `--resume`, if it exists.
 #
-# Next: chapter 6, `python load_tips.py`, when the file and the model don't quite match.
+# Next: chapter 6, `python resume_training_run.py`, a real run (schedule, mixed precision, EMA) resumed exactly.
 
 # %%
 from __future__ import annotations

@@ -30,7 +30,7 @@ if [ "${1:-}" = "--setup-only" ]; then
     exit 0
 fi
 
-say "Running the nine chapters in reading order, each writing into artifacts/"
+say "Running the ten chapters in reading order, each writing into artifacts/"
 run() {
     printf '\n===== python %s =====\n' "$*"
     .venv/bin/python "$@"
@@ -40,6 +40,7 @@ run train_iris.py
 run inspect_state.py
 run save_load_demo.py
 run checkpoint_resume.py
+run resume_training_run.py
 run load_tips.py
 run compare_formats.py
 run distributed_checkpoint.py

@@ -1,11 +1,11 @@
 """What does each chapter cost, in floors (starting Python with torch and scikit-learn)?
 
-Runs the floor (see benchmarks/floor.py) and the nine chapters in reading order, as whole
+Runs the floor (see benchmarks/floor.py) and the ten chapters in reading order, as whole
 processes with their default settings and one thread each, round after round, each round in
 a fresh temporary folder (so every chapter does its first run, and the later chapters read
 what train_iris.py wrote in that round). For each chapter it prints the median CPU time
 (user + sys, its child processes included) and the median wall time, both in floors, and
-the nine chapters' total: what `bash walkthrough.sh` costs after its setup.
+the ten chapters' total: what `bash walkthrough.sh` costs after its setup.
 
     python benchmarks/chapters_vs_floor.py [--rounds 3] [--only train_iris.py ...]
 
@@ -27,6 +27,7 @@ CHAPTERS = {
     "inspect_state.py": [],
     "save_load_demo.py": [],
     "checkpoint_resume.py": [],
+    "resume_training_run.py": [],
     "load_tips.py": [],
     "compare_formats.py": [],
     "distributed_checkpoint.py": [],
