@@ -20,7 +20,7 @@
 # `OUT_DIR/resume.png` when matplotlib is installed (the `plots` extra). **Reads**
 # `OUT_DIR/iris-checkpoint.pth` with `--resume`, if it exists.
 #
-# Next: chapter 6, `python resume_training_run.py`, a real run (schedule, mixed precision, EMA) resumed exactly.
+# Next: chapter 6, `python resume_training_run.py`, a real run's schedule, scaler and EMA resumed.
 
 # %%
 from __future__ import annotations

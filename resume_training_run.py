@@ -36,6 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +103,14 @@ import build_model
 from build_model import Multiclass, flat_tensors, load_iris_split, same_state
 from support.pictures import import_pyplot
 from support.run_checks import read_latest, read_run_checkpoint
-from support.saving import fsync_folder, remove_abandoned_partials, save_atomically
+from support.saving import fsync_folder, remove_abandoned_partials_in, save_atomically
 
 SCRIPT = Path(build_model.__file__).with_name("resume_training_run.py")  # this file, in a notebook too
 split = load_iris_split()
 STEPS_PER_EPOCH = math.ceil(len(split.X_train) / BATCH_SIZE)
 DEVICE = torch.device("cpu")  # where a GPU is, "cuda": see "The optimizer's device" below
+remove_abandoned_partials_in(out_dir)  # temporary files of runs killed while saving
 latest_path = read_latest(out_dir)  # the pointer is checked here; the checkpoint once the run is built
-if latest_path:
-    remove_abandoned_partials(latest_path)
 picture = out_dir / "resume-run.png"
 plt = None if args.resume else import_pyplot(picture)
 
@@ -147,7 +147,8 @@ class Run:
         self.best = {"step": 0, "accuracy": -1.0}
         self.lrs: list[float] = []  # after each step, for the measurements below
         self.scales: list[float] = []
-        self.batches: list[tuple[int, ...]] = []
+        self.batches: list[tuple[int, ...]] = []  # the flowers of each batch
+        self.epochs: list[int] = []  # the epoch each batch was trained in
         self.emas: list[torch.Tensor] = []
 
 
@@ -166,6 +167,8 @@ def validation_accuracy(model: nn.Module) -> float:
 # `GROWTH_INTERVAL` clean steps it doubles it. Then the schedule moves on and the EMA
 # takes in the new weights. An epoch that was cut short is replayed from its start's
 # generator state, skipping the batches already done: the same order, not a new one.
+# That state is taken as the epoch starts, not after its last batch: the sampler draws
+# once more after its last batch (its `randperm` for a remainder, here of none).
 # Every `--save-every` steps, and at the last, `keep` (next cell) saves the checkpoint.
 
 # %%
@@ -174,7 +177,10 @@ def validation_accuracy(model: nn.Module) -> float:
 def train(run: Run, last_step: int, save_to: Path | None = None) -> None:
     """Train `run` on to step `last_step`, saving to `save_to` every --save-every steps."""
     while run.step < last_step:
-        run.generator.set_state(run.epoch_start_generator)  # replays this epoch's order
+        if run.batches_done == 0:  # a new epoch: where its order comes from
+            run.epoch_start_generator = run.generator.get_state()
+        else:  # an epoch cut short: replay its order
+            run.generator.set_state(run.epoch_start_generator)
         for x, y, flowers in itertools.islice(run.loader, run.batches_done, None):
             with torch.autocast(DEVICE.type, dtype=torch.float16):
                 loss = nn.functional.nll_loss(run.model(x), y)
@@ -188,10 +194,10 @@ def train(run: Run, last_step: int, save_to: Path | None = None) -> None:
             run.lrs.append(run.optimizer.param_groups[0]["lr"])
             run.scales.append(run.scaler.get_scale())
             run.batches.append(tuple(flowers.tolist()))
+            run.epochs.append(run.epoch)
             run.emas.append(torch.cat([p.detach().flatten() for p in run.ema.module.parameters()]))
             if run.batches_done == STEPS_PER_EPOCH:
                 run.epoch, run.batches_done = run.epoch + 1, 0
-                run.epoch_start_generator = run.generator.get_state()
             if run.step % args.save_every == 0 or run.step == last_step:
                 keep(run, save_to)
             if run.step == last_step:
@@ -291,9 +297,9 @@ def resume_from(checkpoint: dict[str, Any], without: str = "") -> Run:
     run.generator.set_state(checkpoint["generators"]["sampler"])
     if without == "position (epoch restarts)":  # as a sampler reseeded per epoch does
         run.batches_done = 0
+        run.generator.set_state(run.epoch_start_generator)
     elif without == "position (next epoch)":  # as a loop that saves no position does
         run.batches_done, run.epoch = 0, run.epoch + 1
-        run.epoch_start_generator = run.generator.get_state()
     return run
 
 
@@ -437,7 +443,9 @@ print(f"Kept in {out_dir}: {', '.join(sorted(path.name for path in out_dir.glob(
 
 # %%
 print(f"\n## 5. Resumed from step {args.interrupt_at} again, leaving one piece out")
-straight_after = uninterrupted.batches[args.interrupt_at :]
+position = torch.load(interrupted_path, weights_only=True)["sampler"]  # where step 1 stopped
+cut_epoch, done_in_it = position["epoch"], position["batches_done"]
+before = uninterrupted.batches[args.interrupt_at - done_in_it : args.interrupt_at]
 resumes: dict[str, Run] = {}
 print(f"{'':<38}{'|weights - uninterrupted|':>26}  what went wrong")
 for without in ("", "scheduler", "scaler", "EMA", "position (epoch restarts)", "position (next epoch)"):
@@ -454,14 +462,20 @@ for without in ("", "scheduler", "scaler", "EMA", "position (epoch restarts)", "
     )
     emas = zip(resumed_run.emas, uninterrupted.emas[args.interrupt_at :], strict=True)
     ema_off = max((a - b).abs().max().item() for a, b in emas)
-    repeated = sum(batch in uninterrupted.batches[: args.interrupt_at] for batch in resumed_run.batches)
-    skipped = sum(batch not in resumed_run.batches for batch in straight_after)
+    in_cut = [
+        batch
+        for batch, epoch in zip(resumed_run.batches, resumed_run.epochs, strict=True)
+        if epoch == cut_epoch
+    ]
+    seen = Counter(flower for batch in before + in_cut for flower in batch)  # in the epoch that was cut
+    repeated = sum(count - 1 for count in seen.values()) // BATCH_SIZE
+    skipped = (len(split.X_train) - len(seen)) // BATCH_SIZE
     wrong = {
         "": f"lr off by {lr_off:.0e}, EMA by {ema_off:.0e}, {repeated} repeated, {skipped} skipped",
         "scheduler": f"lr off by up to {lr_off:.5f} (peak {PEAK_LR})",
         "scaler": f"scale {scale_at_resume:.0f} at the resume, not {saved_scale:.0f}",
         "EMA": f"EMA weights off by up to {ema_off:.4f}",
-    }.get(without, f"{repeated} batches repeated, {skipped} skipped")
+    }.get(without, f"{repeated} batches repeated, {skipped} skipped in epoch {cut_epoch + 1}")
     print(f"{name:<38}{off:>26.2e}  {wrong}")
 
 # %% [markdown]

@@ -28,7 +28,12 @@ from tests.helpers import ARGS, CHAPTER_SERVER, CHAPTERS, READS, REPO, ForkedRun
 torch.set_num_threads(1)  # as the chapters run by the tests: one thread each
 
 # The chapters whose runs take longest: the test files that need them run last.
-LONG_CHAPTERS = {"checkpoint_resume.py", "resume_training_run.py", "compare_formats.py", "distributed_checkpoint.py"}
+LONG_CHAPTERS = {
+    "checkpoint_resume.py",
+    "resume_training_run.py",
+    "compare_formats.py",
+    "distributed_checkpoint.py",
+}
 # Flags some chapters get in the test run, beyond the reader's defaults.
 EXTRA_ARGS = {"compare_formats.py": ["--json", "artifacts/formats.json"]}
 
