@@ -37,8 +37,9 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # The command line first, before torch is imported: --help, a bad flag and Ctrl-C are
 # answered at once, in one line.
@@ -102,15 +103,20 @@ from torch.utils.data import DataLoader, TensorDataset
 import build_model
 from build_model import Multiclass, flat_tensors, load_iris_split, same_state
 from support.pictures import import_pyplot
-from support.run_checks import read_latest, read_run_checkpoint
-from support.saving import fsync_folder, remove_abandoned_partials_in, save_atomically
+from support.run_checks import fresh_states, read_latest, read_run_checkpoint
+from support.saving import remove_abandoned_partials_in
 
 SCRIPT = Path(build_model.__file__).with_name("resume_training_run.py")  # this file, in a notebook too
 split = load_iris_split()
 STEPS_PER_EPOCH = math.ceil(len(split.X_train) / BATCH_SIZE)
 DEVICE = torch.device("cpu")  # where a GPU is, "cuda": see "The optimizer's device" below
 remove_abandoned_partials_in(out_dir)  # temporary files of runs killed while saving
-latest_path = read_latest(out_dir)  # the pointer is checked here; the checkpoint once the run is built
+# The checkpoint `latest` names, checked before any lesson uses it: a bad pointer or file
+# ends the chapter here in one line (see "Your own run: --resume" below).
+checkpoint = None
+if args.resume and (latest_path := read_latest(out_dir)):
+    expected = fresh_states(Multiclass(), args.steps, WARMUP, PEAK_LR, GROWTH_INTERVAL, EMA_DECAY)
+    checkpoint = read_run_checkpoint(latest_path, Multiclass, expected, args.steps, STEPS_PER_EPOCH)
 picture = out_dir / "resume-run.png"
 plt = None if args.resume else import_pyplot(picture)
 
@@ -130,8 +136,8 @@ plt = None if args.resume else import_pyplot(picture)
 class Run:
     """One training run: the objects whose state a checkpoint must hold, and where it is."""
 
-    def __init__(self, seed: int, model_args: dict[str, int] | None = None) -> None:
-        torch.manual_seed(seed)
+    def __init__(self, random_seed: int, model_args: dict[str, int] | None = None) -> None:
+        torch.manual_seed(random_seed)
         self.model = Multiclass(**(model_args or {})).to(DEVICE)  # first the model on its device,
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=PEAK_LR)  # then the optimizer
         warmup = LinearLR(self.optimizer, start_factor=0.1, total_iters=WARMUP)
@@ -139,7 +145,7 @@ class Run:
         self.scheduler = SequentialLR(self.optimizer, [warmup, cosine], milestones=[WARMUP])
         self.scaler = torch.amp.GradScaler("cpu", growth_interval=GROWTH_INTERVAL)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(random_seed)
         flowers = TensorDataset(split.X_train, split.y_train, torch.arange(len(split.X_train)))
         self.loader = DataLoader(flowers, batch_size=BATCH_SIZE, shuffle=True, generator=self.generator)
         self.step, self.epoch, self.batches_done = 0, 0, 0
@@ -217,10 +223,25 @@ def train(run: Run, last_step: int, save_to: Path | None = None) -> None:
 # - **a `latest` pointer, replaced atomically**: written to a temporary file, flushed,
 #   then `os.replace`d over the old one, so it always names a complete checkpoint.
 #
-# A crash-safe save is chapter 5's lesson; here it is `save_atomically`. The cell defines
-# `checkpoint_of` and `keep`.
+# Each file is written crash-safely, as chapter 5 teaches: to a temporary file, flushed
+# to the disk, renamed over the old one. The cell defines `save_safely`, `checkpoint_of`
+# and `keep`.
 
 # %%
+
+
+def save_safely(write: Callable[[BinaryIO], object], path: Path) -> Path:
+    """Write `path` with `write(file)` so that it holds the old file or the new one, never half."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with partial.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())  # on the disk, not only in the OS's cache
+    os.replace(partial, path)  # noqa: PTH105 -- atomic: the name holds the old file or the new one
+    folder = os.open(path.parent, os.O_RDONLY)
+    os.fsync(folder)  # the rename too
+    os.close(folder)
+    return path
 
 
 def checkpoint_of(run: Run) -> dict[str, Any]:
@@ -250,17 +271,14 @@ def keep(run: Run, folder: Path | None) -> None:
         run.best = {"step": run.step, "accuracy": accuracy}
     if folder is None:
         return
-    path = save_atomically(checkpoint_of(run), folder / f"run-step{run.step:05d}.pth")
-    pointer = folder / f".latest.{os.getpid()}.partial"
-    pointer.write_text(path.name, encoding="ascii")
-    with pointer.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(pointer, folder / "latest")  # noqa: PTH105 -- the atomic rename this cell teaches
-    fsync_folder(folder)
+    checkpoint = checkpoint_of(run)
+    path = save_safely(lambda f: torch.save(checkpoint, f), folder / f"run-step{run.step:05d}.pth")
+    save_safely(lambda f: f.write(path.name.encode()), folder / "latest")  # only once the file is whole
     for old in sorted(folder.glob("run-step*.pth"))[: -args.keep]:  # only now, never the newest
         old.unlink()
     if is_best:
-        save_atomically(run.ema.module.state_dict(), folder / "best.pth")
+        best = run.ema.module.state_dict()
+        save_safely(lambda f: torch.save(best, f), folder / "best.pth")  # a copy, written now
     saved = f"saved {path.name}" + (", best.pth" if is_best else "")
     print(
         f"step {run.step:>4}: lr {run.lrs[-1]:.5f}  scale {run.scales[-1]:>6.0f}  "
@@ -303,16 +321,6 @@ def resume_from(checkpoint: dict[str, Any], without: str = "") -> Run:
     return run
 
 
-def fresh_states() -> dict[str, Any]:
-    """What a run that has not started holds: what the checks compare a file's pieces with."""
-    run = Run(args.seed)
-    return {
-        "ema_state_dict": run.ema.state_dict(),
-        "scheduler_state_dict": run.scheduler.state_dict(),
-        "scaler_state_dict": run.scaler.state_dict(),
-    }
-
-
 # %% [markdown]
 # ## Your own run: `--resume`
 #
@@ -325,8 +333,7 @@ def fresh_states() -> dict[str, Any]:
 
 # %%
 if args.resume:
-    if latest_path is not None:
-        checkpoint = read_run_checkpoint(latest_path, Multiclass, fresh_states(), args.steps, STEPS_PER_EPOCH)
+    if checkpoint is not None:  # read and checked in the first cell
         run = resume_from(checkpoint)
         print(f"Resumed from {latest_path} at step {run.step} (epoch {run.epoch}, batch {run.batches_done})")
     else:
@@ -355,8 +362,9 @@ for stale in [*out_dir.glob("run-step*.pth"), out_dir / "latest", out_dir / "bes
 run = Run(args.seed)
 train(run, args.interrupt_at, save_to=out_dir)
 interrupted_path = out_dir / "interrupted.pth"
-shutil.copyfile(read_latest(out_dir), interrupted_path)
-print(f"latest -> {read_latest(out_dir).name}: epoch {run.epoch}, {run.batches_done} batches into it")
+latest = (out_dir / "latest").read_text()  # the name of the newest checkpoint
+shutil.copyfile(out_dir / latest, interrupted_path)
+print(f"latest -> {latest}: epoch {run.epoch}, {run.batches_done} batches into it")
 
 # %% [markdown]
 # ## 2. The run that never stopped
@@ -407,7 +415,7 @@ if resumed_run.returncode != 0:
 
 # %%
 print("\n## 4. Resumed vs uninterrupted")
-final = torch.load(read_latest(out_dir), weights_only=True)
+final = torch.load(out_dir / (out_dir / "latest").read_text(), weights_only=True)
 pieces = ("model_state_dict", "ema_state_dict", "optimizer_state_dict", "generators", "sampler")
 resumed = flat_tensors({piece: final[piece] for piece in pieces})
 identical = same_state(resumed, flat_tensors({piece: reference[piece] for piece in pieces}))

@@ -15,7 +15,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from support.untrusted_files import (
     ModelFileError,
@@ -58,6 +61,20 @@ def read_latest(folder: Path) -> Path | None:
     if not POINTER_TEXT.fullmatch(name):
         raise ModelFileError(f"{pointer} refused: it does not name a run-stepNNNNN.pth checkpoint")
     return folder / name
+
+
+def fresh_states(
+    model: nn.Module, steps: int, warmup: int, peak_lr: float, growth_interval: int, ema_decay: float
+) -> dict[str, Any]:
+    """What chapter 6's run holds before its first step: what a file's pieces are compared with."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr)
+    warm = LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    cosine = CosineAnnealingLR(optimizer, T_max=steps - warmup)
+    return {
+        "ema_state_dict": AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)).state_dict(),
+        "scheduler_state_dict": SequentialLR(optimizer, [warm, cosine], milestones=[warmup]).state_dict(),
+        "scaler_state_dict": torch.amp.GradScaler("cpu", growth_interval=growth_interval).state_dict(),
+    }
 
 
 def same_layout(value: Any, reference: Any) -> bool:
