@@ -424,8 +424,9 @@ print(f"Same epoch and loss: {(final['epoch'], final['loss']) == (args.epochs, u
 # come in another order). Each trains to the end and is compared with the uninterrupted
 # run, one row as each finishes.
 #
-# A real run carries more state: `recipes/resume_lr_scheduler_and_gradscaler.py`,
-# `recipes/resume_mid_epoch.py` and `recipes/keep_ema_weights.py`.
+# A real run carries more state: chapter 6 resumes it exactly; the recipes
+# `recipes/resume_lr_scheduler_and_gradscaler.py`, `recipes/resume_mid_epoch.py` and
+# `recipes/keep_ema_weights.py` take one piece each.
 
 # %%
 print(f"\n## 5. Resumed from epoch {args.interrupt_at} again, in this process")
