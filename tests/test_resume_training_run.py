@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import re
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 from build_model import Multiclass, flat_tensors, load_iris_split
-from support.run_checks import read_latest
-from tests.helpers import assert_one_line_refusal, run_chapter_here
+from support.cli import EXIT_INTERRUPTED
+from support.run_checks import fresh_states, read_latest, read_run_checkpoint
+from tests.helpers import SCRIPT_ENV, assert_one_line_refusal, run_chapter_here, script_command
 
 CHAPTER = "resume_training_run.py"
 STEPS, INTERRUPT_AT, STEPS_PER_EPOCH = 126, 52, 21
@@ -362,7 +364,10 @@ def test_a_kill_at_each_point_leaves_a_checkpoint_that_loads_and_resumes_exactly
     steps = 60
     assert crashing_resume(tmp_path, steps, crash, at_call=5) == -signal.SIGKILL
     latest = read_latest(tmp_path)
-    checkpoint = torch.load(latest, weights_only=True)
+    expected = fresh_states(Multiclass(), steps, 20, 0.01, 10, 0.95)
+    checkpoint = read_run_checkpoint(
+        latest, Multiclass, expected, steps, STEPS_PER_EPOCH
+    )  # every check passes
     assert 1 <= checkpoint["step"] < steps
     names = sorted(path.name for path in tmp_path.glob("run-step*.pth"))
     assert latest.name in names and len(names) <= 3  # at most one more than --keep, never the newest lost
@@ -388,3 +393,31 @@ def test_a_kill_at_each_point_leaves_a_checkpoint_that_loads_and_resumes_exactly
         "run-step00060.pth",
     ]
     assert list(tmp_path.glob("*.partial")) == []  # what a killed writer left is removed
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_the_run_resumes_from_latest(tmp_path):
+    flags = ["--resume", "--steps", "100000", "--save-every", "5", "--out-dir", "out"]
+    process = subprocess.Popen(
+        script_command(CHAPTER, *flags),
+        cwd=tmp_path,
+        env={**SCRIPT_ENV, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a command started from a shell
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("step   15: "):
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED
+    assert stderr.startswith("interrupted (Ctrl-C); saved before that: ") and stderr.count("\n") == 1, stderr
+    # What `latest` names passes every check the same command applies before it resumes.
+    expected = fresh_states(Multiclass(), 100000, 20, 0.01, 10, 0.95)
+    checkpoint = read_run_checkpoint(
+        read_latest(tmp_path / "out"), Multiclass, expected, 100000, STEPS_PER_EPOCH
+    )
+    assert checkpoint["step"] >= 15 and checkpoint["step"] % 5 == 0
