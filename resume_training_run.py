@@ -36,6 +36,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,12 @@ if args.steps <= WARMUP:
 if not args.resume and (args.interrupt_at >= args.steps or args.interrupt_at % args.save_every):
     parser.error(f"--interrupt-at ({args.interrupt_at}) must be a multiple of --save-every below --steps")
 out_dir = prepare_out_dir(args.out_dir)
+# When a float16 gradient overflows in the very first step, the scaler skips that optimizer
+# step and torch warns that the schedule stepped before the optimizer. The schedule counts
+# steps, skipped or not, as it should; this is the one warning the run would print.
+warnings.filterwarnings(
+    "ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`"
+)
 
 import torch
 from torch import nn

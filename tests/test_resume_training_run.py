@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -192,6 +193,34 @@ def test_the_picture_is_real(run_resume_run):
     assert pixels.shape == (880, 880, 4)  # 8 x 8 inches at 110 dpi
     ink = (pixels[..., :3].max(axis=2) - pixels[..., :3].min(axis=2)) > 0.3
     assert ink.mean() > 0.005  # coloured lines, not only grey axes
+
+
+def test_a_skipped_first_step_warns_in_a_plain_loop_and_not_in_the_chapter(tmp_path):
+    """With --seed 1 the first float16 step overflows: the scaler skips it and torch warns."""
+    torch.manual_seed(1)
+    model = Multiclass()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    scheduler = LinearLR(optimizer, start_factor=0.1, total_iters=20)
+    scaler = torch.amp.GradScaler("cpu", growth_interval=10)
+    split = load_iris_split()
+    loader = DataLoader(TensorDataset(split.X_train, split.y_train), batch_size=5, shuffle=True,
+                        generator=torch.Generator().manual_seed(1))  # fmt: skip
+    x, y = next(iter(loader))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.nll_loss(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+    assert scaler.get_scale() == 32768  # the step was skipped
+    assert [str(w.message)[:45] for w in caught] == ["Detected call of `lr_scheduler.step()` before"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        flags = ["--resume", "--steps", "30", "--seed", "1", "--out-dir", str(tmp_path)]
+        result = run_chapter_here(CHAPTER, *flags, cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "" and caught == []
 
 
 # %%
