@@ -20,7 +20,7 @@
 # `OUT_DIR/resume.png` when matplotlib is installed (the `plots` extra). **Reads**
 # `OUT_DIR/iris-checkpoint.pth` with `--resume`, if it exists.
 #
-# Next: chapter 6, `python load_tips.py`, when the file and the model don't quite match.
+# Next: chapter 6, `python resume_training_run.py`, a real run's schedule, scaler and EMA resumed.
 
 # %%
 from __future__ import annotations
@@ -424,8 +424,9 @@ print(f"Same epoch and loss: {(final['epoch'], final['loss']) == (args.epochs, u
 # come in another order). Each trains to the end and is compared with the uninterrupted
 # run, one row as each finishes.
 #
-# A real run carries more state: `recipes/resume_lr_scheduler_and_gradscaler.py`,
-# `recipes/resume_mid_epoch.py` and `recipes/keep_ema_weights.py`.
+# A real run carries more state: chapter 6 resumes it exactly; the recipes
+# `recipes/resume_lr_scheduler_and_gradscaler.py`, `recipes/resume_mid_epoch.py` and
+# `recipes/keep_ema_weights.py` take one piece each.
 
 # %%
 print(f"\n## 5. Resumed from epoch {args.interrupt_at} again, in this process")

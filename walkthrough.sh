@@ -40,6 +40,7 @@ run train_iris.py
 run inspect_state.py
 run save_load_demo.py
 run checkpoint_resume.py
+run resume_training_run.py
 run load_tips.py
 run compare_formats.py
 run share_model.py

@@ -66,6 +66,14 @@ def remove_abandoned_partials(path: Path) -> None:
             partial.unlink(missing_ok=True)
 
 
+def remove_abandoned_partials_in(folder: Path) -> None:
+    """Delete every `.NAME.PID.partial` in `folder` whose writer no longer runs."""
+    for partial in folder.glob(".*.partial"):
+        pid = partial.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not process_exists(int(pid)):
+            partial.unlink(missing_ok=True)
+
+
 def process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -28,7 +28,12 @@ from tests.helpers import ARGS, CHAPTER_SERVER, CHAPTERS, READS, REPO, ForkedRun
 torch.set_num_threads(1)  # as the chapters run by the tests: one thread each
 
 # The chapters whose runs take longest: the test files that need them run last.
-LONG_CHAPTERS = {"checkpoint_resume.py", "compare_formats.py", "distributed_checkpoint.py"}
+LONG_CHAPTERS = {
+    "checkpoint_resume.py",
+    "resume_training_run.py",
+    "compare_formats.py",
+    "distributed_checkpoint.py",
+}
 # Flags some chapters get in the test run, beyond the reader's defaults.
 EXTRA_ARGS = {"compare_formats.py": ["--json", "artifacts/formats.json"]}
 
@@ -178,6 +183,7 @@ train_run = chapter_fixture("train_run", "train_iris.py")
 inspect_run = chapter_fixture("inspect_run", "inspect_state.py")
 save_load_run = chapter_fixture("save_load_run", "save_load_demo.py")
 checkpoint_run = chapter_fixture("checkpoint_run", "checkpoint_resume.py")
+run_resume_run = chapter_fixture("run_resume_run", "resume_training_run.py")
 tips_run = chapter_fixture("tips_run", "load_tips.py")
 formats_run = chapter_fixture("formats_run", "compare_formats.py")
 share_run = chapter_fixture("share_run", "share_model.py")

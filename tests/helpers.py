@@ -36,6 +36,7 @@ CHAPTERS = [
     "inspect_state.py",
     "save_load_demo.py",
     "checkpoint_resume.py",
+    "resume_training_run.py",
     "load_tips.py",
     "compare_formats.py",
     "share_model.py",

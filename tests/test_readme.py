@@ -22,7 +22,7 @@ README = (REPO / "README.md").read_text()
 TEXT_BLOCKS = re.findall(r"```text\n(.*?)```", README, flags=re.DOTALL)
 MAX_WORDS = 2500  # about ten minutes of reading
 # | 2 | `python train_iris.py` | what it teaches | `a line it prints`<br>`another` |
-TABLE_ROW = re.compile(r"^\| (\d) \| `python ([^`]+)` \| ([^|]+) \| (.+) \|$", re.MULTILINE)
+TABLE_ROW = re.compile(r"^\| (\d+) \| `python ([^`]+)` \| ([^|]+) \| (.+) \|$", re.MULTILINE)
 
 
 def table_rows() -> list[tuple[int, list[str], str, list[str]]]:
