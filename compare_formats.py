@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Chapter 7: which file format to use
+# # Chapter 8: which file format to use
 #
 # pickle, `torch.save`, `torch.save` with mmap, `torch.save` without checksums,
 # safetensors and `torch.export` save and load the same weights, measured on this machine
@@ -175,7 +175,7 @@ print(
 #
 # Each format below has a save and a load. Every load ends with a working model: the
 # formats that store a state_dict build the model under `torch.device("meta")` (no memory,
-# no random initialisation) and hand it the loaded tensors with `assign=True`, as chapter 6
+# no random initialisation) and hand it the loaded tensors with `assign=True`, as chapter 7
 # shows, so the time and the memory measured are the format's own. In your own project,
 # `model = Multiclass()` and `model.load_state_dict(...)` without `assign` work just as well.
 

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Chapter 8: when one machine is not enough -- a sharded model saved with torch.distributed.checkpoint
+# # Chapter 10: when one machine is not enough -- a sharded model saved with torch.distributed.checkpoint
 #
 # With FSDP2 (`fully_shard`) each rank holds only a slice of every weight, so no rank has
 # the model to `torch.save`. torch.distributed.checkpoint (DCP) saves it the way it is
@@ -27,7 +27,7 @@
 # with `pickle.load`, which can run code. Load only checkpoints you made, from a folder only
 # you can write to. This chapter reads its checkpoint as it would read a stranger's.
 #
-# Chapter 8 of 9. Next: chapter 9, `python look_inside.py`, how to look inside a model file
+# Chapter 10 of 11. Next: chapter 11, `python look_inside.py`, how to look inside a model file
 # without running it.
 
 # %%

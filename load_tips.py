@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Chapter 6: when the file and the model don't quite match
+# # Chapter 7: when the file and the model don't quite match
 #
 # Each section sets a problem up for real, shows the error PyTorch raises, then the fix:
 # a file saved on a GPU, renamed layers (missing and unexpected keys), warm-starting a
@@ -14,7 +14,7 @@
 # `OUT_DIR/tips-lightning.ckpt` and `OUT_DIR/tips-lightning-hparams.ckpt` (and, on a
 # machine with a GPU, `OUT_DIR/tips-real-gpu.pth`).
 #
-# Next: chapter 7, `python compare_formats.py`, which file format to use.
+# Next: chapter 8, `python compare_formats.py`, which file format to use.
 
 # %%
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # %% [markdown]
-# # Chapter 9: look inside a model file you did not make
+# # Chapter 11: look inside a model file you did not make
 #
 # A model file from elsewhere can be read, and judged, before anything in it runs. This
 # chapter opens chapter 2's model with the standard library and torch's own tools, one

@@ -27,7 +27,7 @@
 # safetensors comes with the `formats` extra, `huggingface_hub` with `realworld`, torchao
 # with `quantize`; without one, the sections that need it say so in one line and skip.
 #
-# Next: chapter 8, `python distributed_checkpoint.py`, when one machine is not enough.
+# Next: chapter 10, `python distributed_checkpoint.py`, when one machine is not enough.
 
 # %%
 from __future__ import annotations

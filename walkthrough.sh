@@ -30,7 +30,7 @@ if [ "${1:-}" = "--setup-only" ]; then
     exit 0
 fi
 
-say "Running the ten chapters in reading order, each writing into artifacts/"
+say "Running the eleven chapters in reading order, each writing into artifacts/"
 run() {
     printf '\n===== python %s =====\n' "$*"
     .venv/bin/python "$@"

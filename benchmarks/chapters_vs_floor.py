@@ -1,11 +1,11 @@
 """What does each chapter cost, in floors (starting Python with torch and scikit-learn)?
 
-Runs the floor (see benchmarks/floor.py) and the ten chapters in reading order, as whole
+Runs the floor (see benchmarks/floor.py) and the eleven chapters in reading order, as whole
 processes with their default settings and one thread each, round after round, each round in
 a fresh temporary folder (so every chapter does its first run, and the later chapters read
 what train_iris.py wrote in that round). For each chapter it prints the median CPU time
 (user + sys, its child processes included) and the median wall time, both in floors, and
-the ten chapters' total: what `bash walkthrough.sh` costs after its setup.
+the eleven chapters' total: what `bash walkthrough.sh` costs after its setup.
 
     python benchmarks/chapters_vs_floor.py [--rounds 3] [--only train_iris.py ...]
 

@@ -2,7 +2,7 @@
 
     python -I fresh_process/run_pt2.py MODEL.pt2 INPUTS.pt OUTPUTS.pt
 
-Chapter 7 runs this with `python -I`: the import path then holds neither this folder, the
+Chapter 8 runs this with `python -I`: the import path then holds neither this folder, the
 current folder, PYTHONPATH nor the user's site-packages, so the Multiclass class cannot be
 imported. The .pt2 file alone rebuilds the model. Trusted files only: `torch.export.load`
 may unpickle parts of the archive.

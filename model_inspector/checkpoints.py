@@ -139,6 +139,6 @@ def device_problem(tags: set[str]) -> str | None:
             continue
         return (
             f"its tensors were saved on {shown}, which this machine does not have: load it with"
-            ' map_location="cpu" (chapter 6), and save it again'
+            ' map_location="cpu" (chapter 7), and save it again'
         )
     return None

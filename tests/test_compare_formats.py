@@ -1,4 +1,4 @@
-"""Chapter 7: every format round-trips exactly; the safety claims hold; the table, its JSON
+"""Chapter 8: every format round-trips exactly; the safety claims hold; the table, its JSON
 rows and its picture agree."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Chapter 8: a sharded model saved by every rank, resharded, saved async, read safely, run by torchrun."""
+"""Chapter 10: a sharded model saved by every rank, resharded, saved async, read safely, run by torchrun."""
 
 from __future__ import annotations
 
@@ -479,7 +479,7 @@ def test_killing_the_launcher_stops_its_ranks(tmp_path):
 
 def readme_section() -> str:
     readme = (REPO / "README.md").read_text()
-    return readme[readme.index("## Chapter 8 across machines") : readme.index("## The inspector, on files")]
+    return readme[readme.index("## Chapter 10 across machines") : readme.index("## The inspector, on files")]
 
 
 def torchrun_nodes(cwd: Path, *args: str) -> list[subprocess.Popen[str]]:

@@ -1,4 +1,4 @@
-"""Chapter 6: each loading problem raises the error shown, and each fix works."""
+"""Chapter 7: each loading problem raises the error shown, and each fix works."""
 
 from __future__ import annotations
 

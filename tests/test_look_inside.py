@@ -1,4 +1,4 @@
-"""Chapter 9: what it finds inside chapter 2's file by hand is what the file holds, found
+"""Chapter 11: what it finds inside chapter 2's file by hand is what the file holds, found
 here another way, and its last section is the inspector's own report on that file."""
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def test_each_chapters_excerpt_is_what_that_chapter_prints(all_runs):
 
 
 def test_every_output_line_the_readme_shows_is_real(tmp_path, monkeypatch, trained_model_path):
-    """The README's text blocks show one-line errors: chapter 8's failed rank, which its own
+    """The README's text blocks show one-line errors: chapter 10's failed rank, which its own
     tests read off real runs, and the three a reader meets first, produced here for real."""
     monkeypatch.chdir(tmp_path)
     lines = [line for block in TEXT_BLOCKS for line in block.splitlines()]
@@ -98,7 +98,7 @@ def test_the_error_table_shows_what_pytorch_prints():
     state["extra.weight"] = torch.zeros(2)
     with pytest.raises(RuntimeError) as mismatched_names:
         Multiclass().load_state_dict(state)
-    with pytest.raises(RuntimeError) as mismatched_sizes:  # chapter 6's case: a file of 8 into 16
+    with pytest.raises(RuntimeError) as mismatched_sizes:  # chapter 7's case: a file of 8 into 16
         Multiclass(n_hidden=16).load_state_dict(Multiclass().state_dict())
     names = next(line for line in table if "Missing key(s)" in line)
     sizes = next(line for line in table if "size mismatch" in line)

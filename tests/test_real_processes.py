@@ -1,5 +1,5 @@
 """The default suite runs each chapter in a process forked from a warmed-up server (its imports
-already done). This slow check runs all ten, in reading order, both ways, and shows that a
+already done). This slow check runs all eleven, in reading order, both ways, and shows that a
 fresh interpreter prints the same lines and writes the same files: only numbers that measure
 time or memory may differ. Both print nothing on stderr.
 """

@@ -5,7 +5,7 @@ save_torch_state_dict for sharded folders; numpy.savez; the gguf package's GGUFW
 TensorFlow Lite and ExecuTorch files are made by hand, as their formats lay them out: their
 writers are not dependencies.
 Lightning is too heavy to install for tests: its checkpoint is written here in the layout
-Lightning documents, with torch.save. A GPU-saved file is made as chapter 6 makes it
+Lightning documents, with torch.save. A GPU-saved file is made as chapter 7 makes it
 (torch.save with every storage tagged cuda:0), and for real where a GPU exists. Writers
 from the `realworld` extra skip, saying so, where it is not installed.
 
@@ -86,7 +86,7 @@ EXPECTED_SHAPES = {name: list(tensor.shape) for name, tensor in state().items()}
 
 
 def save_as_if_on_gpu(obj: object, path: Path, **kwargs: bool) -> None:
-    """What torch.save writes for tensors on cuda:0, on any machine (chapter 6 does the same)."""
+    """What torch.save writes for tensors on cuda:0, on any machine (chapter 7 does the same)."""
     with mock.patch.object(torch.serialization, "location_tag", lambda storage: "cuda:0"):
         torch.save(obj, path, **kwargs)
 
@@ -1258,7 +1258,7 @@ def test_a_cache_whose_blobs_is_a_link_elsewhere_lends_its_snapshot_no_trust(hub
 def test_the_readme_real_world_report_is_what_the_script_prints(tmp_path):
     readme = (REPO / "README.md").read_text()
     block = re.search(r"```console\n\$ (python inspect_file.py .*?)\n(.*?)```", readme, flags=re.DOTALL)
-    assert block, "the README's chapter 9 section shows a real-world report"
+    assert block, "the README's inspector section shows a real-world report"
     command, shown = block.group(1).split(), block.group(2)
     save_as_if_on_gpu(state(), tmp_path / command[2], _use_new_zipfile_serialization=False)
     result = run_chapter_here(*command[1:], cwd=tmp_path)
