@@ -137,16 +137,30 @@ def unreadable_opcode(code: int) -> str:
     )
 
 
+MAX_COPY_BYTES = 256 * 2**20  # files up to this size are copied; larger ones are watched instead
+CHANGED = "it changed while it was being read: inspect it once nothing writes to it"
+
+
 @contextmanager
 def snapshot_of(file: IO[bytes]) -> Iterator[Path]:
-    """A private copy of the bytes `file` reads, for every reader (zipfile, torch.load,
-    safe_open) to read: every verdict is then about one version of the file's bytes, even if
-    its name is pointed at another file meanwhile, or the file is rewritten in place.
+    """A path to one version of the bytes `file` reads, for every reader (zipfile, torch.load,
+    safe_open): every verdict is then about that version, even if the file's name is pointed
+    at another file meanwhile, or the file is rewritten in place.
 
-    The copy is compared with a second reading of the file, and the file's size and times
-    with those before: a file that changed while it was copied is refused, not reported on."""
+    A file of up to MAX_COPY_BYTES is copied into a private folder, and the copy compared with
+    a second reading of the file and its size and times with those before. A larger one is
+    read where it is, through its open descriptor (/proc/self/fd/N opens the same inode), and
+    its size and times are compared when the readers are done: a write in place is then
+    caught unless it fell within the same tick of the file system's clock. A file that
+    changed is refused, not reported on."""
     fd = file.fileno()
     before = os.fstat(fd)
+    same_inode = Path(f"/proc/self/fd/{fd}")
+    if before.st_size > MAX_COPY_BYTES and same_inode.exists():
+        yield same_inode
+        if changed(before, os.fstat(fd)):
+            raise ModelFileError(CHANGED)
+        return
     with tempfile.TemporaryDirectory() as private:  # mode 0700: nobody else can swap it
         copy = Path(private) / "snapshot"
         with copy.open("wb") as out:
@@ -155,9 +169,7 @@ def snapshot_of(file: IO[bytes]) -> Iterator[Path]:
                 out.write(chunk)
                 offset += len(chunk)
         if not same_bytes(fd, copy) or changed(before, os.fstat(fd)):
-            raise ModelFileError(
-                "it changed while it was being read: inspect it again once nothing writes to it"
-            )
+            raise ModelFileError(CHANGED)
         yield copy
 
 

@@ -1168,3 +1168,21 @@ def test_a_file_rewritten_in_place_while_inspected_gets_one_versions_report_or_a
         stop.set()
         flipper.join()
     assert outcomes["refused"] + outcomes["damaged"], outcomes  # the flipping was seen, not missed
+
+
+def test_a_large_file_read_in_place_is_refused_if_written_while_read(tmp_path, monkeypatch):
+    """Above MAX_COPY_BYTES the file is read where it is; a write meanwhile is caught after."""
+    path = tmp_path / "model.pth"
+    torch.save(state(), path)
+    monkeypatch.setattr(inspector_files, "MAX_COPY_BYTES", 0)  # this small file counts as large
+    real_load = torch.load
+
+    def load_then_write(*args: object, **kwargs: object) -> object:
+        with path.open("r+b") as file:  # in place: the same inode
+            file.seek(0, 2)
+            file.write(b"more")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load_then_write)
+    with pytest.raises(ModelFileError, match="it changed while it was being read"):
+        inspection.inspect_path(path)
