@@ -1029,6 +1029,7 @@ def test_a_tag_no_load_can_use_is_refused_by_the_inspector_and_the_chapters_for_
     assert ("meta device" if tag == "meta" else "which is not a device") in reasons[0]
 
 
+@pytest.mark.slow  # a fresh interpreter, start-up and all
 def test_the_installed_inspect_model_command_is_the_same_tool(trained_model_path, tmp_path):
     command = Path(sys.executable).parent / "inspect-model"
     assert command.is_file(), "the project is not installed: pip install -e . adds inspect-model"
