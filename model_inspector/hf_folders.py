@@ -186,6 +186,9 @@ def model_config(folder: Path) -> dict[str, str]:
             value = ", ".join(map(str, value))
         if value is not None:
             shown[key] = safe_text(value, 80)
+    if not shown:  # a config of constructor arguments (PyTorchModelHubMixin's): a few of them
+        scalars = [(k, v) for k, v in config.items() if isinstance(v, str | int | float | bool)]
+        shown = {safe_text(key, 40): safe_text(value, 40) for key, value in scalars[:8]}
     return shown
 
 
@@ -271,3 +274,36 @@ def inspect_sharded(
             else "differs from shard to shard (see the reasons)"
         )
     return shapes
+
+
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")  # what save_pretrained writes, unsharded
+
+
+def weights_file(folder: Path) -> str | None:
+    """The one unsharded weights file of a Hugging Face-style folder, by its usual name, or None."""
+    found = [name for name in WEIGHTS_FILES if os.path.lexists(folder / name)]
+    if len(found) > 1:
+        raise ModelFileError(f"{folder} holds both {found[0]} and {found[1]}; inspect each on its own")
+    return found[0] if found else None
+
+
+def inspect_model_folder(
+    folder: Path, name: str, report: Report, inspect_file: Callable[[Path], Report]
+) -> dict[str, tuple]:
+    """A Hugging Face-style folder with one weights file and its config.json, as save_pretrained
+    (or PyTorchModelHubMixin) writes a small model: the file's report, every other file in the
+    folder accounted for, and what config.json says the model is; the shapes of its tensors."""
+    inner = inspect_file(shard_path(folder, name))  # refuses a link out of the folder before it opens
+    report.kind = "hf-folder"
+    report.format = f"Hugging Face-style model folder: {safe_text(name, 80)} ({inner.format})"
+    report.bytes = inner.bytes
+    report.contents, report.needs, report.integrity = inner.contents, inner.needs, inner.integrity
+    report.metadata = inner.metadata
+    report.reasons += inner.reasons
+    report.caveats += inner.caveats
+    default = "safetensors" if inner.kind == "safetensors" else "torch.load(weights_only=True)"
+    report.loads_with = inner.loads_with or default
+    if config := model_config(folder):
+        report.metadata["config.json"] = config
+    report.reasons += code_in_folder(folder, {name})
+    return {row.name: (tuple(row.shape), row.dtype) for row in inner.contents.tensors or []}

@@ -22,7 +22,13 @@ from model_inspector.files import (
     snapshot_of,
 )
 from model_inspector.fit import with_fit
-from model_inspector.hf_folders import find_index, inspect_sharded
+from model_inspector.hf_folders import (
+    WEIGHTS_FILES,
+    find_index,
+    inspect_model_folder,
+    inspect_sharded,
+    weights_file,
+)
 from model_inspector.pickles import check_pickle_nesting, legacy_globals, note_globals, pickle_budget_problem
 from model_inspector.report import Needs, Report, new_report
 from model_inspector.safetensors_files import safetensors_contents, safetensors_header, safetensors_opens
@@ -213,7 +219,8 @@ def inspect_path(path: Path, described: str = "", model: nn.Module | None = None
 
 
 def inspect_folder(path: Path, described: str, model: nn.Module | None) -> Report:
-    """A DCP checkpoint (a .metadata file) or sharded weights (an index JSON and its shards)."""
+    """A DCP checkpoint (a .metadata file), sharded weights (an index JSON and its shards), or a
+    Hugging Face-style folder of one weights file beside its config.json."""
     report = new_report(path, 0)
     if os.path.lexists(path / ".metadata"):
         from model_inspector.dcp import inspect_dcp  # it imports torch.distributed: 0.5 s, for DCP only
@@ -221,10 +228,15 @@ def inspect_folder(path: Path, described: str, model: nn.Module | None) -> Repor
         inspect_dcp(path, report)
         return report
     index = find_index(path)
-    if index is None:
+    single = weights_file(path) if index is None else None
+    if index is None and single is None:
         raise ModelFileError(
-            f"{path} is a folder with neither a .metadata file (DCP) nor an *.index.json (sharded weights)"
+            f"{path} is a folder with no .metadata file (DCP), *.index.json (sharded weights), "
+            f"or {' or '.join(WEIGHTS_FILES)} (a Hugging Face-style folder)"
         )
     with refusing(path):  # a forged index is refused in one line that names the folder
-        shapes = inspect_sharded(path, index, report, inspect_path)
+        if index is not None:
+            shapes = inspect_sharded(path, index, report, inspect_path)
+        else:
+            shapes = inspect_model_folder(path, single, report, inspect_path)
     return with_fit(report, shapes, described, model)

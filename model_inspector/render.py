@@ -149,6 +149,7 @@ INTACT_KINDS = (
     "legacy-torch",
     "sharded-safetensors",
     "sharded-torch",
+    "hf-folder",
 )
 
 

@@ -1366,3 +1366,50 @@ def test_torchaos_int8_weights_are_listed_with_the_import_that_makes_them_load(t
     assert rows["hidden.bias"]["dtype"] == "float32"
     result = run_chapter_here("inspect_file.py", str(path), cwd=tmp_path)
     assert (result.returncode, result.stderr) == (EXIT_BAD_INPUT, "")
+
+
+def hub_mixin_folder(folder: Path) -> Path:
+    """What huggingface_hub's PyTorchModelHubMixin writes: config.json and model.safetensors."""
+    hub = pytest.importorskip("huggingface_hub", reason="the realworld extra is not installed")
+    pytest.importorskip("safetensors", reason="the formats extra is not installed")
+
+    class IrisHub(Multiclass, hub.PyTorchModelHubMixin):
+        pass
+
+    IrisHub(n_hidden=8).save_pretrained(folder)
+    return folder
+
+
+def test_a_folder_saved_by_pytorchmodelhubmixin_is_named_read_and_fits(tmp_path):
+    folder = hub_mixin_folder(tmp_path / "iris-hub")
+    report = report_on(folder, on_meta())
+    assert report["kind"] == "hf-folder" and report["reasons"] == []
+    assert report["fit"]["fits"] and report["metadata"]["config.json"]["n_hidden"] == "8"
+    run = run_chapter_here("inspect_file.py", str(folder), cwd=tmp_path)
+    assert run.returncode == 0
+    assert "Verdict    intact, and loads with safetensors (exit 0)" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("config.json", CONFIG_WITH_AUTO_MAP.encode(), "config.json has an auto_map"),
+        ("modeling_iris.py", b"import os\n", "modeling_iris.py is Python code"),
+    ],
+    ids=["auto_map", "python file"],
+)
+def test_a_hugging_face_folder_without_an_index_names_the_code_beside_its_weights(
+    name, content, words, tmp_path
+):
+    folder = hub_mixin_folder(tmp_path / "iris-hub")
+    (folder / name).write_bytes(content)
+    assert any(words in reason for reason in report_on(folder)["reasons"])
+
+
+def test_a_hugging_face_folder_whose_weights_link_out_is_refused_in_one_line(tmp_path):
+    folder = hub_mixin_folder(tmp_path / "iris-hub")
+    outside = tmp_path / "outside.safetensors"
+    (folder / "model.safetensors").rename(outside)
+    (folder / "model.safetensors").symlink_to(outside)
+    with pytest.raises(ModelFileError, match=r"a link out of the folder"):
+        report_on(folder)
