@@ -56,7 +56,7 @@ def write_tensors(out: Lines, contents: Contents, rows: list[TensorRow]) -> None
         others = ", ".join(f"'{key}'" for key in contents.other_state_dicts[:3])
         where += f"; {others} {'holds' if len(contents.other_state_dicts) == 1 else 'hold'} another"
     where += ")" if where else ""
-    out.show(f"\nContents   {len(rows)} tensors{where}")
+    out.show(f"\nContents   {len(rows)} tensor{'' if len(rows) == 1 else 's'}{where}")
     if contents.checkpoint_of:
         out.show(f"  {contents.checkpoint_of}")
     cells = [["name", "shape", "dtype", "device", "bytes", ""]]
