@@ -30,7 +30,6 @@ import os
 import random
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -96,6 +95,7 @@ from build_model import (
     seed_everything,
     train_one_epoch,
 )
+from support.lab_tools import resume_in_new_process
 from support.pictures import import_pyplot
 from support.saving import remove_abandoned_partials
 from support.untrusted_files import read_checkpoint
@@ -388,18 +388,7 @@ print("\n## 3. Resumed in a new Python process")
 resume_flags = ["--resume", "--epochs", str(args.epochs), "--save-every", str(args.save_every)]
 resume_flags += ["--out-dir", str(out_dir)]
 print(f"$ python {SCRIPT.name} {shlex.join(resume_flags)}")
-with subprocess.Popen(  # -u: each line arrives as the new process prints it
-    [sys.executable, "-u", str(SCRIPT), *resume_flags],
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-) as resumed_run:
-    for line in resumed_run.stdout:
-        print(f"  {line}", end="")
-    errors = resumed_run.stderr.read().strip().splitlines()
-if resumed_run.returncode != 0:
-    print(f"error: the resumed run failed: {errors[-1] if errors else 'no message'}", file=sys.stderr)
-    sys.exit(2)
+resume_in_new_process(SCRIPT, *resume_flags)
 
 # %% [markdown]
 # ## 4. Resumed vs uninterrupted

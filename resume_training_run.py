@@ -34,7 +34,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import warnings
 from collections import Counter
@@ -109,6 +108,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import build_model
 from build_model import Multiclass, flat_tensors, load_iris_split, same_state
+from support.lab_tools import resume_in_new_process
 from support.pictures import import_pyplot
 from support.run_checks import fresh_states, read_latest, read_run_checkpoint
 from support.saving import remove_abandoned_partials_in
@@ -398,20 +398,7 @@ print("\n## 3. Resumed in a new Python process")
 resume_flags = ["--resume", "--steps", str(args.steps), "--save-every", str(args.save_every)]
 resume_flags += ["--keep", str(args.keep), "--seed", str(args.seed), "--out-dir", str(out_dir)]
 print(f"$ python {SCRIPT.name} {shlex.join(resume_flags)}")
-resumed_lines = []
-with subprocess.Popen(  # -u: each line arrives as the new process prints it
-    [sys.executable, "-u", str(SCRIPT), *resume_flags],
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-) as resumed_run:
-    for line in resumed_run.stdout:
-        resumed_lines.append(line)
-        print(f"  {line}", end="")
-    errors = resumed_run.stderr.read().strip().splitlines()
-if resumed_run.returncode != 0:
-    print(f"error: the resumed run failed: {errors[-1] if errors else 'no message'}", file=sys.stderr)
-    sys.exit(2)
+resumed_lines = resume_in_new_process(SCRIPT, *resume_flags)
 
 # %% [markdown]
 # ## 4. Resumed vs uninterrupted

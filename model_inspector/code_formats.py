@@ -10,7 +10,7 @@ import zipfile
 from model_inspector import standins
 from model_inspector.files import MAX_PICKLE_BYTES, ZIP_ERRORS, ModelFileError
 from model_inspector.pickles import note_globals, pickle_globals
-from model_inspector.report import Report, listed, tensor_row
+from model_inspector.report import Report, TensorRow, listed
 from model_inspector.safetensors_files import MAX_HEADER_BYTES
 from model_inspector.sniff import AOTI_FOLDER
 from model_inspector.text import safe_text
@@ -52,7 +52,7 @@ def pt2_contents(archive: zipfile.ZipFile, folder: str, report: Report) -> dict[
             )
             continue
         nbytes = archive.getinfo(record).file_size if record in archive.namelist() else 0
-        rows.append(tensor_row(safe_text(key, 80), shape, dtype, nbytes, device))
+        rows.append(TensorRow(safe_text(key, 80), shape, dtype, nbytes, device))
         shapes[key] = (tuple(shape), dtype)
         if entry.get("use_pickle"):
             pickled.append(safe_text(key, 80))

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO, Any
 
 from model_inspector.files import ZIP_ERRORS, ModelFileError
-from model_inspector.report import Report, TensorRow, tensor_row
+from model_inspector.report import Report, TensorRow
 from model_inspector.text import error_line, safe_text
 
 NUMPY_MAGIC = b"\x93NUMPY"
@@ -104,9 +104,7 @@ def numpy_header(stream: IO[bytes], name: str) -> tuple[TensorRow, bool]:
         ) from None
     if any(n < 0 for n in shape):  # NumPy's parser lets it through; numpy.load then fails
         raise ModelFileError(f"{safe_text(name, 80)} has a negative dimension in its shape {list(shape)}")
-    row = tensor_row(
-        safe_text(name, 80), list(shape), safe_text(dtype, 40), math.prod(shape) * dtype.itemsize
-    )
+    row = TensorRow(safe_text(name, 80), list(shape), safe_text(dtype, 40), math.prod(shape) * dtype.itemsize)
     return row, dtype.hasobject
 
 
@@ -304,7 +302,7 @@ def inspect_gguf(file: IO[bytes], size: int, report: Report) -> None:
         nbytes = math.prod(shape) // per_block * block_bytes
         ends.append(offset + nbytes)
         if len(rows) < MAX_ROWS:
-            rows.append(tensor_row(name, shape[::-1], type_name, nbytes))  # ggml lists dims innermost first
+            rows.append(TensorRow(name, shape[::-1], type_name, nbytes))  # ggml lists dims innermost first
     alignment = metadata.get("general.alignment", 32)
     alignment = alignment if type(alignment) is int and alignment > 0 else 32
     data_start = -(-file.tell() // alignment) * alignment
@@ -510,23 +508,23 @@ def constant_row(node: Any) -> TensorRow | None:
         return None  # onnx.checker refuses it: a Constant has exactly one of them
     attribute, name = node.attribute[0], safe_text(node.output[0], 80)
     if attribute.name == "value":
-        return tensor_row(
+        return TensorRow(
             name, list(attribute.t.dims), onnx_dtype(attribute.t.data_type)[0], onnx_bytes(attribute.t)
         )
     if attribute.name == "sparse_value":
         sparse = attribute.sparse_tensor
         dtype = f"{onnx_dtype(sparse.values.data_type)[0]} (sparse)"
-        return tensor_row(
+        return TensorRow(
             name, list(sparse.dims), dtype, onnx_bytes(sparse.values) + onnx_bytes(sparse.indices)
         )
     if attribute.name in CONSTANT_VALUES:
         dtype, width, is_list = CONSTANT_VALUES[attribute.name]
         count = len(attribute.floats if dtype == "float32" else attribute.ints) if is_list else 1
-        return tensor_row(name, [count] if is_list else [], dtype, count * width)
+        return TensorRow(name, [count] if is_list else [], dtype, count * width)
     if attribute.name in ("value_string", "value_strings"):
         strings = list(attribute.strings) if attribute.name == "value_strings" else [attribute.s]
         shape = [len(strings)] if attribute.name == "value_strings" else []
-        return tensor_row(name, shape, "string", sum(len(s) for s in strings))
+        return TensorRow(name, shape, "string", sum(len(s) for s in strings))
     return None
 
 
@@ -540,7 +538,7 @@ def onnx_contents(model: Any, report: Report) -> dict[str, tuple]:
             if len(rows) >= MAX_ROWS:
                 break
             dtype, shape = onnx_dtype(tensor.data_type)[0], list(tensor.dims)
-            rows.append(tensor_row(safe_text(tensor.name, 80), shape, dtype, onnx_bytes(tensor)))
+            rows.append(TensorRow(safe_text(tensor.name, 80), shape, dtype, onnx_bytes(tensor)))
             if graph is model.graph:
                 shapes[tensor.name] = (tuple(shape), dtype)
     for node in all_nodes(model):

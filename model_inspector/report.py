@@ -108,9 +108,5 @@ def refuse_once(report: Report, reason: str) -> None:
         report.reasons.append(reason)
 
 
-def tensor_row(name: str, shape: list[int], dtype: str, nbytes: int, device: str = "") -> TensorRow:
-    return TensorRow(name, shape, dtype, nbytes, device)
-
-
 def listed(names: list[str], shown: int = 4) -> str:
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from model_inspector.report import Report, tensor_row
+from model_inspector.report import Report, TensorRow
 from model_inspector.text import error_line, safe_text
 from model_inspector.torch_files import finite
 
@@ -115,7 +115,7 @@ def safetensors_contents(header: dict[str, Any], report: Report) -> dict[str, tu
             continue
         if safetensors_entry_problem(shape, begin, end):
             continue  # a negative size or span: not a tensor to list
-        rows.append(tensor_row(safe_text(name, 80), shape, dtype, end - begin, "cpu"))
+        rows.append(TensorRow(safe_text(name, 80), shape, dtype, end - begin, "cpu"))
         shapes[name] = (tuple(shape), dtype)
     report.contents.tensors = rows
     report.contents.storage_bytes = sum(row.bytes for row in rows)

@@ -28,7 +28,7 @@ from model_inspector import standins
 from model_inspector.files import ZIP_ERRORS, ModelFileError, describe_load_error
 from model_inspector.fit import expected_shapes
 from model_inspector.pickles import KNOWN_DATA_GLOBALS, note_globals, pickle_globals, safe_ops
-from model_inspector.report import Report, TensorRow, refuse_once, tensor_row
+from model_inspector.report import Report, TensorRow, refuse_once
 from model_inspector.text import error_line, safe_text
 
 MAX_DEPTH = 32  # containers nested deeper than this are not listed
@@ -88,11 +88,11 @@ class Listing:
         if tensor.is_nested or tensor.layout != torch.strided or tensor.device.type == "meta":
             kind = "nested" if tensor.is_nested else "meta" if tensor.device.type == "meta" else tensor.layout
             shape = [] if tensor.is_nested else list(tensor.shape)
-            self.rows.append(tensor_row(name, shape, f"{dtype} ({str(kind).removeprefix('torch.')})", 0))
+            self.rows.append(TensorRow(name, shape, f"{dtype} ({str(kind).removeprefix('torch.')})", 0))
             self.odd.append(f"{name} ({str(kind).removeprefix('torch.')})")
             return
         address = tensor.untyped_storage().data_ptr()
-        row = tensor_row(name, list(tensor.shape), dtype, 0, self.locations.get(address, str(tensor.device)))
+        row = TensorRow(name, list(tensor.shape), dtype, 0, self.locations.get(address, str(tensor.device)))
         row.bytes = tensor.numel() * tensor.element_size()
         self.rows.append(row)
         repeated = any(
@@ -114,7 +114,7 @@ class Listing:
         parts = [part for part in (getattr(tensor, a, None) for a in attributes) if isinstance(part, Tensor)]
         address = parts[0].untyped_storage().data_ptr() if parts else 0
         kind = safe_text(type(tensor).__name__, 40)
-        row = tensor_row(name, list(tensor.shape), f"{dtype} ({kind})", 0, self.locations.get(address, ""))
+        row = TensorRow(name, list(tensor.shape), f"{dtype} ({kind})", 0, self.locations.get(address, ""))
         row.device = row.device or str(tensor.device)
         row.bytes = sum(part.numel() * part.element_size() for part in parts)
         self.rows.append(row)
@@ -133,7 +133,7 @@ class Listing:
         parts = sparse_parts(tensor)
         values = parts[-1]
         address = values.untyped_storage().data_ptr()
-        row = tensor_row(name, list(tensor.shape), f"{dtype} ({layout})", 0, self.locations.get(address, ""))
+        row = TensorRow(name, list(tensor.shape), f"{dtype} ({layout})", 0, self.locations.get(address, ""))
         row.device = row.device or str(tensor.device)
         row.bytes = sum(part.numel() * part.element_size() for part in parts)
         self.rows.append(row)
@@ -514,7 +514,7 @@ def list_standins(found: standins.Found, report: Report) -> None:
     """The contents, from tensors named in a pickle read with stand-ins."""
     storages = {t.storage.key: t.storage for t in found.tensors}
     report.contents.tensors = [
-        tensor_row(t.name, t.shape, t.storage.dtype, math.prod(t.shape) * t.storage.width, t.storage.location)
+        TensorRow(t.name, t.shape, t.storage.dtype, math.prod(t.shape) * t.storage.width, t.storage.location)
         for t in found.tensors
     ]
     report.contents.storage_bytes = sum(ref.nbytes for ref in storages.values())

@@ -68,6 +68,22 @@ def run_fresh_python(
     return child
 
 
+def resume_in_new_process(script: Path, *args: str) -> list[str]:
+    """Run `python -u SCRIPT ARGS`, a new interpreter, printing each line it prints, indented,
+    as it comes; return its lines. A run that fails ends the chapter in one line."""
+    with subprocess.Popen(  # -u: each line arrives as the new process prints it
+        [sys.executable, "-u", str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as run:
+        lines = []
+        for line in run.stdout or ():
+            lines.append(line)
+            print(f"  {line}", end="")
+        errors = (run.stderr.read() if run.stderr else "").strip().splitlines()
+    if run.returncode != 0:
+        raise ChapterError(f"the resumed run failed: {errors[-1] if errors else 'no message'}")
+    return lines
+
+
 def run_in_child(work: Callable[..., object], *args: object, timeout: float = 120) -> None:
     """Call `work(*args)` in a forked child process and wait for it. The child inherits what
     this process has imported, so it starts in milliseconds rather than the second or two a

@@ -3,6 +3,7 @@ its output folder so that the reader knows where it is."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,21 +121,22 @@ def test_the_fresh_process_programs_take_help_and_refuse_bad_arguments_in_one_li
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["build_model.py", "train_iris.py"])
-def test_ctrl_c_while_torch_is_being_imported_is_one_line_exit_130(script, tmp_path):
+@pytest.mark.parametrize("command", [["build_model.py"], ["train_iris.py"], ["inspect_file.py", "model.pth"]])
+def test_ctrl_c_while_torch_is_being_imported_is_one_line_exit_130(command, trained_model_path, tmp_path):
+    shutil.copy(trained_model_path, tmp_path / "model.pth")  # what the inspector reads
     process = subprocess.Popen(
-        script_command(script), cwd=tmp_path, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        script_command(*command), cwd=tmp_path, env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     maps = Path(f"/proc/{process.pid}/maps")
     for _ in range(6000):  # torch's shared library is mapped early in `import torch`
         if process.poll() is not None or "libtorch" in maps.read_text():
             break
         time.sleep(0.005)
-    assert process.poll() is None, "the chapter ended before torch was being imported"
+    assert process.poll() is None, "it ended before torch was being imported"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == EXIT_INTERRUPTED
-    assert stderr.decode() == "interrupted (Ctrl-C); nothing was saved\n"
+    assert (stdout, stderr) == (b"", b"interrupted (Ctrl-C); nothing was saved\n")
 
 
 SWALLOWS_CTRL_C = """
